@@ -1,0 +1,214 @@
+"""The `hoi-factory` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hoi_factory.config import ConfigError, Settings, load_run_config
+from hoi_factory.datasets import DatasetStore
+from hoi_factory.model_store import ModelStore
+from hoi_factory.pipeline import PlanError
+from hoi_factory.storage import Store, StoreError
+from hoi_factory.versions import VersionBusy, VersionPublished
+
+app = typer.Typer(help="hoi-factory: hand-object and human-object interaction datasets, made at scale.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+datasets_app = typer.Typer(help="Dataset versions in the store.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions in the store.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+console = Console()
+USER_ERRORS = (ConfigError, PlanError, StoreError, VersionBusy, VersionPublished)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _store() -> Store:
+    return Store.from_settings(Settings())
+
+
+def _with_progress(run):
+    """Run `run()` with a rich progress bar fed by the flows' shard progress."""
+    from flows import progress
+
+    bars: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        def on_progress(label: str, done: int, total: int) -> None:
+            if label not in bars:
+                bars[label] = bar.add_task(label, total=total)
+            bar.update(bars[label], completed=done, total=total)
+
+        with progress.listening(on_progress):
+            return run()
+
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    table = Table(title="datasets made")
+    for column in ("dataset", "version", "samples", "rejects", "seconds", "url"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        version = f"{r['version']} (already there)" if r["reused"] else r["version"]
+        table.add_row(r["dataset"], version, str(r["samples"]), str(r["rejects"]), str(r["seconds"]), r["url"])
+    console.print(table)
+
+
+@app.command()
+def run(
+    pipeline: str = typer.Argument(..., help="pipeline name (see `hoi-factory pipelines`)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. execution.workers=2"),
+) -> None:
+    """Run one pipeline into a new dataset version (or resume an interrupted one)."""
+    from flows import PIPELINES
+
+    if pipeline not in PIPELINES:
+        _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(PIPELINES))}")
+    pipeline_class, flow = PIPELINES[pipeline]
+    try:
+        run_config = load_run_config(pipeline_class.config_class, config, overrides or [])
+        result = _with_progress(lambda: flow(run_config))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    _print_results([result])
+
+
+@app.command()
+def pipelines() -> None:
+    """List the pipelines `run` knows."""
+    from flows import PIPELINES
+
+    for name, (pipeline_class, _) in sorted(PIPELINES.items()):
+        console.print(f"[bold]{name}[/]: {pipeline_class.description}")
+
+
+@app.command()
+def demo(
+    images: int = typer.Option(48, min=1, help="procedural stand-in images for the ingest demo"),
+    executor: str = typer.Option("ray", help="ray or local"),
+    workers: int = typer.Option(2, min=1),
+) -> None:
+    """Run every pipeline at small scale on the embedded defaults and say what was made."""
+    from flows.demo import demo as demo_flow
+
+    settings = Settings()
+    console.print(f"store: [bold]{settings.store_url}[/]  (set HOI_STORE_URL to change)")
+    try:
+        results = _with_progress(lambda: demo_flow(images=images, executor=executor, workers=workers))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    _print_results(results)
+    datasets = DatasetStore(_store())
+    for r in results:
+        version = datasets.open(r["dataset"], r["version"])
+        for kind, relative in version.manifest.report.items():
+            console.print(f"{kind}: {version.url}/{relative}")
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    name, _, version = ref.partition("/")
+    return name, version or "latest"
+
+
+@datasets_app.command("ls")
+def datasets_ls() -> None:
+    """Every dataset and its published versions."""
+    store = DatasetStore(_store())
+    table = Table(title=f"datasets in {store.store.url}")
+    for column in ("name", "versions", "latest", "samples"):
+        table.add_column(column)
+    for name in store.names():
+        latest = store.open(name)
+        table.add_row(name, " ".join(store.versions(name)), latest.version, str(latest.manifest.num_samples))
+    console.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
+    """A version's manifest: counts, funnel, lineage, shards."""
+    try:
+        version = DatasetStore(_store()).open(*_split_ref(ref))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    m = version.manifest
+    console.print(f"[bold]{version.ref}[/]  {m.num_samples} samples, {m.num_rejects} rejected, "
+                  f"{len(m.shards)} shards, made {m.created} by {m.pipeline} ({m.code_version})")
+    console.print(f"url: {version.url}")
+    console.print(f"parents: {', '.join(m.parents) or '-'}   config hash: {m.config_hash}")
+    funnel = Table(title="funnel")
+    for column in ("step", "in", "out", "seconds"):
+        funnel.add_column(column)
+    for step in m.funnel:
+        funnel.add_row(step["stage"], str(step.get("rows_in", "")), str(step["rows_out"]), str(step.get("seconds", "")))
+    console.print(funnel)
+    for reason, count in sorted(m.reject_reasons.items(), key=lambda kv: -kv[1]):
+        console.print(f"  rejected {count:>6}  {reason}")
+    console.print_json(json.dumps(m.config))
+
+
+@datasets_app.command("validate")
+def datasets_validate(ref: str = typer.Argument(..., help="name or name/version")) -> None:
+    """Check every shard against the manifest (presence, checksums, rows, schema). Exit 1 on problems."""
+    try:
+        version = DatasetStore(_store()).open(*_split_ref(ref))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    problems = version.validate()
+    for problem in problems:
+        console.print(f"[red]✗[/] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {version.ref}: {len(version.manifest.shards)} shards match the manifest")
+
+
+@models_app.command("ls")
+def models_ls() -> None:
+    """Every model and its published versions."""
+    store = ModelStore(_store())
+    table = Table(title=f"models in {store.store.url}")
+    for column in ("name", "versions", "latest"):
+        table.add_column(column)
+    for name in store.names():
+        table.add_row(name, " ".join(store.versions(name)), store.area.latest(name))
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
+    """A model version: files, metrics, the datasets it was trained on."""
+    try:
+        model = ModelStore(_store()).open(*_split_ref(ref))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    m = model.manifest
+    console.print(f"[bold]{m.name}/{m.version}[/]  made {m.created}\nurl: {model.url}")
+    console.print(f"trained on: {', '.join(m.datasets) or '-'}")
+    for file, info in sorted(m.files.items()):
+        console.print(f"  {info.size:>12,d}  {file}")
+    console.print_json(json.dumps({"metrics": m.metrics, "config": m.config}))
+
+
+@app.command()
+def status() -> None:
+    """Where the factory points, and what is in the store."""
+    settings = Settings()
+    console.print(f"store:   {settings.store_url}")
+    console.print(f"prefect: {settings.prefect_api_url or 'ephemeral (no server; set PREFECT_API_URL)'}")
+    console.print(f"ray:     {settings.ray_address or os.environ.get('RAY_ADDRESS') or 'local (ray.init() per run)'}")
+    datasets_ls()
+    models_ls()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,153 @@
+"""Typed configuration: environment settings and per-run configs.
+
+`Settings` says *where* things live (store, Ray, Prefect, S3 credentials) and comes from the environment.
+A `RunConfig` says *what* a run makes; it is data (YAML file + `key=value` overrides) and its hash seeds
+every sample id, so two runs with the same config make the same dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field and the problem."""
+
+
+class Settings(BaseSettings):
+    """Where the factory reads and writes. Every field comes from the environment (or a `.env` file)."""
+
+    model_config = SettingsConfigDict(env_prefix="HOI_", env_file=".env", extra="ignore")
+
+    store_url: str = Field("./hoi-store", description="Root of the dataset and model store: a folder or s3://bucket/prefix")
+    ray_address: str | None = Field(
+        None, validation_alias=AliasChoices("HOI_RAY_ADDRESS", "RAY_ADDRESS"), description="Ray cluster; unset = local"
+    )
+    prefect_api_url: str | None = Field(
+        None, validation_alias=AliasChoices("HOI_PREFECT_API_URL", "PREFECT_API_URL"), description="unset = ephemeral"
+    )
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("HOI_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    )
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+
+    def storage_options(self, url: str | None = None) -> dict[str, Any]:
+        """fsspec options for `url` (default: the store); credentials stay out of every log, manifest and report."""
+        if not (url or self.store_url).startswith("s3://"):
+            return {}
+        options: dict[str, Any] = {}
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            options["key"] = self.aws_access_key_id.get_secret_value()
+            options["secret"] = self.aws_secret_access_key.get_secret_value()
+        client_kwargs = {}
+        if self.s3_endpoint_url:
+            client_kwargs["endpoint_url"] = self.s3_endpoint_url
+        if self.aws_region:
+            client_kwargs["region_name"] = self.aws_region
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+        return options
+
+
+class ExecutionConfig(BaseModel):
+    """How a run executes. Not part of the config hash: executors never change what is made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    executor: Literal["local", "ray"] = "ray"
+    workers: int = Field(2, ge=1, description="Ray actors per stage group")
+    shard_size: int = Field(64, ge=1, description="samples per Parquet shard (the unit of resume)")
+    batch_retries: int = Field(1, ge=0, description="retries of a failed batch before samples are tried one by one")
+
+
+class OutputConfig(BaseModel):
+    """Where the result goes. Not part of the config hash either."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = Field(None, description="dataset name; default: the pipeline's name")
+    version: str | None = Field(None, description="version name; default: resume an interrupted run or take the next vN")
+
+
+class RunConfig(BaseModel):
+    """Base of every pipeline's config: pipeline fields + `execution` + `output`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = Field(0, description="root seed; every sample's seed derives from it via the config hash")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def content_dict(self) -> dict[str, Any]:
+        """The fields that decide what the run makes."""
+        return self.model_dump(mode="json", exclude={"execution", "output"})
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.content_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+ConfigT = TypeVar("ConfigT", bound=RunConfig)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=3` -> (["a", "b"], 3); the value is read as a YAML scalar so numbers and lists keep their type."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. execution.workers=2)")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(config)"
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {where}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_run_config(
+    config_class: type[ConfigT], path: str | Path | None = None, overrides: list[str] | None = None
+) -> ConfigT:
+    """Build a config from an optional YAML file plus `key=value` overrides; fail naming the bad field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of fields, not {type(loaded).__name__}")
+        data = loaded or {}
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key} is not a section")
+        node[keys[-1]] = value
+    return validate_run_config(config_class, data, source=str(path) if path else "overrides")
+
+
+def validate_run_config(config_class: type[ConfigT], data: dict[str, Any] | ConfigT, source: str = "config") -> ConfigT:
+    if isinstance(data, config_class):
+        return data
+    try:
+        return config_class.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {config_class.__name__} from {source}:\n{_describe(exc)}") from None

@@ -1,0 +1,288 @@
+"""The dataset store: versioned, immutable Parquet datasets with rejects, lineage and checksums.
+
+    <store>/datasets/<name>/<version>/
+        data/part-00000.parquet        samples (images as PNG bytes, arrays as list columns)
+        rejects/part-00000.parquet     sample_id, input_id, stage, reason, detail
+        _completions/part-00000.json   a shard's record, written after its files (resume skips these shards)
+        report/...                     pictures of the run (sample grid, funnel)
+        manifest.json                  written last: the commit point
+    <store>/datasets/<name>/latest.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from hoi_factory.stage import Reject
+from hoi_factory.storage import Store, StoreError
+from hoi_factory.versions import DEFAULT_LEASE_TTL, Lease, VersionedArea
+
+SCHEMA_VERSION = 1
+AREA = "datasets"
+ID_COLUMNS = [("sample_id", pa.string()), ("input_id", pa.string()), ("seed", pa.int64())]
+REJECTS_SCHEMA = pa.schema(
+    [("sample_id", pa.string()), ("input_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+     ("detail", pa.string())]
+)
+
+
+class ShardRecord(BaseModel):
+    index: int
+    file: str
+    rows: int
+    sha256: str
+    rejects_file: str
+    rejects: int
+    rejects_sha256: str
+    inputs: int
+    stages: dict[str, dict] = Field(default_factory=dict)
+    worker: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetManifest(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str
+    created: str
+    pipeline: str
+    config: dict
+    config_hash: str
+    fingerprint: str
+    code_version: str
+    parents: list[str] = Field(default_factory=list)
+    num_inputs: int
+    num_samples: int
+    num_rejects: int
+    columns: dict[str, str]
+    shards: list[ShardRecord]
+    funnel: list[dict]
+    reject_reasons: dict[str, int]
+    report: dict[str, str] = Field(default_factory=dict)
+    run: dict[str, Any] = Field(default_factory=dict)
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def full_schema(schema: pa.Schema) -> pa.Schema:
+    """The pipeline's columns behind the id columns every dataset has."""
+    return pa.schema([pa.field(n, t) for n, t in ID_COLUMNS] + [f for f in schema if f.name not in dict(ID_COLUMNS)])
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> tuple[pa.Table, list[Reject]]:
+    """Rows -> a table of `schema`; a row that does not fit is rejected rather than failing the shard."""
+    try:
+        return pa.Table.from_pylist(rows, schema=schema), []
+    except (pa.ArrowException, TypeError, ValueError):
+        fitting, rejects = [], []
+        for row in rows:
+            try:
+                pa.Table.from_pylist([row], schema=schema)
+                fitting.append(row)
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                rejects.append(Reject.of(row, "output does not fit the dataset schema", str(exc)))
+        return pa.Table.from_pylist(fitting, schema=schema), rejects
+
+
+class ShardSink:
+    """Writes one version's shards; small and picklable, so workers write their shards themselves."""
+
+    def __init__(self, store: Store, name: str, version: str, schema: pa.Schema):
+        self.store = store
+        self.name = name
+        self.version = version
+        self.schema = full_schema(schema)
+
+    def parts(self, *more: str) -> tuple[str, ...]:
+        return (AREA, self.name, self.version, *more)
+
+    def done_shards(self) -> dict[int, ShardRecord]:
+        records = {}
+        for file in self.store.list_files(*self.parts("_completions")):
+            if file.endswith(".json"):
+                record = ShardRecord.model_validate(self.store.read_json(*self.parts("_completions", file)))
+                records[record.index] = record
+        return records
+
+    def write(self, index: int, table: pa.Table, rejects: pa.Table, inputs: int, stages: dict, worker: dict) -> ShardRecord:
+        """Shard data, then rejects, then the completion record: a shard without its record is redone."""
+        name = shard_name(index)
+        data = _parquet_bytes(table.cast(self.schema))
+        reject_data = _parquet_bytes(rejects.cast(REJECTS_SCHEMA))
+        self.store.write_bytes(data, *self.parts("data", f"{name}.parquet"))
+        self.store.write_bytes(reject_data, *self.parts("rejects", f"{name}.parquet"))
+        record = ShardRecord(
+            index=index, file=f"data/{name}.parquet", rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest(),
+            rejects_file=f"rejects/{name}.parquet", rejects=rejects.num_rows,
+            rejects_sha256=hashlib.sha256(reject_data).hexdigest(), inputs=inputs, stages=stages, worker=worker,
+        )
+        self.store.write_json(record.model_dump(), *self.parts("_completions", f"{name}.json"))
+        return record
+
+
+def funnel(records: list[ShardRecord], num_inputs: int) -> tuple[list[dict], dict[str, int]]:
+    """Per-stage rows in/out summed over shards, in stage order, plus every reject reason's count."""
+    order: list[str] = []
+    totals: dict[str, Counter] = {}
+    reasons: Counter = Counter()
+    for record in records:
+        for stage, stats in record.stages.items():
+            if stage not in totals:
+                order.append(stage)
+                totals[stage] = Counter()
+            totals[stage].update({"rows_in": stats["rows_in"], "rows_out": stats["rows_out"], "seconds": stats["seconds"]})
+            for reason, count in stats["rejected"].items():
+                reasons[f"{stage}: {reason}"] += count
+    steps = [{"stage": "inputs", "rows_out": num_inputs}]
+    for stage in order:
+        steps.append({"stage": stage, "rows_in": totals[stage]["rows_in"], "rows_out": totals[stage]["rows_out"],
+                      "seconds": round(totals[stage]["seconds"], 3)})
+    return steps, dict(reasons)
+
+
+class DatasetVersion:
+    """A published version, opened for reading."""
+
+    def __init__(self, store: Store, manifest: DatasetManifest):
+        self.store = store
+        self.manifest = manifest
+        self.name = manifest.name
+        self.version = manifest.version
+
+    def __repr__(self) -> str:
+        return f"DatasetVersion({self.name}/{self.version}, {self.manifest.num_samples} samples)"
+
+    def __len__(self) -> int:
+        return self.manifest.num_samples
+
+    @property
+    def ref(self) -> str:
+        """`name/version`, the form lineage uses."""
+        return f"{self.name}/{self.version}"
+
+    @property
+    def url(self) -> str:
+        return self.store.full_url(AREA, self.name, self.version)
+
+    def _path(self, file: str) -> str:
+        return self.store.path(AREA, self.name, self.version, file)
+
+    def shard_urls(self) -> list[str]:
+        return [self.store.full_url(AREA, self.name, self.version, s.file) for s in self.manifest.shards]
+
+    def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self._path(self.manifest.shards[index].file), columns=columns, filesystem=self.store.fs)
+
+    def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
+        tables = [self.read_shard(i, columns) for i in range(len(self.manifest.shards))]
+        return pa.concat_tables(tables) if tables else full_schema(pa.schema([])).empty_table()
+
+    def to_pandas(self, columns: list[str] | None = None):
+        return self.to_arrow(columns).to_pandas()
+
+    def rejects(self) -> pa.Table:
+        tables = [pq.read_table(self._path(s.rejects_file), filesystem=self.store.fs) for s in self.manifest.shards]
+        return pa.concat_tables(tables) if tables else REJECTS_SCHEMA.empty_table()
+
+    def to_ray(self):
+        import ray.data
+
+        paths = [self._path(s.file) for s in self.manifest.shards]
+        return ray.data.read_parquet(paths, filesystem=pa.fs.PyFileSystem(pa.fs.FSSpecHandler(self.store.fs)))
+
+    def to_torch(self, columns: list[str] | None = None, transform: Callable[[dict], Any] | None = None):
+        from hoi_factory.torch_views import ParquetTorchDataset
+
+        return ParquetTorchDataset(self, columns, transform)
+
+    def validate(self) -> list[str]:
+        """Every problem found: missing shards, checksum or row count mismatches, schema drift."""
+        problems = []
+        expected_columns = self.manifest.columns
+        for shard in self.manifest.shards:
+            for file, digest in ((shard.file, shard.sha256), (shard.rejects_file, shard.rejects_sha256)):
+                try:
+                    data = self.store.read_bytes(AREA, self.name, self.version, file)
+                except StoreError:
+                    problems.append(f"{file}: missing")
+                    continue
+                if hashlib.sha256(data).hexdigest() != digest:
+                    problems.append(f"{file}: checksum mismatch (expected sha256 {digest[:12]}…)")
+                    continue
+                if file == shard.file:
+                    table = pq.read_table(io.BytesIO(data))
+                    if table.num_rows != shard.rows:
+                        problems.append(f"{file}: {table.num_rows} rows, manifest says {shard.rows}")
+                    columns = {f.name: str(f.type) for f in table.schema}
+                    if columns != expected_columns:
+                        problems.append(f"{file}: columns {columns} differ from the manifest's {expected_columns}")
+        if sum(s.rows for s in self.manifest.shards) != self.manifest.num_samples:
+            problems.append("manifest: shard rows do not add up to num_samples")
+        return problems
+
+
+class DatasetWriter:
+    """The driver's side of writing a version: holds the lease, knows finished shards, commits."""
+
+    def __init__(self, area: VersionedArea, lease: Lease, schema: pa.Schema):
+        self.area = area
+        self.lease = lease
+        self.sink = ShardSink(area.store, lease.name, lease.version, schema)
+
+    def commit(self, records: list[ShardRecord], before_manifest: Callable[[DatasetVersion], dict[str, str]] | None = None,
+               **fields) -> DatasetVersion:
+        """Write the manifest (last), move `latest`. `before_manifest` may add report files to the version."""
+        records = sorted(records, key=lambda r: r.index)
+        steps, reasons = funnel(records, fields["num_inputs"])
+        manifest = DatasetManifest(
+            name=self.lease.name, version=self.lease.version, created=datetime.now(timezone.utc).isoformat(),
+            fingerprint=self.lease.fingerprint, num_samples=sum(r.rows for r in records),
+            num_rejects=sum(r.rejects for r in records), columns={f.name: str(f.type) for f in self.sink.schema},
+            shards=records, funnel=steps, reject_reasons=reasons, **fields,
+        )
+        version = DatasetVersion(self.area.store, manifest)
+        if before_manifest:
+            manifest.report = before_manifest(version)
+        self.area.publish(self.lease, manifest.model_dump())
+        return version
+
+
+class DatasetStore:
+    """List, open and write dataset versions in a store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.area = VersionedArea(store, AREA)
+
+    def names(self) -> list[str]:
+        return self.area.names()
+
+    def versions(self, name: str) -> list[str]:
+        return self.area.versions(name)
+
+    def open(self, name: str, version: str = "latest") -> DatasetVersion:
+        return DatasetVersion(self.store, DatasetManifest.model_validate(self.area.read_manifest(name, version)))
+
+    def open_ref(self, ref: str) -> DatasetVersion:
+        """Open `name` or `name/version`."""
+        name, _, version = ref.partition("/")
+        return self.open(name, version or "latest")
+
+    def begin(self, name: str, version: str, fingerprint: str, schema: pa.Schema,
+              ttl: float = DEFAULT_LEASE_TTL) -> DatasetWriter:
+        return DatasetWriter(self.area, self.area.acquire(name, version, fingerprint, ttl), schema)

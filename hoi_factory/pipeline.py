@@ -1,0 +1,122 @@
+"""A pipeline = a plan of work items + a chain of stages + the schema of what it writes.
+
+The driver only plans (light work items: paths, ids, parameters) and cuts the plan into shards; workers
+load the heavy data, run the stages and write their shard into the store themselves, so no dataset ever
+passes through the driver. A shard is the unit of resume.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+import pyarrow as pa
+
+from hoi_factory import ids
+from hoi_factory.config import RunConfig
+from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore, ShardRecord, ShardSink, rows_to_table
+from hoi_factory.stage import Resources, Stage, run_stages
+
+C = TypeVar("C", bound=RunConfig)
+
+
+class PlanError(ValueError):
+    """The inputs of a run cannot be planned (missing folder, unknown parent dataset...)."""
+
+
+class Pipeline(Generic[C]):
+    """Subclass per pipeline: set the class attributes, implement `plan` and `stages`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config_class: ClassVar[type[RunConfig]]
+    schema: ClassVar[pa.Schema]
+    preview_column: ClassVar[str | None] = None  # a PNG bytes column shown in sample grids
+
+    def plan(self, config: C, datasets: DatasetStore) -> list[dict[str, Any]]:
+        """Light, JSON-able work items, each with an `input_id` (and an `index` when one input gives many)."""
+        raise NotImplementedError
+
+    def stages(self, config: C) -> list[Stage]:
+        raise NotImplementedError
+
+    def parents(self, config: C) -> list[str]:
+        """Dataset versions (`name/version`) this run reads: its lineage."""
+        return []
+
+
+@dataclass
+class ShardJob:
+    index: int
+    items: list[dict[str, Any]]
+
+
+def assign_ids(items: list[dict[str, Any]], config_hash: str) -> list[dict[str, Any]]:
+    """Give every item its deterministic sample id and seed; refuse duplicates, which would alias samples."""
+    seen: set[str] = set()
+    assigned = []
+    for item in items:
+        if "input_id" not in item:
+            raise PlanError(f"work item {item!r} has no input_id")
+        index = int(item.get("index", 0))
+        sid = ids.sample_id(config_hash, str(item["input_id"]), index)
+        if sid in seen:
+            raise PlanError(f"input {item['input_id']!r} index {index} is planned twice")
+        seen.add(sid)
+        assigned.append({**item, "index": index, "sample_id": sid,
+                         "seed": ids.sample_seed(config_hash, str(item["input_id"]), index)})
+    return assigned
+
+
+def cut_shards(items: list[dict[str, Any]], shard_size: int) -> list[ShardJob]:
+    return [ShardJob(i // shard_size, items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
+
+
+def worker_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            info["node_id"] = ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return info
+
+
+class ShardRunner:
+    """Runs a pipeline's stages over shards and writes them. Built once per worker; `setup` loads the stages."""
+
+    def __init__(self, pipeline: Pipeline, config: RunConfig, sink: ShardSink):
+        self.pipeline = pipeline
+        self.config = config
+        self.sink = sink
+        self.stages: list[Stage] | None = None
+
+    @property
+    def resources(self) -> Resources:
+        return Resources.largest([type(s).resources for s in self.pipeline.stages(self.config)])
+
+    def setup(self) -> None:
+        self.stages = self.pipeline.stages(self.config)
+        for stage in self.stages:
+            stage.setup()
+
+    def run(self, job: ShardJob) -> ShardRecord:
+        if self.stages is None:
+            self.setup()
+        output = run_stages(self.stages, [dict(item) for item in job.items], self.config.execution.batch_retries)
+        table, misfits = rows_to_table(output.rows, self.sink.schema)
+        rejects = [(stage, r) for stage, r in output.rejects] + [("schema", r) for r in misfits]
+        reject_table = pa.Table.from_pylist(
+            [{"sample_id": r.sample_id, "input_id": r.input_id, "stage": stage, "reason": r.reason, "detail": r.detail}
+             for stage, r in rejects],
+            schema=REJECTS_SCHEMA,
+        )
+        stats = {name: s.to_dict() for name, s in output.stats.items()}
+        if misfits:
+            stats["schema"] = {"rows_in": len(output.rows), "rows_out": table.num_rows, "seconds": 0.0,
+                               "rejected": {misfits[0].reason: len(misfits)}}
+        return self.sink.write(job.index, table, reject_table, len(job.items), stats, worker_info())

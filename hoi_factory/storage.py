@@ -1,0 +1,154 @@
+"""One fsspec-backed view of the store: local folders and s3:// through the same calls.
+
+Writes are atomic: on a local disk a file is written beside its target and renamed over it; on an object
+store a single PUT is already all-or-nothing. Names that become paths are checked here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TEMP_MARKER = ".tmp-"
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot go on (missing object, bad name, refused write)."""
+
+
+class AlreadyExists(StoreError):
+    """An exclusive create found the object there already."""
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Dataset, model and version names become path parts: allow letters, digits, '.', '_', '-' only."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+        raise StoreError(
+            f"{what} {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, and no '..'"
+        )
+    return name
+
+
+class Store:
+    """A root URL plus the filesystem that serves it. Paths given to methods are relative to the root."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = url.rstrip("/") or url
+        self.storage_options = storage_options or {}
+        self.fs, root = url_to_fs(self.url, **self.storage_options)
+        self.root = root.rstrip("/")
+        self.is_local = "file" in _protocols(self.fs)
+        if self.is_local:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings) -> Store:
+        return cls(settings.store_url, settings.storage_options())
+
+    def __repr__(self) -> str:  # never shows storage_options: they may hold credentials
+        return f"Store({self.url!r})"
+
+    def __reduce__(self):  # Ray ships stores to workers; rebuild the filesystem there
+        return (Store, (self.url, self.storage_options))
+
+    # -- paths -------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def full_url(self, *parts: str) -> str:
+        """A URL another tool can open (pandas, Ray Data, a browser for local files)."""
+        path = self.path(*parts)
+        return path if self.is_local else f"{_protocols(self.fs)[0]}://{path}"
+
+    # -- reads -------------------------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(*parts))
+        except FileNotFoundError:
+            raise StoreError(f"{self.full_url(*parts)} does not exist") from None
+
+    def read_json(self, *parts: str) -> Any:
+        return json.loads(self.read_bytes(*parts))
+
+    def list_dirs(self, *parts: str) -> list[str]:
+        """Names of the folders directly under `parts` (empty when there is none)."""
+        try:
+            entries = self.fs.ls(self.path(*parts), detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+
+    def list_files(self, *parts: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self.path(*parts), detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e["name"]) for e in entries if e["type"] == "file")
+
+    # -- writes ------------------------------------------------------------------------------------
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Atomically replace the object at `parts` with `data`."""
+        target = self.path(*parts)
+        if not self.is_local:
+            self.fs.pipe_file(target, data)
+            return
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        temp = f"{target}{TEMP_MARKER}{uuid.uuid4().hex[:8]}"
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        self.fs.mv(temp, target)  # a rename within one folder: atomic on POSIX
+
+    def write_json(self, obj: Any, *parts: str) -> None:
+        self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), *parts)
+
+    def create_exclusive(self, data: bytes, *parts: str) -> None:
+        """Write `data` only if nothing is there yet; raise AlreadyExists otherwise (a lock primitive)."""
+        target = self.path(*parts)
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            try:
+                with open(target, "xb") as handle:
+                    handle.write(data)
+            except FileExistsError:
+                raise AlreadyExists(self.full_url(*parts)) from None
+            return
+        try:
+            self.fs.pipe_file(target, data, mode="create")  # S3 conditional write (If-None-Match: *)
+        except (FileExistsError, OSError) as exc:
+            if isinstance(exc, FileExistsError) or "PreconditionFailed" in str(exc) or "412" in str(exc):
+                raise AlreadyExists(self.full_url(*parts)) from None
+            raise
+
+    def rename(self, source: tuple[str, ...], target: tuple[str, ...]) -> None:
+        self.fs.mv(self.path(*source), self.path(*target))
+
+    def remove(self, *parts: str) -> None:
+        try:
+            self.fs.rm(self.path(*parts))
+        except FileNotFoundError:
+            pass
+
+    def remove_temp_files(self, *parts: str) -> int:
+        """Delete leftovers of interrupted local writes under `parts`; returns how many went."""
+        if not self.is_local:
+            return 0
+        leftovers = [p for p in self.fs.find(self.path(*parts)) if TEMP_MARKER in posixpath.basename(p)]
+        for leftover in leftovers:
+            self.fs.rm(leftover)
+        return len(leftovers)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

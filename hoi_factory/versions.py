@@ -1,0 +1,229 @@
+"""Versioned, immutable folders: `<store>/<area>/<name>/<version>/` (area = datasets or models).
+
+The rules both stores share live here:
+- a version exists to readers only once its `manifest.json` is written (the commit point, written last);
+- `latest.json` beside the versions moves only after a manifest;
+- one writer at a time holds a lease (`_lock.json`, created exclusively); a lease whose process died, or
+  whose heartbeat went quiet for `ttl` seconds, may be taken over by a run with the same fingerprint (resume);
+- a published version is never written again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from hoi_factory.storage import AlreadyExists, Store, StoreError, check_name
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+LOCK = "_lock.json"
+LATEST = "latest.json"
+DEFAULT_LEASE_TTL = 120.0
+
+
+class VersionBusy(StoreError):
+    """Another live run is writing this version."""
+
+
+class VersionPublished(StoreError):
+    """The version is published and immutable."""
+
+
+@dataclass
+class Lease:
+    """A writer's hold on one unpublished version, kept fresh by a heartbeat thread."""
+
+    area: VersionedArea
+    name: str
+    version: str
+    fingerprint: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ttl: float = DEFAULT_LEASE_TTL
+    resumed: bool = False
+    lost: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def record(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "fingerprint": self.fingerprint,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat": time.time(),
+        }
+
+    def start_heartbeat(self) -> None:
+        threading.Thread(target=self._beat, name=f"lease-{self.name}-{self.version}", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                current = self.area.store.read_json(*self.area.parts(self.name, self.version, LOCK))
+            except StoreError:
+                current = None
+            if current is None or current.get("run_id") != self.run_id:
+                self.lost = "another run took over this version's lease"
+                return
+            self.area.store.write_json(self.record(), *self.area.parts(self.name, self.version, LOCK))
+
+    def check(self) -> None:
+        if self.lost:
+            raise VersionBusy(f"{self.name}/{self.version}: {self.lost}")
+
+    def abandon(self) -> None:
+        """The run failed: stop the heartbeat and mark the lease stale at once, so a retry can resume."""
+        self._stop.set()
+        record = {**self.record(), "heartbeat": 0}
+        try:
+            self.area.store.write_json(record, *self.area.parts(self.name, self.version, LOCK))
+        except Exception as exc:  # the run is failing already; an old heartbeat expires by itself
+            log.warning("could not mark the lease of %s/%s stale: %s", self.name, self.version, exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        for leftover in self.area.store.list_files(*self.area.parts(self.name, self.version)):
+            if leftover == LOCK or leftover.startswith("_takeover."):
+                self.area.store.remove(*self.area.parts(self.name, self.version, leftover))
+
+
+def _is_alive(record: dict, ttl: float) -> bool:
+    if time.time() - float(record.get("heartbeat", 0)) > ttl:
+        return False
+    if record.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class VersionedArea:
+    """The versions of every name in one area of the store."""
+
+    def __init__(self, store: Store, area: str):
+        self.store = store
+        self.area = area
+
+    def parts(self, *more: str) -> tuple[str, ...]:
+        return (self.area, *more)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return [n for n in self.store.list_dirs(self.area) if self.versions(n)]
+
+    def versions(self, name: str) -> list[str]:
+        """Published versions, oldest first."""
+        check_name(name, f"{self.area[:-1]} name")
+        found = [v for v in self.store.list_dirs(*self.parts(name)) if self.is_published(name, v)]
+        return sorted(found, key=_version_sort_key)
+
+    def is_published(self, name: str, version: str) -> bool:
+        return self.store.exists(*self.parts(name, version, MANIFEST))
+
+    def read_manifest(self, name: str, version: str = "latest") -> dict:
+        check_name(name, f"{self.area[:-1]} name")
+        if version == "latest":
+            version = self.latest(name)
+        check_name(version, "version")
+        if not self.is_published(name, version):
+            raise StoreError(f"{self.area[:-1]} {name}/{version} is not published in {self.store.url}")
+        return self.store.read_json(*self.parts(name, version, MANIFEST))
+
+    def latest(self, name: str) -> str:
+        try:
+            version = self.store.read_json(*self.parts(name, LATEST))["version"]
+            if self.is_published(name, version):
+                return version
+        except (StoreError, KeyError, json.JSONDecodeError):
+            pass
+        versions = self.versions(name)
+        if not versions:
+            raise StoreError(f"no published version of {self.area[:-1]} {name!r} in {self.store.url}")
+        return versions[-1]
+
+    # -- writing -----------------------------------------------------------------------------------
+    def next_version(self, name: str) -> str:
+        numbers = [int(m.group(1)) for v in self.store.list_dirs(*self.parts(name)) if (m := re.fullmatch(r"v(\d+)", v))]
+        return f"v{max(numbers, default=0) + 1}"
+
+    def find_resumable(self, name: str, fingerprint: str) -> str | None:
+        """An unpublished version left by a dead run with this fingerprint, if any."""
+        for version in self.store.list_dirs(*self.parts(name)):
+            if self.is_published(name, version):
+                continue
+            try:
+                record = self.store.read_json(*self.parts(name, version, LOCK))
+            except (StoreError, json.JSONDecodeError):
+                continue
+            if record.get("fingerprint") == fingerprint and not _is_alive(record, DEFAULT_LEASE_TTL):
+                return version
+        return None
+
+    def find_published(self, name: str, fingerprint: str) -> str | None:
+        for version in reversed(self.versions(name)):
+            if self.store.read_json(*self.parts(name, version, MANIFEST)).get("fingerprint") == fingerprint:
+                return version
+        return None
+
+    def acquire(self, name: str, version: str, fingerprint: str, ttl: float = DEFAULT_LEASE_TTL) -> Lease:
+        """Take the writer's lease on an unpublished version, or resume one whose writer died."""
+        check_name(name, f"{self.area[:-1]} name")
+        check_name(version, "version")
+        where = f"{self.area[:-1]} {name}/{version}"
+        if self.is_published(name, version):
+            raise VersionPublished(f"{where} is published and immutable; choose another version")
+        lease = Lease(self, name, version, fingerprint, ttl=ttl)
+        lock = self.parts(name, version, LOCK)
+        try:
+            self.store.create_exclusive(json.dumps(lease.record()).encode(), *lock)
+        except AlreadyExists:
+            try:
+                holder = self.store.read_json(*lock)
+            except (StoreError, json.JSONDecodeError) as exc:
+                raise VersionBusy(f"{where} is being claimed by another run ({exc})") from None
+            if _is_alive(holder, ttl):
+                raise VersionBusy(
+                    f"{where} is being written by another run (host {holder.get('host')}, pid {holder.get('pid')})"
+                ) from None
+            if holder.get("fingerprint") != fingerprint:
+                raise VersionBusy(
+                    f"{where} holds an interrupted run of a different config or input; "
+                    "choose another version, or re-run with the original config to resume it"
+                ) from None
+            try:  # only one run can claim a given dead holder
+                self.store.create_exclusive(b"", *self.parts(name, version, f"_takeover.{holder['run_id']}"))
+            except AlreadyExists:
+                raise VersionBusy(f"{where} was just resumed by another run") from None
+            self.store.write_json(lease.record(), *lock)
+            lease.resumed = True
+        lease.start_heartbeat()
+        return lease
+
+    def publish(self, lease: Lease, manifest: dict) -> None:
+        """The commit point: manifest (exclusively), then the latest pointer, then the lease goes."""
+        lease.check()
+        parts = self.parts(lease.name, lease.version)
+        self.store.remove_temp_files(*parts)
+        body = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        try:
+            self.store.create_exclusive(body, *parts, MANIFEST)
+        except AlreadyExists:
+            raise VersionPublished(f"{self.area[:-1]} {lease.name}/{lease.version} was published meanwhile") from None
+        self.store.write_json({"version": lease.version}, *self.parts(lease.name, LATEST))
+        lease.release()
+
+
+def _version_sort_key(version: str) -> tuple:
+    match = re.fullmatch(r"v(\d+)", version)
+    return (0, int(match.group(1)), "") if match else (1, 0, version)

@@ -1,0 +1,1 @@
+"""Image folders in, validated images out: the ingest pipeline and the image stages other pipelines reuse."""

@@ -1,0 +1,93 @@
+"""Image stages: read and check files, drop odd shapes, resize, encode as PNG."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+from hoi_factory.config import Settings
+from hoi_factory.stage import Filter, MapStage, Reject, Row
+
+# Modes PIL converts to RGB without losing meaning; anything else (CMYK, 16-bit, float) is refused.
+CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "1"}
+
+
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ReadImage(MapStage):
+    """Reads `row['path']` (any fsspec URL) into `row['pixels']` (H x W x 3 uint8), rejecting bad files."""
+
+    batch_size = 8
+
+    def __init__(self, max_pixels: int = 50_000_000):
+        self.max_pixels = max_pixels
+        self.settings = Settings()
+
+    def process_row(self, row: Row) -> Row | Reject:
+        with fsspec.open(row["path"], "rb", **self.settings.storage_options(row["path"])) as handle:
+            data = handle.read()
+        if not data:
+            return Reject.of(row, "empty file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                width, height = image.size
+                if width * height > self.max_pixels:  # checked from the header, before decoding
+                    return Reject.of(row, "image too large", f"{width}x{height} > {self.max_pixels} pixels")
+                image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            return Reject.of(row, "unreadable image", f"{type(exc).__name__}: {exc}")
+        if image.mode not in CONVERTIBLE_MODES:
+            return Reject.of(row, "unsupported image mode", image.mode)
+        return {**row, "pixels": np.asarray(image.convert("RGB")), "source_sha256": hashlib.sha256(data).hexdigest()}
+
+
+class ImageShapeFilter(Filter):
+    """Drops images too small to use or too elongated to be a photo."""
+
+    def __init__(self, min_side: int, max_aspect: float):
+        self.min_side = min_side
+        self.max_aspect = max_aspect
+
+    def reason_to_drop(self, row: Row) -> str | None:
+        height, width = row["pixels"].shape[:2]
+        if min(height, width) < self.min_side:
+            return "image too small"
+        if max(height, width) / min(height, width) > self.max_aspect:
+            return "aspect ratio too extreme"
+        return None
+
+
+class ResizeToFit(MapStage):
+    """Scales images down so the longer side is at most `max_side` (never up), keeping the aspect ratio."""
+
+    def __init__(self, max_side: int):
+        self.max_side = max_side
+
+    def process_row(self, row: Row) -> Row:
+        pixels = row["pixels"]
+        height, width = pixels.shape[:2]
+        scale = self.max_side / max(height, width)
+        if scale < 1:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+        return {**row, "pixels": pixels}
+
+
+class EncodePNG(MapStage):
+    """`pixels` -> `image` (PNG bytes) with its width and height: the stored form of images."""
+
+    def process_row(self, row: Row) -> Row:
+        pixels = row.pop("pixels")
+        return {**row, "image": png_bytes(pixels), "width": pixels.shape[1], "height": pixels.shape[0]}
