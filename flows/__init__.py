@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from flows.ingest import ingest
-from tasks.images.ingest import IngestPipeline
+import os
+
+# Closed networks are the norm for us: no telemetry calls from Prefect's local server.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from flows.ingest import ingest  # noqa: E402
+from flows.synthetic import synthetic  # noqa: E402
+from tasks.images.ingest import IngestPipeline  # noqa: E402
+from tasks.synthetic.pipeline import SyntheticPipeline  # noqa: E402
 
 # name -> (pipeline, its flow)
 PIPELINES = {
     IngestPipeline.name: (IngestPipeline, ingest),
+    SyntheticPipeline.name: (SyntheticPipeline, synthetic),
 }

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         """fsspec options for `url` (default: the store); credentials stay out of every log, manifest and report."""
         if not (url or self.store_url).startswith("s3://"):
             return {}
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"use_listings_cache": False}  # other processes write shards and manifests
         if self.aws_access_key_id and self.aws_secret_access_key:
             options["key"] = self.aws_access_key_id.get_secret_value()
             options["secret"] = self.aws_secret_access_key.get_secret_value()

@@ -69,6 +69,19 @@ class DatasetManifest(BaseModel):
     run: dict[str, Any] = Field(default_factory=dict)
 
 
+def type_name(arrow_type: pa.DataType) -> str:
+    """A type's name without list item field names, which Parquet renames ('item' is read back as 'element')."""
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"list<{type_name(arrow_type.value_type)}>"
+    if pa.types.is_struct(arrow_type):
+        return "struct<" + ", ".join(f"{f.name}: {type_name(f.type)}" for f in arrow_type) + ">"
+    return str(arrow_type)
+
+
+def column_types(schema: pa.Schema) -> dict[str, str]:
+    return {field.name: type_name(field.type) for field in schema}
+
+
 def shard_name(index: int) -> str:
     return f"part-{index:05d}"
 
@@ -228,7 +241,7 @@ class DatasetVersion:
                     table = pq.read_table(io.BytesIO(data))
                     if table.num_rows != shard.rows:
                         problems.append(f"{file}: {table.num_rows} rows, manifest says {shard.rows}")
-                    columns = {f.name: str(f.type) for f in table.schema}
+                    columns = column_types(table.schema)
                     if columns != expected_columns:
                         problems.append(f"{file}: columns {columns} differ from the manifest's {expected_columns}")
         if sum(s.rows for s in self.manifest.shards) != self.manifest.num_samples:
@@ -252,7 +265,7 @@ class DatasetWriter:
         manifest = DatasetManifest(
             name=self.lease.name, version=self.lease.version, created=datetime.now(timezone.utc).isoformat(),
             fingerprint=self.lease.fingerprint, num_samples=sum(r.rows for r in records),
-            num_rejects=sum(r.rejects for r in records), columns={f.name: str(f.type) for f in self.sink.schema},
+            num_rejects=sum(r.rejects for r in records), columns=column_types(self.sink.schema),
             shards=records, funnel=steps, reject_reasons=reasons, **fields,
         )
         version = DatasetVersion(self.area.store, manifest)

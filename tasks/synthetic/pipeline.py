@@ -1,0 +1,58 @@
+"""The synthetic pipeline: `count` samples, each costing `work_ms` of CPU and holding seeded random values."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from hoi_factory.config import RunConfig
+from hoi_factory.pipeline import Pipeline
+from hoi_factory.stage import MapStage, Row
+
+
+def busy_wait(seconds: float) -> None:
+    """Spin on the CPU (not sleep) so the cost is real compute that workers must share cores for."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def seeded_values(seed: int, count: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(count).astype(np.float32)
+
+
+class SyntheticConfig(RunConfig):
+    count: int = Field(64, ge=1, le=10_000_000, description="samples to make")
+    work_ms: float = Field(10.0, ge=0, le=60_000, description="CPU milliseconds spent per sample")
+    values: int = Field(8, ge=1, le=4096, description="seeded random values per sample")
+
+
+class FixedCostWork(MapStage):
+    """Spends `work_ms` per row, then draws the row's values from its seed."""
+
+    batch_size = 4
+
+    def __init__(self, work_ms: float, values: int):
+        self.work_seconds = work_ms / 1000
+        self.values = values
+
+    def process_row(self, row: Row) -> Row:
+        busy_wait(self.work_seconds)
+        values = seeded_values(row["seed"], self.values)
+        return {**row, "values": values.tolist(), "total": float(values.sum())}
+
+
+class SyntheticPipeline(Pipeline[SyntheticConfig]):
+    name = "synthetic"
+    description = "calibration samples with a fixed CPU cost each (benchmarks, fault tests)"
+    config_class = SyntheticConfig
+    schema = pa.schema([("values", pa.list_(pa.float32())), ("total", pa.float64())])
+
+    def plan(self, config: SyntheticConfig, datasets) -> list[dict]:
+        return [{"input_id": "synthetic", "index": i} for i in range(config.count)]
+
+    def stages(self, config: SyntheticConfig):
+        return [FixedCostWork(config.work_ms, config.values)]
