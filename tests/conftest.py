@@ -108,14 +108,15 @@ def captured_events(prefect_harness, monkeypatch):
     from prefect.events.clients import AssertingEventsClient
     from prefect.events.worker import EventsWorker
 
+    AssertingEventsClient.reset()
     worker = EventsWorker.instance(AssertingEventsClient)
     monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
 
     def events():
+        """Everything emitted since the last call."""
         worker.drain()
-        return [e for client in AssertingEventsClient.all for e in client.events]
+        return [e for client in AssertingEventsClient.all for e in client.pop_events()]
 
-    AssertingEventsClient.reset()
     yield events
     worker.drain()
     AssertingEventsClient.reset()

@@ -46,6 +46,8 @@ class ReadImage(MapStage):
                 if width * height > self.max_pixels:  # checked from the header, before decoding
                     return Reject.of(row, "image too large", f"{width}x{height} > {self.max_pixels} pixels")
                 image.load()
+        except Image.UnidentifiedImageError:  # its message holds a memory address: keep rejects reproducible
+            return Reject.of(row, "unreadable image", "not in any image format PIL reads")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             return Reject.of(row, "unreadable image", f"{type(exc).__name__}: {exc}")
         if image.mode not in CONVERTIBLE_MODES:
