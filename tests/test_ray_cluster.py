@@ -1,0 +1,60 @@
+"""The same flow, unchanged, on a two-node Ray cluster started on this machine: same dataset, work on both nodes."""
+
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, ray_executable
+from hoi_factory.config import Settings
+from hoi_factory.datasets import DatasetStore
+from hoi_factory.run import run_pipeline
+from hoi_factory.storage import Store
+from support.processes import kill_tree_by_marker
+from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
+
+RUN = ["synthetic", "count=24", "work_ms=40", "seed=5", "execution.shard_size=2"]
+
+
+@pytest.fixture
+def two_node_cluster(clean_env):
+    """A head and a second node, each with one CPU and a resource naming it; token auth on, as Ray 2.60 wants."""
+    temp_dir = tempfile.mkdtemp(prefix="hoiray-")  # short: Ray's socket paths must stay under 108 bytes
+    port = free_port()
+    env = {**clean_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_DISABLE_USAGE_STATS": "1"}
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray_executable(), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
+                        "--include-dashboard=false", "--resources={\"hoi_head\": 1}", *common],
+                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([ray_executable(), "start", f"--address=127.0.0.1:{port}", "--resources={\"hoi_second\": 1}",
+                        *common], env=env, check=True, capture_output=True, timeout=120)
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    finally:
+        kill_tree_by_marker(temp_dir)
+
+
+def test_flow_runs_unchanged_on_a_two_node_cluster(two_node_cluster, tmp_path, monkeypatch):
+    env = {**two_node_cluster, "HOI_STORE_URL": str(tmp_path / "store")}
+    cli = str(Path(sys.executable).parent / "hoi-factory")
+    nodes = subprocess.run([sys.executable, "-c", "import ray; ray.init(); print(len(ray.nodes()))"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr
+
+    done = subprocess.run([cli, "run", *RUN, "execution.executor=ray", "execution.workers=2"],
+                          env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    monkeypatch.setenv("HOI_STORE_URL", str(tmp_path / "store"))
+    on_cluster = DatasetStore(Store.from_settings(Settings())).open("synthetic")
+    node_ids = {shard.worker["node_id"] for shard in on_cluster.manifest.shards}
+    assert len(node_ids) == 2, f"all shards ran on {node_ids}"
+
+    monkeypatch.setenv("HOI_STORE_URL", str(tmp_path / "reference"))
+    config = SyntheticConfig(count=24, work_ms=40, seed=5, execution={"executor": "local", "shard_size": 2})
+    in_process = run_pipeline(SyntheticPipeline(), config).dataset
+    assert on_cluster.to_arrow().equals(in_process.to_arrow())
