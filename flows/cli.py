@@ -12,12 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hoi_factory.config import ConfigError, Settings, load_run_config
+from flows.runner import USER_ERRORS
+from hoi_factory.config import Settings, load_run_config
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.model_store import ModelStore
-from hoi_factory.pipeline import PlanError
-from hoi_factory.storage import Store, StoreError
-from hoi_factory.versions import VersionBusy, VersionPublished
+from hoi_factory.storage import Store
 
 app = typer.Typer(help="hoi-factory: hand-object and human-object interaction datasets, made at scale.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,7 +25,6 @@ models_app = typer.Typer(help="Model versions in the store.", no_args_is_help=Tr
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 console = Console()
-USER_ERRORS = (ConfigError, PlanError, StoreError, VersionBusy, VersionPublished)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -1,0 +1,78 @@
+"""The command line, as a user types it (in-process through typer's runner, flows under Prefect's harness)."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from flows.cli import app
+from hoi_factory.config import Settings
+from hoi_factory.model_store import ModelStore
+from hoi_factory.storage import Store
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def flat(result):
+    """The output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+@pytest.fixture
+def made_dataset(local_store_env, prefect_harness):
+    result = cli("run", "synthetic", "count=9", "work_ms=0", "execution.executor=local", "execution.shard_size=4")
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_run_makes_a_dataset_and_datasets_commands_show_it(made_dataset):
+    assert "synthetic" in made_dataset.output and "v1" in made_dataset.output
+    listing = cli("datasets", "ls")
+    assert listing.exit_code == 0 and "synthetic" in listing.output and "v1" in listing.output
+    shown = cli("datasets", "show", "synthetic/v1")
+    assert shown.exit_code == 0 and "9 samples, 0 rejected, 3 shards" in flat(shown)
+    valid = cli("datasets", "validate", "synthetic")
+    assert valid.exit_code == 0 and "3 shards match the manifest" in valid.output
+
+
+def test_validate_exits_non_zero_on_a_damaged_shard(made_dataset):
+    store = Store.from_settings(Settings())
+    store.write_bytes(b"garbage", "datasets", "synthetic", "v1", "data", "part-00001.parquet")
+    result = cli("datasets", "validate", "synthetic/v1")
+    assert result.exit_code == 1 and "data/part-00001.parquet: checksum mismatch" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "synthetic", "count=many"], "count: Input should be a valid integer"),
+        (["run", "synthetic", "execution.wokers=2"], "execution.wokers: Extra inputs are not permitted"),
+        (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; available: ingest, synthetic"),
+        (["datasets", "show", "../../etc"], "is not allowed"),
+        (["datasets", "show", "never-made"], "no published version of dataset 'never-made'"),
+    ],
+)
+def test_bad_requests_fail_with_a_message_naming_the_problem(local_store_env, args, message):
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert message in flat(result)
+
+
+def test_a_missing_input_folder_fails_fast_without_retries(local_store_env, prefect_harness, tmp_path, caplog):
+    result = cli("run", "ingest", f"source={tmp_path / 'nowhere'}", "execution.executor=local")
+    assert result.exit_code == 2 and "is not a folder" in flat(result)
+    assert "Finished in state Failed" in caplog.text and "Retry 1/2" not in caplog.text
+
+
+def test_models_and_status(local_store_env):
+    ModelStore(Store.from_settings(Settings())).save_state_dict("tiny", {"w": torch.ones(2)}, datasets=["synthetic/v1"])
+    listing = cli("models", "ls")
+    assert listing.exit_code == 0 and "tiny" in listing.output
+    shown = cli("models", "show", "tiny")
+    assert shown.exit_code == 0 and "trained on: synthetic/v1" in shown.output and "model.safetensors" in shown.output
+    status = cli("status")
+    assert status.exit_code == 0 and f"store: {local_store_env}" in flat(status)
+    assert "ephemeral" in status.output and "tiny" in status.output
