@@ -1,0 +1,3 @@
+from benchmarks.overhead import main
+
+main()

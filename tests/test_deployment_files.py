@@ -1,0 +1,60 @@
+"""docker-compose.yml and infra/prefect.yaml: valid, and wired to what the flows read."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import PIPELINES
+from hoi_factory.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose_plugin() -> Path:
+    import compose
+
+    return Path(compose.__file__).parent / "docker-compose"
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="the docker CLI is not installed")
+def test_docker_compose_config_is_valid(tmp_path):
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(compose_plugin())
+    result = subprocess.run(
+        ["docker", "compose", "--env-file", ".env.example", "--profile", "gpu", "--profile", "cpu", "config", "-q"],
+        cwd=ROOT, env={"DOCKER_CONFIG": str(tmp_path / "docker-config"), "PATH": "/usr/bin:/bin:/usr/local/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_factory_services_get_every_setting_the_flows_read(monkeypatch):
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"minio", "create-bucket", "postgres", "prefect-server", "prefect-worker", "ray-head"} <= set(services)
+    for name in ("prefect-worker", "ray-head", "ray-gpu-worker", "ray-cpu-worker"):
+        env = services[name]["environment"]
+        for key in list(Settings.model_fields) + ["RAY_ADDRESS", "PREFECT_API_URL", "AWS_ACCESS_KEY_ID"]:
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(value))
+        settings = Settings(_env_file=None)  # what the factory in that container will read
+        assert settings.store_url.startswith("s3://") and settings.s3_endpoint_url == "http://minio:9000"
+        assert settings.ray_address == "ray-head:6379"
+        assert settings.prefect_api_url == "http://prefect-server:4200/api"
+        assert settings.aws_access_key_id is not None and settings.aws_secret_access_key is not None
+        assert services[name]["image"].startswith("hoi-factory:")
+    assert services["ray-head"]["ports"] == ["8265:8265"]
+    assert services["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_prefect_deployments_point_at_real_flows():
+    deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
+    flows = {flow.fn.__module__.replace(".", "/") + ".py:" + flow.name for _, flow in PIPELINES.values()}
+    for deployment in deployments:
+        assert deployment["entrypoint"] in flows, deployment["entrypoint"]
+        assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
