@@ -52,10 +52,15 @@ def _with_progress(run):
             return run()
 
 
-def _print_results(results: list[dict[str, Any]]) -> None:
-    table = Table(title="datasets made")
-    for column in ("dataset", "version", "samples", "rejects", "seconds", "url"):
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, overflow="fold")
+    return table
+
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    table = _table("datasets made", "dataset", "version", "samples", "rejects", "seconds", "url")
     for r in results:
         version = f"{r['version']} (already there)" if r["reused"] else r["version"]
         table.add_row(r["dataset"], version, str(r["samples"]), str(r["rejects"]), str(r["seconds"]), r["url"])
@@ -114,18 +119,11 @@ def demo(
             console.print(f"{kind}: {version.url}/{relative}")
 
 
-def _split_ref(ref: str) -> tuple[str, str]:
-    name, _, version = ref.partition("/")
-    return name, version or "latest"
-
-
 @datasets_app.command("ls")
 def datasets_ls() -> None:
     """Every dataset and its published versions."""
     store = DatasetStore(_store())
-    table = Table(title=f"datasets in {store.store.url}")
-    for column in ("name", "versions", "latest", "samples"):
-        table.add_column(column)
+    table = _table(f"datasets in {store.store.url}", "name", "versions", "latest", "samples")
     for name in store.names():
         latest = store.open(name)
         table.add_row(name, " ".join(store.versions(name)), latest.version, str(latest.manifest.num_samples))
@@ -136,7 +134,7 @@ def datasets_ls() -> None:
 def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """A version's manifest: counts, funnel, lineage, shards."""
     try:
-        version = DatasetStore(_store()).open(*_split_ref(ref))
+        version = DatasetStore(_store()).open_ref(ref)
     except USER_ERRORS as exc:
         _fail(str(exc))
     m = version.manifest
@@ -144,9 +142,7 @@ def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -
                   f"{len(m.shards)} shards, made {m.created} by {m.pipeline} ({m.code_version})")
     console.print(f"url: {version.url}")
     console.print(f"parents: {', '.join(m.parents) or '-'}   config hash: {m.config_hash}")
-    funnel = Table(title="funnel")
-    for column in ("step", "in", "out", "seconds"):
-        funnel.add_column(column)
+    funnel = _table("funnel", "step", "in", "out", "seconds")
     for step in m.funnel:
         funnel.add_row(step["stage"], str(step.get("rows_in", "")), str(step["rows_out"]), str(step.get("seconds", "")))
     console.print(funnel)
@@ -159,7 +155,7 @@ def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -
 def datasets_validate(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """Check every shard against the manifest (presence, checksums, rows, schema). Exit 1 on problems."""
     try:
-        version = DatasetStore(_store()).open(*_split_ref(ref))
+        version = DatasetStore(_store()).open_ref(ref)
     except USER_ERRORS as exc:
         _fail(str(exc))
     problems = version.validate()
@@ -174,9 +170,7 @@ def datasets_validate(ref: str = typer.Argument(..., help="name or name/version"
 def models_ls() -> None:
     """Every model and its published versions."""
     store = ModelStore(_store())
-    table = Table(title=f"models in {store.store.url}")
-    for column in ("name", "versions", "latest"):
-        table.add_column(column)
+    table = _table(f"models in {store.store.url}", "name", "versions", "latest")
     for name in store.names():
         table.add_row(name, " ".join(store.versions(name)), store.area.latest(name))
     console.print(table)
@@ -186,7 +180,7 @@ def models_ls() -> None:
 def models_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """A model version: files, metrics, the datasets it was trained on."""
     try:
-        model = ModelStore(_store()).open(*_split_ref(ref))
+        model = ModelStore(_store()).open_ref(ref)
     except USER_ERRORS as exc:
         _fail(str(exc))
     m = model.manifest

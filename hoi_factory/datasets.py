@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from hoi_factory.stage import Reject
 from hoi_factory.storage import Store, StoreError
-from hoi_factory.versions import DEFAULT_LEASE_TTL, Lease, VersionedArea
+from hoi_factory.versions import DEFAULT_LEASE_TTL, Lease, VersionedArea, VersionedStore
 
 SCHEMA_VERSION = 1
 AREA = "datasets"
@@ -275,26 +275,12 @@ class DatasetWriter:
         return version
 
 
-class DatasetStore:
+class DatasetStore(VersionedStore[DatasetVersion]):
     """List, open and write dataset versions in a store."""
 
-    def __init__(self, store: Store):
-        self.store = store
-        self.area = VersionedArea(store, AREA)
-
-    def names(self) -> list[str]:
-        return self.area.names()
-
-    def versions(self, name: str) -> list[str]:
-        return self.area.versions(name)
-
-    def open(self, name: str, version: str = "latest") -> DatasetVersion:
-        return DatasetVersion(self.store, DatasetManifest.model_validate(self.area.read_manifest(name, version)))
-
-    def open_ref(self, ref: str) -> DatasetVersion:
-        """Open `name` or `name/version`."""
-        name, _, version = ref.partition("/")
-        return self.open(name, version or "latest")
+    area_name = AREA
+    manifest_class = DatasetManifest
+    version_class = DatasetVersion
 
     def begin(self, name: str, version: str, fingerprint: str, schema: pa.Schema,
               ttl: float = DEFAULT_LEASE_TTL) -> DatasetWriter:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from hoi_factory import ids
 from hoi_factory.optional import require
 from hoi_factory.storage import Store, StoreError
-from hoi_factory.versions import VersionedArea
+from hoi_factory.versions import VersionedStore
 
 AREA = "models"
 WEIGHTS = "model.safetensors"
@@ -97,19 +97,12 @@ class ModelVersion:
         return problems
 
 
-class ModelStore:
-    def __init__(self, store: Store):
-        self.store = store
-        self.area = VersionedArea(store, AREA)
+class ModelStore(VersionedStore[ModelVersion]):
+    """List, open and publish model versions in a store."""
 
-    def names(self) -> list[str]:
-        return self.area.names()
-
-    def versions(self, name: str) -> list[str]:
-        return self.area.versions(name)
-
-    def open(self, name: str, version: str = "latest") -> ModelVersion:
-        return ModelVersion(self.store, ModelManifest.model_validate(self.area.read_manifest(name, version)))
+    area_name = AREA
+    manifest_class = ModelManifest
+    version_class = ModelVersion
 
     def save(self, name: str, files: dict[str, bytes], config: dict | None = None, metrics: dict | None = None,
              datasets: list[str] | None = None, card: str | None = None, version: str | None = None) -> ModelVersion:

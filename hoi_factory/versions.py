@@ -19,6 +19,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from hoi_factory.storage import AlreadyExists, Store, StoreError, check_name
 
@@ -227,3 +230,33 @@ class VersionedArea:
 def _version_sort_key(version: str) -> tuple:
     match = re.fullmatch(r"v(\d+)", version)
     return (0, int(match.group(1)), "") if match else (1, 0, version)
+
+
+V = TypeVar("V")
+
+
+class VersionedStore(Generic[V]):
+    """What the dataset and model stores share: listing and opening published versions of an area."""
+
+    area_name: ClassVar[str]
+    manifest_class: ClassVar[type[BaseModel]]
+    version_class: ClassVar[type]
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.area = VersionedArea(store, self.area_name)
+
+    def names(self) -> list[str]:
+        return self.area.names()
+
+    def versions(self, name: str) -> list[str]:
+        return self.area.versions(name)
+
+    def open(self, name: str, version: str = "latest") -> V:
+        manifest = self.manifest_class.model_validate(self.area.read_manifest(name, version))
+        return self.version_class(self.store, manifest)
+
+    def open_ref(self, ref: str) -> V:
+        """Open `name` (its latest version) or `name/version`."""
+        name, _, version = ref.partition("/")
+        return self.open(name, version or "latest")
