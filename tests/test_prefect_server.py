@@ -1,0 +1,68 @@
+"""The same CLI run against a real `prefect server` on 127.0.0.1: the flow run, its artifacts and the event land there."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from support.processes import kill_tree_by_marker
+
+
+def api(url: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"}, method="POST" if body else "GET")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def prefect_server(clean_env, tmp_path):
+    port = free_port()
+    env = {**clean_env, "PREFECT_HOME": str(tmp_path / "server-home")}
+    marker = f"--port {port}"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                api(url, "/health")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("prefect server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+        kill_tree_by_marker(marker)
+
+
+def test_cli_run_reports_to_a_prefect_server(prefect_server, clean_env, tmp_path):
+    env = {**clean_env, "PREFECT_API_URL": prefect_server, "HOI_STORE_URL": str(tmp_path / "store")}
+    run = subprocess.run([str(Path(sys.executable).parent / "hoi-factory"), "run", "synthetic", "count=6", "work_ms=0",
+                          "execution.executor=local", "output.dataset=served"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+
+    runs = api(prefect_server, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
+    assert [(r["name"] != "", r["state_type"]) for r in runs] == [(True, "COMPLETED")]
+    artifacts = api(prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["served-v1-summary"]}}})
+    assert json.loads(artifacts[0]["data"])[0]["samples"] == 6
+
+    deadline = time.monotonic() + 30
+    while True:  # events reach the server's event store asynchronously
+        events = api(prefect_server, "/events/filter",
+                     {"filter": {"event": {"name": ["hoi.dataset.published"]}}, "limit": 10})["events"]
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    [event] = events
+    assert event["payload"]["dataset"] == "served" and event["payload"]["num_samples"] == 6
