@@ -3,13 +3,13 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install demo test bench
+.PHONY: install browser demo test bench
 install: $(VENV)/.installed
 
+# torch first, pinned to the CPU build: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
-	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
@@ -17,7 +17,14 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/hoi-factory demo
 
-test: install
+# Debian's chromium, for the report-page test (skipped, with its reason, where it cannot be installed).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	} || echo "chromium could not be installed: the report-page test will be skipped"
+
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install

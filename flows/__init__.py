@@ -6,6 +6,8 @@ import os
 
 # Closed networks are the norm for us: no telemetry calls from Prefect's local server.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The runtime core's log lines (resumes, leases) belong in the flow run's logs too.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "hoi_factory")
 
 from flows.ingest import ingest  # noqa: E402
 from flows.synthetic import synthetic  # noqa: E402

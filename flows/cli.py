@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -192,12 +191,33 @@ def models_show(ref: str = typer.Argument(..., help="name or name/version")) -> 
 
 
 @app.command()
-def status() -> None:
-    """Where the factory points, and what is in the store."""
+def status(runs: int = typer.Option(10, min=0, help="recent flow runs to show")) -> None:
+    """Where the factory points, recent flow runs, the Ray cluster, and what is in the store."""
+    from flows.status import ray_cluster, recent_flow_runs
+
     settings = Settings()
     console.print(f"store:   {settings.store_url}")
     console.print(f"prefect: {settings.prefect_api_url or 'ephemeral (no server; set PREFECT_API_URL)'}")
-    console.print(f"ray:     {settings.ray_address or os.environ.get('RAY_ADDRESS') or 'local (ray.init() per run)'}")
+    if settings.ray_address:
+        try:
+            cluster = ray_cluster(settings.ray_address)
+            console.print(f"ray:     {settings.ray_address}: {cluster['nodes']} nodes, {cluster['cpus']:g} CPUs, "
+                          f"{cluster['gpus']:g} GPUs, dashboard {cluster['dashboard'] or '-'}")
+        except Exception as exc:  # status must still show the rest
+            console.print(f"ray:     {settings.ray_address}: [red]unreachable[/] ({exc})")
+    else:
+        console.print("ray:     local (started by each run; set RAY_ADDRESS for a cluster)")
+    if runs:
+        try:
+            rows = recent_flow_runs(runs)
+        except Exception as exc:
+            console.print(f"[red]flow runs unavailable:[/] {exc}")
+        else:
+            table = _table("recent flow runs", "flow", "run", "state", "started", "seconds")
+            for row in rows:
+                seconds = f"{row.seconds:.1f}" if row.seconds is not None else ""
+                table.add_row(row.flow, row.name, row.state, row.started, seconds)
+            console.print(table)
     datasets_ls()
     models_ls()
 

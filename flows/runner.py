@@ -7,7 +7,13 @@ import base64
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
@@ -64,8 +70,13 @@ def publish_artifacts(result: RunResult) -> None:
         lines += ["", "| reject reason | count |", "|---|---:|"]
         lines += [f"| {reason} | {count} |" for reason, count in sorted(manifest.reject_reasons.items())]
     for kind, relative in manifest.report.items():
-        lines += ["", f"## {kind}", _embedded_png(dataset, relative)]
+        if relative.endswith(".png"):
+            lines += ["", f"## {kind}", _embedded_png(dataset, relative)]
     create_markdown_artifact("\n".join(lines), key=f"{key}-report", description=f"{dataset.ref}: funnel and samples")
+    if "html" in manifest.report:
+        create_link_artifact(dataset.store.link("datasets", dataset.name, dataset.version, manifest.report["html"]),
+                             link_text=f"{dataset.ref} report", key=f"{key}-html",
+                             description=f"{dataset.ref}: the full report page")
 
 
 def run_pipeline_flow(pipeline: Pipeline, config: RunConfig) -> dict[str, Any]:
@@ -75,6 +86,12 @@ def run_pipeline_flow(pipeline: Pipeline, config: RunConfig) -> dict[str, Any]:
     logger.info("%s -> store %s, executor %s", pipeline.name, settings.store_url, config.execution.executor)
     if settings.prefect_api_url:
         logger.info("Prefect UI: %s", settings.prefect_api_url.removesuffix("/api"))
+    if config.execution.executor == "ray":
+        from hoi_factory.executors.ray import ensure_ray
+
+        dashboard = ensure_ray(settings.ray_address)
+        logger.info("Ray: %s, dashboard %s", settings.ray_address or "local",
+                    f"http://{dashboard}" if dashboard else "not running (needs ray[default])")
     result = make_dataset.with_options(name=f"{pipeline.name}: make dataset")(pipeline, config)
     if result.reused:
         logger.info("%s is already published from this exact config and input", result.dataset.ref)

@@ -45,6 +45,7 @@ class ShardRecord(BaseModel):
     inputs: int
     stages: dict[str, dict] = Field(default_factory=dict)
     worker: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class DatasetManifest(BaseModel):
@@ -132,7 +133,8 @@ class ShardSink:
                 records[record.index] = record
         return records
 
-    def write(self, index: int, table: pa.Table, rejects: pa.Table, inputs: int, stages: dict, worker: dict) -> ShardRecord:
+    def write(self, index: int, table: pa.Table, rejects: pa.Table, inputs: int, stages: dict, worker: dict,
+              seconds: float = 0.0) -> ShardRecord:
         """Shard data, then rejects, then the completion record: a shard without its record is redone."""
         name = shard_name(index)
         data = _parquet_bytes(table.cast(self.schema))
@@ -143,6 +145,7 @@ class ShardSink:
             index=index, file=f"data/{name}.parquet", rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest(),
             rejects_file=f"rejects/{name}.parquet", rejects=rejects.num_rows,
             rejects_sha256=hashlib.sha256(reject_data).hexdigest(), inputs=inputs, stages=stages, worker=worker,
+            seconds=round(seconds, 4),
         )
         self.store.write_json(record.model_dump(), *self.parts("_completions", f"{name}.json"))
         return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -45,6 +46,10 @@ class Pipeline(Generic[C]):
     def parents(self, config: C) -> list[str]:
         """Dataset versions (`name/version`) this run reads: its lineage."""
         return []
+
+    def report_pictures(self, version) -> dict[str, bytes]:
+        """Pipeline-specific PNG pictures for the version's report (e.g. occupancy renders), by name."""
+        return {}
 
 
 @dataclass
@@ -107,6 +112,7 @@ class ShardRunner:
     def run(self, job: ShardJob) -> ShardRecord:
         if self.stages is None:
             self.setup()
+        started = time.perf_counter()
         output = run_stages(self.stages, [dict(item) for item in job.items], self.config.execution.batch_retries)
         table, misfits = rows_to_table(output.rows, self.sink.schema)
         rejects = [(stage, r) for stage, r in output.rejects] + [("schema", r) for r in misfits]
@@ -119,4 +125,5 @@ class ShardRunner:
         if misfits:
             stats["schema"] = {"rows_in": len(output.rows), "rows_out": table.num_rows, "seconds": 0.0,
                                "rejected": {misfits[0].reason: len(misfits)}}
-        return self.sink.write(job.index, table, reject_table, len(job.items), stats, worker_info())
+        return self.sink.write(job.index, table, reject_table, len(job.items), stats, worker_info(),
+                               time.perf_counter() - started)

@@ -1,12 +1,18 @@
-"""Pictures of a run, written into the version's `report/` folder before its manifest.
+"""The report of a dataset version, written into its `report/` folder before the manifest.
 
 - `samples.png`: a grid of the first samples of the preview column (PNG bytes);
-- `funnel.png`: rows surviving each stage, with the main reject reasons.
+- `funnel.png`: rows surviving each stage, with the main reject reasons;
+- `<name>.png`: pictures the pipeline adds (`Pipeline.report_pictures`);
+- `index.html`: one self-contained page with all of them, stage throughput, shard timings, lineage, config.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+
+import jinja2
 
 import matplotlib
 
@@ -20,19 +26,23 @@ THUMBNAIL = 128
 
 
 def sample_grid(images: list[bytes], captions: list[str] | None = None) -> bytes:
-    """A PNG grid of up to GRID_SAMPLES images, each fitted into a THUMBNAIL square."""
-    images = images[:GRID_SAMPLES]
-    rows = max(1, -(-len(images) // GRID_COLUMNS))
-    cell = THUMBNAIL + 4
-    grid = Image.new("RGB", (GRID_COLUMNS * cell, rows * (cell + 14)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, data in enumerate(images):
+    """A PNG grid of up to GRID_SAMPLES images, each scaled to fit a THUMBNAIL square, captions beneath."""
+    thumbnails = []
+    for data in images[:GRID_SAMPLES]:
         thumbnail = Image.open(io.BytesIO(data)).convert("RGB")
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
-        x, y = (i % GRID_COLUMNS) * cell + 2, (i // GRID_COLUMNS) * (cell + 14) + 2
+        thumbnails.append(thumbnail)
+    caption_height = 14 if captions else 0
+    cell_w = max((t.width for t in thumbnails), default=THUMBNAIL) + 4
+    cell_h = max((t.height for t in thumbnails), default=THUMBNAIL) + 4 + caption_height
+    rows = max(1, -(-len(thumbnails) // GRID_COLUMNS))
+    grid = Image.new("RGB", (GRID_COLUMNS * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, thumbnail in enumerate(thumbnails):
+        x, y = (i % GRID_COLUMNS) * cell_w + 2, (i // GRID_COLUMNS) * cell_h + 2
         grid.paste(thumbnail, (x, y))
         if captions:
-            draw.text((x, y + THUMBNAIL + 1), captions[i][:20], fill="black")
+            draw.text((x, y + thumbnail.height + 1), captions[i][:20], fill="black")
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -59,26 +69,47 @@ def funnel_chart(funnel: list[dict], reasons: dict[str, int], title: str) -> byt
     return buffer.getvalue()
 
 
-def preview_images(version, column: str) -> list[bytes]:
-    images: list[bytes] = []
+def preview_images(version, column: str) -> tuple[list[bytes], list[str]]:
+    """The first GRID_SAMPLES images of `column` and their input ids, read shard by shard."""
+    images, captions = [], []
     for index in range(len(version.manifest.shards)):
-        images += [v for v in version.read_shard(index, [column]).column(column).to_pylist() if v]
+        shard = version.read_shard(index, [column, "input_id"]).to_pylist()
+        for row in shard:
+            if row[column]:
+                images.append(row[column])
+                captions.append(row["input_id"].rsplit("/", 1)[-1])
         if len(images) >= GRID_SAMPLES:
             break
-    return images[:GRID_SAMPLES]
+    return images[:GRID_SAMPLES], captions[:GRID_SAMPLES]
 
 
-def write_report(version, preview_column: str | None) -> dict[str, str]:
-    """Write the pictures of `version` (not yet published) and return {kind: relative path}."""
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("hoi_factory", "templates"),
+                                autoescape=jinja2.select_autoescape(["html", "j2"]))
+
+
+def render_html(version, pictures: dict[str, bytes]) -> str:
     manifest = version.manifest
-    files = {"funnel": funnel_chart(manifest.funnel, manifest.reject_reasons, f"{version.ref}: rejection funnel")}
-    if preview_column:
-        images = preview_images(version, preview_column)
+    encoded = {name: base64.b64encode(data).decode() for name, data in pictures.items()}
+    seconds = manifest.run.get("seconds") or 0
+    return _TEMPLATES.get_template("report.html.j2").render(
+        m=manifest, pictures=encoded,
+        extra_pictures={k: v for k, v in encoded.items() if k not in ("samples", "funnel")},
+        samples_per_second=manifest.num_samples / seconds if seconds else 0.0,
+        config_json=json.dumps(manifest.config, indent=2, sort_keys=True),
+    )
+
+
+def write_report(version, pipeline) -> dict[str, str]:
+    """Write the report of `version` (not yet published) and return {kind: path relative to the version}."""
+    manifest = version.manifest
+    pictures = {"funnel": funnel_chart(manifest.funnel, manifest.reject_reasons, f"{version.ref}: rejection funnel")}
+    if pipeline.preview_column:
+        images, captions = preview_images(version, pipeline.preview_column)
         if images:
-            files["samples"] = sample_grid(images)
-    written = {}
-    for kind, data in files.items():
-        path = f"report/{kind}.png"
+            pictures["samples"] = sample_grid(images, captions)
+    pictures.update(pipeline.report_pictures(version))
+    files = {name: (f"report/{name}.png", data) for name, data in pictures.items()}
+    files["html"] = ("report/index.html", render_html(version, pictures).encode())
+    for path, data in files.values():
         version.store.write_bytes(data, "datasets", version.name, version.version, path)
-        written[kind] = path
-    return written
+    return {name: path for name, (path, _) in files.items()}

@@ -106,7 +106,7 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
             raise RuntimeError(f"{name}/{writer.lease.version}: shards {missing} did not finish; re-run to resume")
         dataset = writer.commit(
             list(done.values()),
-            before_manifest=lambda version: write_report(version, pipeline.preview_column),
+            before_manifest=lambda version: write_report(version, pipeline),
             pipeline=pipeline.name, config=config.content_dict(), config_hash=config_hash,
             code_version=code_version(), parents=pipeline.parents(config), num_inputs=len(items),
             run={"executor": executor.describe(), "seconds": round(time.perf_counter() - started, 3),

@@ -10,6 +10,7 @@ import json
 import posixpath
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -67,6 +68,11 @@ class Store:
         """A URL another tool can open (pandas, Ray Data, a browser for local files)."""
         path = self.path(*parts)
         return path if self.is_local else f"{_protocols(self.fs)[0]}://{path}"
+
+    def link(self, *parts: str) -> str:
+        """A URL for people: file:// for local files; object stores keep their own scheme (no signed URL: it
+        would carry the access key id into artifacts)."""
+        return Path(self.path(*parts)).as_uri() if self.is_local else self.full_url(*parts)
 
     # -- reads -------------------------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:

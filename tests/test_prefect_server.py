@@ -1,6 +1,7 @@
 """The same CLI run against a real `prefect server` on 127.0.0.1: the flow run, its artifacts and the event land there."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -66,3 +67,22 @@ def test_cli_run_reports_to_a_prefect_server(prefect_server, clean_env, tmp_path
         time.sleep(0.5)
     [event] = events
     assert event["payload"]["dataset"] == "served" and event["payload"]["num_samples"] == 6
+
+    status = subprocess.run([str(Path(sys.executable).parent / "hoi-factory"), "status"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    flat = " ".join(status.stdout.split())
+    assert status.returncode == 0 and f"prefect: {prefect_server}" in flat
+    assert "synthetic" in flat and "COMPLETED" in flat and "served" in flat
+
+
+def test_status_in_embedded_mode_lists_runs_and_datasets(clean_env, tmp_path):
+    env = {**clean_env, "HOI_STORE_URL": str(tmp_path / "store")}
+    cli = str(Path(sys.executable).parent / "hoi-factory")
+    run = subprocess.run([cli, "run", "synthetic", "count=3", "work_ms=0", "execution.executor=local"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    status = subprocess.run([cli, "status"], env=env, capture_output=True, text=True, timeout=300)
+    flat = " ".join(status.stdout.split())
+    assert status.returncode == 0 and "prefect: ephemeral" in flat and "ray: local" in flat
+    assert re.search(r"│ synthetic\s+│ [a-z]+-[a-z]+\s+│ COMPLETED", status.stdout)  # the run, kept in PREFECT_HOME's database
+    assert re.search(r"│ synthetic\s+│ v1\s+│ v1\s+│ 3\s+│", status.stdout)  # the dataset row

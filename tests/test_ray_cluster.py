@@ -49,6 +49,9 @@ def test_flow_runs_unchanged_on_a_two_node_cluster(two_node_cluster, tmp_path, m
                           env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
+    status = subprocess.run([cli, "status", "--runs", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert f"ray: 127.0.0.1:{env['RAY_ADDRESS'].split(':')[1]}: 2 nodes, 2 CPUs" in " ".join(status.stdout.split())
+
     monkeypatch.setenv("HOI_STORE_URL", str(tmp_path / "store"))
     on_cluster = DatasetStore(Store.from_settings(Settings())).open("synthetic")
     node_ids = {shard.worker["node_id"] for shard in on_cluster.manifest.shards}

@@ -20,11 +20,17 @@ ray = require("ray", "ray", "The Ray executor")
 
 
 
-def ensure_ray(address: str | None) -> None:
-    """Connect to `address` (a cluster) or start Ray locally; once per process."""
-    if ray.is_initialized():
-        return
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.WARNING)
+def ensure_ray(address: str | None) -> str | None:
+    """Connect to `address` (a cluster) or start Ray locally, once per process; returns the dashboard URL."""
+    global _dashboard_url
+    if not ray.is_initialized():
+        context = ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                           logging_level=logging.WARNING)
+        _dashboard_url = context.dashboard_url or None
+    return _dashboard_url
+
+
+_dashboard_url: str | None = None
 
 
 class _ShardActor:

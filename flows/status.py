@@ -1,0 +1,51 @@
+"""What `hoi-factory status` reports besides the store: recent flow runs (Prefect) and the Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+
+RAY_PROBE = """
+import json, logging, ray
+context = ray.init(address={address!r}, logging_level=logging.ERROR, log_to_driver=False)
+nodes = [n for n in ray.nodes() if n["Alive"]]
+total = ray.cluster_resources()
+print(json.dumps({{"nodes": len(nodes), "cpus": total.get("CPU", 0), "gpus": total.get("GPU", 0),
+                  "dashboard": context.dashboard_url or None}}))
+"""
+
+
+@dataclass
+class FlowRunRow:
+    flow: str
+    name: str
+    state: str
+    started: str
+    seconds: float | None
+
+
+def recent_flow_runs(limit: int = 10) -> list[FlowRunRow]:
+    """The latest flow runs of the configured Prefect API (the ephemeral one when none is set)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
+        flow_names = {flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in runs}}
+    return [
+        FlowRunRow(flow_names[run.flow_id], run.name, run.state_type.value if run.state_type else "?",
+                   run.start_time.strftime("%Y-%m-%d %H:%M:%S") if run.start_time else "-",
+                   run.total_run_time.total_seconds() if run.total_run_time else None)
+        for run in runs
+    ]
+
+
+def ray_cluster(address: str, timeout: float = 60.0) -> dict:
+    """Nodes, CPUs, GPUs and dashboard of a running cluster, asked from a short-lived driver process."""
+    probe = subprocess.run([sys.executable, "-c", RAY_PROBE.format(address=address)],
+                           capture_output=True, text=True, timeout=timeout)
+    if probe.returncode != 0:
+        raise RuntimeError(probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no answer")
+    return json.loads(probe.stdout.strip().splitlines()[-1])
