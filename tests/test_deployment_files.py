@@ -58,3 +58,25 @@ def test_prefect_deployments_point_at_real_flows():
     for deployment in deployments:
         assert deployment["entrypoint"] in flows, deployment["entrypoint"]
         assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
+
+
+def test_cluster_configs_run_the_factory_image_and_read_secrets_from_the_environment():
+    cluster = yaml.safe_load((ROOT / "infra" / "ray" / "cluster.yaml").read_text())
+    assert cluster["head_node_type"] in cluster["available_node_types"]
+    assert cluster["docker"]["image"].startswith("hoi-factory")
+    assert any("--head" in command for command in cluster["head_start_ray_commands"])
+
+    ray_cluster = yaml.safe_load((ROOT / "infra" / "kubernetes" / "raycluster.yaml").read_text())
+    assert (ray_cluster["apiVersion"], ray_cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    import ray
+
+    assert ray_cluster["spec"]["rayVersion"] == ray.__version__  # the cluster runs the Ray the project pins
+    containers = [ray_cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    containers += [g["template"]["spec"]["containers"][0] for g in ray_cluster["spec"]["workerGroupSpecs"]]
+    for container in containers:
+        assert container["image"].startswith("hoi-factory")
+        env = {e["name"]: e for e in container["env"]}
+        for secret in ("AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"):
+            assert "value" not in env[secret] and env[secret]["valueFrom"]["secretKeyRef"]["name"] == "hoi-factory-env"
+    gpu_group = next(g for g in ray_cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
