@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from flows import PIPELINES
+from flows.runner import PUBLISHED_EVENT
 from hoi_factory.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,10 +55,15 @@ def test_factory_services_get_every_setting_the_flows_read(monkeypatch):
 
 def test_prefect_deployments_point_at_real_flows():
     deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
-    flows = {flow.fn.__module__.replace(".", "/") + ".py:" + flow.name for _, flow in PIPELINES.values()}
+    from flows.maintenance import validate_dataset
+
+    flows = {flow.fn.__module__.replace(".", "/") + ".py:" + flow.fn.__name__
+             for flow in [*(f for _, f in PIPELINES.values()), validate_dataset]}
     for deployment in deployments:
         assert deployment["entrypoint"] in flows, deployment["entrypoint"]
         assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
+    [trigger] = next(d for d in deployments if d["name"] == "validate-on-publish")["triggers"]
+    assert trigger["expect"] == [PUBLISHED_EVENT] and trigger["match"]["prefect.resource.id"] == "hoi.dataset.*"
 
 
 def test_cluster_configs_run_the_factory_image_and_read_secrets_from_the_environment():

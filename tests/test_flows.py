@@ -5,7 +5,10 @@ import json
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+import pytest
+
 from flows import ingest, synthetic
+from flows.maintenance import DatasetInvalid, validate_dataset
 from flows.runner import PUBLISHED_EVENT
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
@@ -62,3 +65,12 @@ def test_ray_and_in_process_executors_make_identical_datasets(local_store_env, i
 def test_synthetic_flow_on_ray(local_store_env, prefect_harness, local_ray):
     summary = synthetic(SyntheticConfig(count=20, work_ms=1, execution={"executor": "ray", "shard_size": 5}))
     assert (summary["samples"], summary["shards"], summary["rejects"]) == (20, 4, 0)
+
+
+def test_validate_flow_passes_a_good_version_and_fails_a_damaged_one(local_store_env, prefect_harness):
+    synthetic(SyntheticConfig(count=8, work_ms=0, execution={"executor": "local", "shard_size": 4}))
+    assert validate_dataset("synthetic/v1") == {"dataset": "synthetic/v1", "shards": 2, "problems": []}
+    Store.from_settings(Settings()).write_bytes(b"not parquet", "datasets", "synthetic", "v1", "data",
+                                                 "part-00000.parquet")
+    with pytest.raises(DatasetInvalid, match="data/part-00000.parquet: checksum mismatch"):
+        validate_dataset("synthetic")
