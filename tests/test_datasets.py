@@ -51,7 +51,8 @@ def test_ingest_round_trip(store_env, image_folder):
     assert list(table.sample_id) == [ids.sample_id(config_hash, i, 0) for i in table.input_id]
     assert table.sample_id.is_unique
     assert dataset.validate() == []
-    assert set(dataset.manifest.report) == {"funnel", "samples"}
+    assert dataset.manifest.report == {"funnel": "report/funnel.png", "samples": "report/samples.png",
+                                       "html": "report/index.html"}
 
 
 def test_synthetic_values_follow_from_seeds_alone(store_env):
