@@ -50,6 +50,14 @@ def test_factory_services_get_every_setting_the_flows_read(monkeypatch):
         assert settings.aws_access_key_id is not None and settings.aws_secret_access_key is not None
         assert services[name]["image"].startswith("hoi-factory:")
     assert services["ray-head"]["ports"] == ["8265:8265"]
+    assert "4200:4200" in services["prefect-server"]["ports"] and "9000:9000" in services["minio"]["ports"]
+    # State lives in named volumes that the file declares, so `docker compose down` keeps the data.
+    for name, mount in (("minio", "/data"), ("postgres", "/var/lib/postgresql/data")):
+        [volume] = services[name]["volumes"]
+        assert volume.endswith(f":{mount}") and volume.split(":")[0] in compose["volumes"]
+    # The database URL the Prefect server uses names the postgres service and its password variable.
+    db_url = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert "@postgres:5432/" in db_url and "${POSTGRES_PASSWORD}" in db_url
     assert services["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
