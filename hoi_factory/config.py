@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     )
     aws_access_key_id: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
+    store_retry_seconds: float = Field(
+        120.0, ge=0, description="how long an unreachable object store is retried before a run fails"
+    )
     aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
 
     def storage_options(self, url: str | None = None) -> dict[str, Any]:

@@ -1,14 +1,19 @@
 """One fsspec-backed view of the store: local folders and s3:// through the same calls.
 
 Writes are atomic: on a local disk a file is written beside its target and renamed over it; on an object
-store a single PUT is already all-or-nothing. Names that become paths are checked here, once.
+store a single PUT is already all-or-nothing. An object store that stops answering is retried with backoff
+for `retry_seconds` before the operation fails with StoreUnavailable. Names that become paths are checked
+here, once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import posixpath
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TEMP_MARKER = ".tmp-"
 
@@ -26,6 +32,48 @@ class StoreError(RuntimeError):
 
 class AlreadyExists(StoreError):
     """An exclusive create found the object there already."""
+
+
+class StoreUnavailable(StoreError):
+    """The object store did not answer within the retry budget."""
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Connection-level failures that a later attempt may not meet (not: missing objects, refusals)."""
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:
+        return False
+    return isinstance(error, (BotoConnectionError, HTTPClientError))
+
+
+def _retried(method):
+    """Run a Store method again with exponential backoff while an object store is unreachable."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args, **kwargs):
+        if self.is_local:
+            return method(self, *args, **kwargs)
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as error:
+                if not _is_transient(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(
+                        f"{self.url} did not answer for {self.retry_seconds:.0f} s ({method.__name__}): {error}"
+                    ) from error
+                log.warning("%s unreachable (%s); retrying %s in %.1f s", self.url, error, method.__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    return wrapper
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -41,9 +89,10 @@ def check_name(name: str, what: str = "name") -> str:
 class Store:
     """A root URL plus the filesystem that serves it. Paths given to methods are relative to the root."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry_seconds: float = 120.0):
         self.url = url.rstrip("/") or url
         self.storage_options = storage_options or {}
+        self.retry_seconds = retry_seconds
         self.fs, root = url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
@@ -52,13 +101,13 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings) -> Store:
-        return cls(settings.store_url, settings.storage_options())
+        return cls(settings.store_url, settings.storage_options(), settings.store_retry_seconds)
 
     def __repr__(self) -> str:  # never shows storage_options: they may hold credentials
         return f"Store({self.url!r})"
 
     def __reduce__(self):  # Ray ships stores to workers; rebuild the filesystem there
-        return (Store, (self.url, self.storage_options))
+        return (Store, (self.url, self.storage_options, self.retry_seconds))
 
     # -- paths -------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -75,9 +124,11 @@ class Store:
         return Path(self.path(*parts)).as_uri() if self.is_local else self.full_url(*parts)
 
     # -- reads -------------------------------------------------------------------------------------
+    @_retried
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.path(*parts))
 
+    @_retried
     def read_bytes(self, *parts: str) -> bytes:
         try:
             return self.fs.cat_file(self.path(*parts))
@@ -87,6 +138,7 @@ class Store:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_bytes(*parts))
 
+    @_retried
     def list_dirs(self, *parts: str) -> list[str]:
         """Names of the folders directly under `parts` (empty when there is none)."""
         try:
@@ -95,6 +147,7 @@ class Store:
             return []
         return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
 
+    @_retried
     def list_files(self, *parts: str) -> list[str]:
         try:
             entries = self.fs.ls(self.path(*parts), detail=True, refresh=True)
@@ -103,6 +156,7 @@ class Store:
         return sorted(posixpath.basename(e["name"]) for e in entries if e["type"] == "file")
 
     # -- writes ------------------------------------------------------------------------------------
+    @_retried
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Atomically replace the object at `parts` with `data`."""
         target = self.path(*parts)
@@ -129,16 +183,29 @@ class Store:
             except FileExistsError:
                 raise AlreadyExists(self.full_url(*parts)) from None
             return
-        try:
-            self.fs.pipe_file(target, data, mode="create")  # S3 conditional write (If-None-Match: *)
-        except (FileExistsError, OSError) as exc:
-            if isinstance(exc, FileExistsError) or "PreconditionFailed" in str(exc) or "412" in str(exc):
-                raise AlreadyExists(self.full_url(*parts)) from None
-            raise
+        attempts = 0
 
+        @_retried
+        def conditional_put(store: Store) -> None:
+            nonlocal attempts
+            attempts += 1
+            store.fs.pipe_file(target, data, mode="create")  # S3 conditional write (If-None-Match: *)
+
+        try:
+            conditional_put(self)
+        except (FileExistsError, OSError) as exc:
+            if not (isinstance(exc, FileExistsError) or "PreconditionFailed" in str(exc) or "412" in str(exc)):
+                raise
+            # A retried PUT may meet its own first attempt, which landed although its answer was lost.
+            if attempts > 1 and self.read_bytes(*parts) == data:
+                return
+            raise AlreadyExists(self.full_url(*parts)) from None
+
+    @_retried
     def rename(self, source: tuple[str, ...], target: tuple[str, ...]) -> None:
         self.fs.mv(self.path(*source), self.path(*target))
 
+    @_retried
     def remove(self, *parts: str) -> None:
         try:
             self.fs.rm(self.path(*parts))

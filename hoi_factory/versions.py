@@ -23,7 +23,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from hoi_factory.storage import AlreadyExists, Store, StoreError, check_name
+from hoi_factory.storage import AlreadyExists, Store, StoreError, StoreUnavailable, check_name
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -67,15 +67,19 @@ class Lease:
         threading.Thread(target=self._beat, name=f"lease-{self.name}-{self.version}", daemon=True).start()
 
     def _beat(self) -> None:
+        lock = self.area.parts(self.name, self.version, LOCK)
         while not self._stop.wait(self.ttl / 4):
             try:
-                current = self.area.store.read_json(*self.area.parts(self.name, self.version, LOCK))
+                current = self.area.store.read_json(*lock)
+                if current.get("run_id") != self.run_id:
+                    self.lost = "another run took over this version's lease"
+                    return
+                self.area.store.write_json(self.record(), *lock)
+            except StoreUnavailable as exc:  # the next beat tries again; the run's own writes will fail too
+                log.warning("lease heartbeat of %s/%s skipped: %s", self.name, self.version, exc)
             except StoreError:
-                current = None
-            if current is None or current.get("run_id") != self.run_id:
-                self.lost = "another run took over this version's lease"
+                self.lost = "this version's lease file disappeared"
                 return
-            self.area.store.write_json(self.record(), *self.area.parts(self.name, self.version, LOCK))
 
     def check(self) -> None:
         if self.lost:

@@ -4,40 +4,24 @@ procedural inputs, one local Ray for the session, Prefect's test harness."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from support.network import free_port, wait_for_port
+from support.processes import venv_executable
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real S3 endpoint on loopback (moto's server), as s3fs's own tests use."""
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+    server = subprocess.Popen([venv_executable("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
@@ -122,10 +106,6 @@ def captured_events(prefect_harness, monkeypatch):
     AssertingEventsClient.reset()
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
 @pytest.fixture
 def clean_env(tmp_path):
     """Environment for subprocesses: this interpreter's scripts first, a private Prefect home."""
@@ -134,7 +114,3 @@ def clean_env(tmp_path):
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     env.pop("PREFECT_API_URL", None)
     return env
-
-
-def ray_executable() -> str:
-    return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"

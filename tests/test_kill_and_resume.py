@@ -4,7 +4,6 @@ uninterrupted run makes: same sample ids and contents, no duplicates, no gaps, n
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,13 +12,14 @@ from hoi_factory.datasets import DatasetStore
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
+from support.processes import venv_executable
 
 RUN_ARGS = ["synthetic", "count=48", "work_ms=40", "values=6", "seed=11", "execution.executor=local",
             "execution.shard_size=4", "output.version=v1"]
 
 
 def hoi_factory_cli(env):
-    return [str(Path(sys.executable).parent / "hoi-factory"), "run", *RUN_ARGS]
+    return [venv_executable("hoi-factory"), "run", *RUN_ARGS]
 
 
 def completions(store_dir: Path) -> int:

@@ -3,15 +3,13 @@
 import json
 import re
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from support.processes import kill_tree_by_marker
+from support.network import free_port
+from support.processes import kill_tree_by_marker, venv_executable
 
 
 def api(url: str, path: str, body: dict | None = None):
@@ -26,7 +24,7 @@ def prefect_server(clean_env, tmp_path):
     port = free_port()
     env = {**clean_env, "PREFECT_HOME": str(tmp_path / "server-home")}
     marker = f"--port {port}"
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+    server = subprocess.Popen([venv_executable("prefect"), "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/api"
     try:
@@ -48,7 +46,7 @@ def prefect_server(clean_env, tmp_path):
 
 def test_cli_run_reports_to_a_prefect_server(prefect_server, clean_env, tmp_path):
     env = {**clean_env, "PREFECT_API_URL": prefect_server, "HOI_STORE_URL": str(tmp_path / "store")}
-    run = subprocess.run([str(Path(sys.executable).parent / "hoi-factory"), "run", "synthetic", "count=6", "work_ms=0",
+    run = subprocess.run([venv_executable("hoi-factory"), "run", "synthetic", "count=6", "work_ms=0",
                           "execution.executor=local", "output.dataset=served"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -68,7 +66,7 @@ def test_cli_run_reports_to_a_prefect_server(prefect_server, clean_env, tmp_path
     [event] = events
     assert event["payload"]["dataset"] == "served" and event["payload"]["num_samples"] == 6
 
-    status = subprocess.run([str(Path(sys.executable).parent / "hoi-factory"), "status"], env=env,
+    status = subprocess.run([venv_executable("hoi-factory"), "status"], env=env,
                             capture_output=True, text=True, timeout=120)
     flat = " ".join(status.stdout.split())
     assert status.returncode == 0 and f"prefect: {prefect_server}" in flat
@@ -77,7 +75,7 @@ def test_cli_run_reports_to_a_prefect_server(prefect_server, clean_env, tmp_path
 
 def test_status_in_embedded_mode_lists_runs_and_datasets(clean_env, tmp_path):
     env = {**clean_env, "HOI_STORE_URL": str(tmp_path / "store")}
-    cli = str(Path(sys.executable).parent / "hoi-factory")
+    cli = venv_executable("hoi-factory")
     run = subprocess.run([cli, "run", "synthetic", "count=3", "work_ms=0", "execution.executor=local"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

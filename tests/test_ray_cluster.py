@@ -4,16 +4,15 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
-from conftest import free_port, ray_executable
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store
-from support.processes import kill_tree_by_marker
+from support.network import free_port
+from support.processes import kill_tree_by_marker, venv_executable
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
 
 RUN = ["synthetic", "count=24", "work_ms=40", "seed=5", "execution.shard_size=2"]
@@ -28,10 +27,10 @@ def two_node_cluster(clean_env):
            "RAY_DISABLE_USAGE_STATS": "1"}
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats"]
     try:
-        subprocess.run([ray_executable(), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
+        subprocess.run([venv_executable("ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
                         "--include-dashboard=false", "--resources={\"hoi_head\": 1}", *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([ray_executable(), "start", f"--address=127.0.0.1:{port}", "--resources={\"hoi_second\": 1}",
+        subprocess.run([venv_executable("ray"), "start", f"--address=127.0.0.1:{port}", "--resources={\"hoi_second\": 1}",
                         *common], env=env, check=True, capture_output=True, timeout=120)
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     finally:
@@ -40,7 +39,7 @@ def two_node_cluster(clean_env):
 
 def test_flow_runs_unchanged_on_a_two_node_cluster(two_node_cluster, tmp_path, monkeypatch):
     env = {**two_node_cluster, "HOI_STORE_URL": str(tmp_path / "store")}
-    cli = str(Path(sys.executable).parent / "hoi-factory")
+    cli = venv_executable("hoi-factory")
     nodes = subprocess.run([sys.executable, "-c", "import ray; ray.init(); print(len(ray.nodes()))"],
                            env=env, capture_output=True, text=True, timeout=120)
     assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr

@@ -4,9 +4,16 @@ never the other Ray or Prefect processes on the machine (`ray stop` would kill t
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
+
+
+def venv_executable(name: str) -> str:
+    """A console script of the interpreter running the tests (hoi-factory, ray, prefect, moto_server)."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or name
 
 
 def _processes() -> dict[int, tuple[int, str]]:
