@@ -88,6 +88,7 @@ class Lease:
     def abandon(self) -> None:
         """The run failed: stop the heartbeat and mark the lease stale at once, so a retry can resume."""
         self._stop.set()
+        _ended_in_this_process.add(self.run_id)  # even if the store cannot be told right now
         record = {**self.record(), "heartbeat": 0}
         try:
             self.area.store.write_json(record, *self.area.parts(self.name, self.version, LOCK))
@@ -101,7 +102,12 @@ class Lease:
                 self.area.store.remove(*self.area.parts(self.name, self.version, leftover))
 
 
+_ended_in_this_process: set[str] = set()
+
+
 def _is_alive(record: dict, ttl: float) -> bool:
+    if record.get("run_id") in _ended_in_this_process:
+        return False
     if time.time() - float(record.get("heartbeat", 0)) > ttl:
         return False
     if record.get("host") != socket.gethostname():
