@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hoi_factory.storage import StoreError, check_name
 
 
 class ConfigError(ValueError):
@@ -79,6 +81,17 @@ class OutputConfig(BaseModel):
 
     dataset: str | None = Field(None, description="dataset name; default: the pipeline's name")
     version: str | None = Field(None, description="version name; default: resume an interrupted run or take the next vN")
+
+    @field_validator("dataset", "version")
+    @classmethod
+    def _safe_path_part(cls, name: str | None, info) -> str | None:
+        """These names become folders in the store: checked here, before any work."""
+        if name is None:
+            return None
+        try:
+            return check_name(name, info.field_name)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class RunConfig(BaseModel):

@@ -61,9 +61,7 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
     settings = settings or Settings()
     started = time.perf_counter()
     datasets = DatasetStore(Store.from_settings(settings))
-    name = check_name(config.output.dataset or pipeline.name, "dataset name")
-    if config.output.version:
-        check_name(config.output.version, "version")
+    name = config.output.dataset or check_name(pipeline.name, "dataset name")  # output names are checked by config
 
     config_hash = config.config_hash()
     items = assign_ids(pipeline.plan(config, datasets), config_hash)

@@ -13,8 +13,8 @@ from PIL import Image
 from hoi_factory.config import Settings
 from hoi_factory.stage import Filter, MapStage, Reject, Row
 
-# Modes PIL converts to RGB without losing meaning; anything else (CMYK, 16-bit, float) is refused.
-CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "1"}
+# Modes PIL converts to RGB faithfully; 16-bit and float images (I;16, I, F) would be clipped: refused.
+CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"}
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
@@ -46,9 +46,11 @@ class ReadImage(MapStage):
                 if width * height > self.max_pixels:  # checked from the header, before decoding
                     return Reject.of(row, "image too large", f"{width}x{height} > {self.max_pixels} pixels")
                 image.load()
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # PIL's own header check
+            return Reject.of(row, "image too large", str(exc))
         except Image.UnidentifiedImageError:  # its message holds a memory address: keep rejects reproducible
             return Reject.of(row, "unreadable image", "not in any image format PIL reads")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        except (OSError, SyntaxError, ValueError) as exc:
             return Reject.of(row, "unreadable image", f"{type(exc).__name__}: {exc}")
         if image.mode not in CONVERTIBLE_MODES:
             return Reject.of(row, "unsupported image mode", image.mode)

@@ -1,0 +1,83 @@
+"""A corpus of bad inputs: each gets a recorded rejection or a clear error, the run goes on, and nothing is
+written outside the store."""
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hoi_factory.config import ConfigError, Settings, validate_run_config
+from hoi_factory.datasets import DatasetStore
+from hoi_factory.run import run_pipeline
+from hoi_factory.storage import Store
+from tasks.images.ingest import IngestConfig, IngestPipeline
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with one tiny compressed row of data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def save(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+GOOD = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+# file -> (bytes, expected reject reason or None when it must be accepted)
+CORPUS = {
+    "ok/plain.png": (save(Image.fromarray(GOOD), "PNG"), None),
+    "ok/cmyk.jpg": (save(Image.fromarray(GOOD).convert("CMYK"), "JPEG"), None),
+    "ok/grey-alpha.png": (save(Image.fromarray(GOOD).convert("LA"), "PNG"), None),
+    "ok/ünïcødé name with spaces.png": (save(Image.fromarray(GOOD), "PNG"), None),
+    "bad/zero-bytes.png": (b"", "empty file"),
+    "bad/truncated.jpg": (save(Image.fromarray(GOOD), "JPEG")[:200], "unreadable image"),
+    "bad/text-pretending.png": (b"GIF89a? no, just text", "unreadable image"),
+    "bad/header-only-giant.png": (png_claiming(60_000, 60_000), "image too large"),
+    "bad/16-bit.png": (save(Image.fromarray((GOOD[..., 0].astype(np.uint16) * 257)), "PNG"), "unsupported image mode"),
+    "bad/float.tif": (save(Image.fromarray(GOOD[..., 0].astype(np.float32)), "TIFF"), "unsupported image mode"),
+    "bad/one-pixel.png": (save(Image.new("RGB", (1, 1)), "PNG"), "image too small"),
+    "bad/banner.png": (save(Image.new("RGB", (400, 20)), "PNG"), "aspect ratio too extreme"),
+}
+
+
+def test_every_bad_input_is_rejected_with_its_reason_and_the_rest_is_kept(local_store_env, tmp_path):
+    source = tmp_path / "inputs"
+    for name, (data, _) in CORPUS.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    before = {p for p in tmp_path.rglob("*")}
+
+    dataset = run_pipeline(IngestPipeline(), IngestConfig(source=str(source), execution={"executor": "local",
+                                                                                       "shard_size": 3})).dataset
+    rejected = dict(zip(dataset.rejects().column("input_id").to_pylist(),
+                        dataset.rejects().column("reason").to_pylist()))
+    assert rejected == {name: reason for name, (_, reason) in CORPUS.items() if reason}
+    kept = dataset.to_pandas()
+    assert sorted(kept.input_id) == sorted(name for name, (_, reason) in CORPUS.items() if reason is None)
+    assert dataset.manifest.num_inputs == len(CORPUS) and dataset.validate() == []
+    # Everything new lies in the store.
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(Path(local_store_env) in p.parents or p == Path(local_store_env) for p in written)
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/cron.d/x", "a/b", "x" * 300, "名前", "bad name", "..", ""])
+def test_hostile_dataset_and_version_names_fail_before_any_work(local_store_env, tmp_path, name):
+    source = tmp_path / "inputs"
+    source.mkdir()
+    (source / "a.png").write_bytes(CORPUS["ok/plain.png"][0])
+    for field in ("dataset", "version"):
+        with pytest.raises(ConfigError, match=f"output.{field}: Value error, {field} .* is not allowed"):
+            config = validate_run_config(IngestConfig, {"source": str(source), "output": {field: name}})
+            run_pipeline(IngestPipeline(), config)
+    assert not Path(local_store_env).exists() or DatasetStore(Store.from_settings(Settings())).names() == []
+    assert sorted(p.name for p in tmp_path.rglob("*") if "store" not in p.parts) == ["a.png", "inputs"]
