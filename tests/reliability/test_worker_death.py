@@ -10,7 +10,7 @@ import time
 from hoi_factory.run import run_pipeline
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
 
-CONFIG = dict(count=48, work_ms=60, seed=9)
+CONFIG = dict(count=96, work_ms=60, seed=9)
 
 
 def test_killed_worker_is_replaced_and_nothing_changes(local_store_env, local_ray, monkeypatch, tmp_path):
@@ -31,7 +31,9 @@ def test_killed_worker_is_replaced_and_nothing_changes(local_store_env, local_ra
 
     dataset = outcome["result"].dataset
     pids = {shard.worker["pid"] for shard in dataset.manifest.shards}
-    assert victim in pids and len(pids) >= 3, f"expected a replacement worker beside {victim}: {pids}"
+    # The victim's shards may have been redone by its replacement (a result lost with its process is
+    # recomputed): either way a third worker process, the replacement, made shards.
+    assert len(pids | {victim}) >= 3, f"no replacement worker made shards after {victim} died: {pids}"
     assert dataset.validate() == []
 
     monkeypatch.setenv("HOI_STORE_URL", str(tmp_path / "undisturbed"))
