@@ -44,7 +44,8 @@ class Pipeline(Generic[C]):
         raise NotImplementedError
 
     def parents(self, config: C) -> list[str]:
-        """Dataset versions (`name/version`) this run reads: its lineage."""
+        """Dataset versions (`name/version`) this run reads besides those its items point at (which count
+        by themselves, see hoi_factory.parents): its lineage."""
         return []
 
     def report_pictures(self, version) -> dict[str, bytes]:

@@ -17,6 +17,7 @@ from hoi_factory import ids
 from hoi_factory.config import RunConfig, Settings, validate_run_config
 from hoi_factory.datasets import DatasetStore, DatasetVersion, ShardRecord
 from hoi_factory.executors import make_executor
+from hoi_factory.parents import parents_of
 from hoi_factory.pipeline import Pipeline, ShardRunner, assign_ids, cut_shards
 from hoi_factory.report import write_report
 from hoi_factory.storage import Store, check_name
@@ -106,7 +107,8 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
             list(done.values()),
             before_manifest=lambda version: write_report(version, pipeline),
             pipeline=pipeline.name, config=config.content_dict(), config_hash=config_hash,
-            code_version=code_version(), parents=pipeline.parents(config), num_inputs=len(items),
+            code_version=code_version(), num_inputs=len(items),
+            parents=sorted(set(parents_of(items)) | set(pipeline.parents(config))),
             run={"executor": executor.describe(), "seconds": round(time.perf_counter() - started, 3),
                  "shards_resumed": resumed, "run_id": writer.lease.run_id},
         )

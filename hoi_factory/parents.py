@@ -1,0 +1,62 @@
+"""Pipelines that read other datasets: work items that point at parent samples, and the stage that reads
+them in the worker. The driver only reads the parent's `sample_id` column; payloads never pass through it.
+Lineage follows from the items: every parent version an item points at is recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hoi_factory.config import Settings
+from hoi_factory.datasets import ID_COLUMNS, DatasetStore, DatasetVersion
+from hoi_factory.stage import Reject, Row, Stage
+from hoi_factory.storage import Store
+
+PARENT_KEYS = ("parent", "parent_shard", "parent_row")
+
+
+def items_from_dataset(version: DatasetVersion) -> list[dict[str, Any]]:
+    """One work item per sample of a published version: its id becomes the child's input id."""
+    items = []
+    for shard_index in range(len(version.manifest.shards)):
+        sample_ids = version.read_shard(shard_index, ["sample_id"]).column("sample_id").to_pylist()
+        items += [{"input_id": sample_id, "parent": version.ref, "parent_shard": shard_index, "parent_row": row}
+                  for row, sample_id in enumerate(sample_ids)]
+    return items
+
+
+def parents_of(items: list[dict[str, Any]]) -> list[str]:
+    return sorted({item["parent"] for item in items if "parent" in item})
+
+
+class ReadParentRows(Stage):
+    """Adds each item's parent sample columns (all, or `columns`) to the row; the row's own keys win."""
+
+    batch_size = 64
+
+    def __init__(self, columns: list[str] | None = None):
+        self.columns = columns
+
+    def setup(self) -> None:
+        self.datasets = DatasetStore(Store.from_settings(Settings()))
+        self._versions: dict[str, DatasetVersion] = {}
+        self._cached: tuple[tuple[str, int], list[Row]] | None = None
+
+    def _parent_rows(self, ref: str, shard: int) -> list[Row]:
+        if self._cached is None or self._cached[0] != (ref, shard):
+            if ref not in self._versions:
+                self._versions[ref] = self.datasets.open_ref(ref)
+            columns = None if self.columns is None else ["sample_id", *self.columns]
+            self._cached = ((ref, shard), self._versions[ref].read_shard(shard, columns).to_pylist())
+        return self._cached[1]
+
+    def process(self, batch: list[Row]) -> list[Row | Reject]:
+        results: list[Row | Reject] = []
+        for row in batch:
+            parent = self._parent_rows(row["parent"], row["parent_shard"])[row["parent_row"]]
+            if parent["sample_id"] != row["input_id"]:
+                results.append(Reject.of(row, "parent sample not where planned", f"{row['parent']}"))
+                continue
+            payload = {k: v for k, v in parent.items() if k not in dict(ID_COLUMNS)}
+            results.append({**payload, **row})
+        return results
