@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The runtime core's log lines (resumes, leases) belong in the flow run's logs too.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "hoi_factory")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # the same code runs outside flows
 
 from flows.ingest import ingest  # noqa: E402
 from flows.synthetic import synthetic  # noqa: E402

@@ -138,22 +138,20 @@ class Store:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_bytes(*parts))
 
-    @_retried
     def list_dirs(self, *parts: str) -> list[str]:
         """Names of the folders directly under `parts` (empty when there is none)."""
-        try:
-            entries = self.fs.ls(self.path(*parts), detail=True, refresh=True)
-        except FileNotFoundError:
-            return []
-        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+        return self._names("directory", *parts)
+
+    def list_files(self, *parts: str) -> list[str]:
+        return self._names("file", *parts)
 
     @_retried
-    def list_files(self, *parts: str) -> list[str]:
+    def _names(self, kind: str, *parts: str) -> list[str]:
         try:
             entries = self.fs.ls(self.path(*parts), detail=True, refresh=True)
         except FileNotFoundError:
             return []
-        return sorted(posixpath.basename(e["name"]) for e in entries if e["type"] == "file")
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == kind)
 
     # -- writes ------------------------------------------------------------------------------------
     @_retried
