@@ -17,7 +17,9 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
@@ -111,6 +113,36 @@ def rows_to_table(rows: list[dict], schema: pa.Schema) -> tuple[pa.Table, list[R
             except (pa.ArrowException, TypeError, ValueError) as exc:
                 rejects.append(Reject.of(row, "output does not fit the dataset schema", str(exc)))
         return pa.Table.from_pylist(fitting, schema=schema), rejects
+
+
+def _rows_with_non_finite(column: pa.ChunkedArray) -> np.ndarray:
+    """Indices of rows whose floats (at any list depth) include NaN or infinity."""
+    values = column.combine_chunks()
+    rows = np.arange(len(values))
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        rows = rows[pc.list_parent_indices(values).to_numpy()]
+        values = pc.list_flatten(values)
+    if not pa.types.is_floating(values.type) or len(values) == 0:
+        return np.empty(0, dtype=int)
+    finite = pc.fill_null(pc.is_finite(values), True).to_numpy(zero_copy_only=False)
+    return np.unique(rows[~finite])
+
+
+def drop_non_finite(table: pa.Table, allowed: frozenset[str] = frozenset()) -> tuple[pa.Table, list[Reject]]:
+    """Reject rows holding NaN or infinity in float columns (except `allowed` ones): a dataset never carries
+    them silently."""
+    bad: dict[int, list[str]] = {}
+    for name in table.column_names:
+        if name not in allowed:
+            for row in _rows_with_non_finite(table.column(name)):
+                bad.setdefault(int(row), []).append(name)
+    if not bad:
+        return table, []
+    ids = table.select(["sample_id", "input_id"]).to_pylist()
+    rejects = [Reject.of(ids[row], "non-finite values", ", ".join(columns)) for row, columns in sorted(bad.items())]
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[list(bad)] = False
+    return table.filter(pa.array(keep)), rejects
 
 
 class ShardSink:

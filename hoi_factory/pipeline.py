@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -17,10 +18,18 @@ import pyarrow as pa
 
 from hoi_factory import ids
 from hoi_factory.config import RunConfig
-from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore, ShardRecord, ShardSink, rows_to_table
+from hoi_factory.datasets import (
+    REJECTS_SCHEMA,
+    DatasetStore,
+    ShardRecord,
+    ShardSink,
+    drop_non_finite,
+    rows_to_table,
+)
 from hoi_factory.stage import Resources, Stage, run_stages
 
 C = TypeVar("C", bound=RunConfig)
+OUTPUT_CHECKS = "output checks"  # the funnel step after the stages: schema fit, finite floats
 
 
 class PlanError(ValueError):
@@ -35,6 +44,7 @@ class Pipeline(Generic[C]):
     config_class: ClassVar[type[RunConfig]]
     schema: ClassVar[pa.Schema]
     preview_column: ClassVar[str | None] = None  # a PNG bytes column shown in sample grids
+    allow_non_finite: ClassVar[frozenset[str]] = frozenset()  # float columns where NaN/inf are meaningful
 
     def plan(self, config: C, datasets: DatasetStore) -> list[dict[str, Any]]:
         """Light, JSON-able work items, each with an `input_id` (and an `index` when one input gives many)."""
@@ -116,15 +126,17 @@ class ShardRunner:
         started = time.perf_counter()
         output = run_stages(self.stages, [dict(item) for item in job.items], self.config.execution.batch_retries)
         table, misfits = rows_to_table(output.rows, self.sink.schema)
-        rejects = [(stage, r) for stage, r in output.rejects] + [("schema", r) for r in misfits]
+        table, non_finite = drop_non_finite(table, self.pipeline.allow_non_finite)
+        checked_out = misfits + non_finite
+        rejects = [(stage, r) for stage, r in output.rejects] + [(OUTPUT_CHECKS, r) for r in checked_out]
         reject_table = pa.Table.from_pylist(
             [{"sample_id": r.sample_id, "input_id": r.input_id, "stage": stage, "reason": r.reason, "detail": r.detail}
              for stage, r in rejects],
             schema=REJECTS_SCHEMA,
         )
         stats = {name: s.to_dict() for name, s in output.stats.items()}
-        if misfits:
-            stats["schema"] = {"rows_in": len(output.rows), "rows_out": table.num_rows, "seconds": 0.0,
-                               "rejected": {misfits[0].reason: len(misfits)}}
+        if checked_out:
+            stats[OUTPUT_CHECKS] = {"rows_in": len(output.rows), "rows_out": table.num_rows, "seconds": 0.0,
+                                    "rejected": dict(Counter(r.reason for r in checked_out))}
         return self.sink.write(job.index, table, reject_table, len(job.items), stats, worker_info(),
                                time.perf_counter() - started)

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from hoi_factory.datasets import rows_to_table
+from hoi_factory.datasets import drop_non_finite, rows_to_table
 from hoi_factory.stage import Filter, MapStage, Reject, Stage, run_stages
 
 
@@ -95,3 +95,21 @@ def test_rows_that_do_not_fit_the_schema_are_rejected_not_fatal():
     )
     assert table.column("sample_id").to_pylist() == ["a", "c"]
     assert [r.sample_id for r in rejects] == ["b"] and rejects[0].reason == "output does not fit the dataset schema"
+
+
+def test_non_finite_floats_are_found_at_any_list_depth_and_rejected():
+    nan, inf = float("nan"), float("inf")
+    table = pa.table({
+        "sample_id": ["a", "b", "c", "d", "e"],
+        "input_id": ["ia", "ib", "ic", "id", "ie"],
+        "score": [1.0, None, 2.0, -inf, 3.0],  # a null is missing, not non-finite
+        "points": [[[0.0, 1.0]], [[2.0, nan]], [], None, [[1.0], [inf]]],
+        "label": ["x", "y", "z", "w", "v"],
+    })
+    kept, rejects = drop_non_finite(table)
+    assert kept.column("sample_id").to_pylist() == ["a", "c"]
+    assert [(r.sample_id, r.input_id, r.reason, r.detail) for r in rejects] == [
+        ("b", "ib", "non-finite values", "points"), ("d", "id", "non-finite values", "score"),
+        ("e", "ie", "non-finite values", "points")]
+    kept, rejects = drop_non_finite(table, allowed=frozenset({"points"}))
+    assert [r.sample_id for r in rejects] == ["d"] and kept.num_rows == 4

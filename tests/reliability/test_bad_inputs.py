@@ -7,12 +7,15 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
-from hoi_factory.config import ConfigError, Settings, validate_run_config
+from hoi_factory.config import ConfigError, RunConfig, Settings, validate_run_config
 from hoi_factory.datasets import DatasetStore
+from hoi_factory.pipeline import Pipeline
 from hoi_factory.run import run_pipeline
+from hoi_factory.stage import MapStage
 from hoi_factory.storage import Store
 from tasks.images.ingest import IngestConfig, IngestPipeline
 
@@ -81,3 +84,41 @@ def test_hostile_dataset_and_version_names_fail_before_any_work(local_store_env,
             run_pipeline(IngestPipeline(), config)
     assert not Path(local_store_env).exists() or DatasetStore(Store.from_settings(Settings())).names() == []
     assert sorted(p.name for p in tmp_path.rglob("*") if "store" not in p.parts) == ["a.png", "inputs"]
+
+
+class ArrayConfig(RunConfig):
+    count: int = 10
+
+
+class MakeArrays(MapStage):
+    """Stands in for a model stage whose numerics blew up on some inputs."""
+
+    def process_row(self, row):
+        values = [[float(row["index"]), 1.0]] * 3
+        if row["index"] == 3:
+            values = [[float("nan"), 1.0]] + values[1:]
+        return {**row, "points": values, "score": float("inf") if row["index"] == 7 else 0.5}
+
+
+class ArrayPipeline(Pipeline[ArrayConfig]):
+    name = "arrays"
+    description = "test: array outputs"
+    config_class = ArrayConfig
+    schema = pa.schema([("points", pa.list_(pa.list_(pa.float32()))), ("score", pa.float64())])
+
+    def plan(self, config, datasets):
+        return [{"input_id": "array", "index": i} for i in range(config.count)]
+
+    def stages(self, config):
+        return [MakeArrays()]
+
+
+def test_nan_and_inf_outputs_are_rejected_with_their_column(local_store_env):
+    dataset = run_pipeline(ArrayPipeline(), ArrayConfig(execution={"executor": "local", "shard_size": 4})).dataset
+    rejects = dataset.rejects().to_pylist()
+    assert sorted((r["stage"], r["reason"], r["detail"]) for r in rejects) == [
+        ("output checks", "non-finite values", "points"), ("output checks", "non-finite values", "score")]
+    assert dataset.manifest.num_samples == 8 and dataset.manifest.reject_reasons == {
+        "output checks: non-finite values": 2}
+    stored = np.array(dataset.to_pandas().points.map(lambda p: np.stack(p)).tolist())
+    assert np.isfinite(stored).all()
