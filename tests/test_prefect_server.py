@@ -50,6 +50,7 @@ def test_cli_run_reports_to_a_prefect_server(prefect_server, clean_env, tmp_path
                           "execution.executor=local", "output.dataset=served"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"Prefect UI: {prefect_server.removesuffix('/api')}" in run.stdout + run.stderr
 
     runs = api(prefect_server, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
     assert [(r["name"] != "", r["state_type"]) for r in runs] == [(True, "COMPLETED")]

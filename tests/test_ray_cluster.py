@@ -47,6 +47,7 @@ def test_flow_runs_unchanged_on_a_two_node_cluster(two_node_cluster, tmp_path, m
     done = subprocess.run([cli, "run", *RUN, "execution.executor=ray", "execution.workers=2"],
                           env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Ray: {env['RAY_ADDRESS']}, dashboard" in done.stdout + done.stderr  # said when the run starts
 
     status = subprocess.run([cli, "status", "--runs", "0"], env=env, capture_output=True, text=True, timeout=120)
     assert f"ray: 127.0.0.1:{env['RAY_ADDRESS'].split(':')[1]}: 2 nodes, 2 CPUs" in " ".join(status.stdout.split())
