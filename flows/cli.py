@@ -64,6 +64,8 @@ def _print_results(results: list[dict[str, Any]]) -> None:
         version = f"{r['version']} (already there)" if r["reused"] else r["version"]
         table.add_row(r["dataset"], version, str(r["samples"]), str(r["rejects"]), str(r["seconds"]), r["url"])
     console.print(table)
+    for r in results:
+        console.print(f"report of {r['dataset']}/{r['version']}: {r['report']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -97,7 +99,6 @@ def pipelines() -> None:
 
 @app.command()
 def demo(
-    images: int = typer.Option(48, min=1, help="procedural stand-in images for the ingest demo"),
     executor: str = typer.Option("ray", help="ray or local"),
     workers: int = typer.Option(2, min=1),
 ) -> None:
@@ -107,15 +108,10 @@ def demo(
     settings = Settings()
     console.print(f"store: [bold]{settings.store_url}[/]  (set HOI_STORE_URL to change)")
     try:
-        results = _with_progress(lambda: demo_flow(images=images, executor=executor, workers=workers))
+        results = _with_progress(lambda: demo_flow(executor=executor, workers=workers))
     except USER_ERRORS as exc:
         _fail(str(exc))
     _print_results(results)
-    datasets = DatasetStore(_store())
-    for r in results:
-        version = datasets.open(r["dataset"], r["version"])
-        for kind, relative in version.manifest.report.items():
-            console.print(f"{kind}: {version.url}/{relative}")
 
 
 @datasets_app.command("ls")

@@ -1,7 +1,8 @@
 """Prefect flow: every pipeline that exists, at small scale, on the embedded defaults.
 
-Inputs are procedural STAND-INS (see tasks/procedural/), including known-bad files, so the demo shows
-the rejection funnel as well as the samples.
+Each pipeline says what its demo run is (`Pipeline.demo_config`), with procedural STAND-IN inputs
+(see tasks/procedural/), known-bad ones included, so the demo shows rejection funnels as well as samples.
+Pipelines run in registration order, so one may feed on a dataset an earlier one made.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from flows.ingest import ingest
-from hoi_factory.config import ExecutionConfig, OutputConfig, Settings
+from hoi_factory.config import ExecutionConfig, Settings
 from hoi_factory.storage import Store
-from tasks.images.ingest import IngestConfig
-from tasks.procedural.image_folder import write_image_folder
 
 
 def demo_input_folder(settings: Settings) -> Path:
@@ -26,10 +24,17 @@ def demo_input_folder(settings: Settings) -> Path:
 
 
 @flow(name="demo", description="every pipeline at small scale on procedural stand-in inputs")
-def demo(images: int = 48, executor: Literal["local", "ray"] = "ray", workers: int = 2) -> list[dict[str, Any]]:
+def demo(executor: Literal["local", "ray"] = "ray", workers: int = 2) -> list[dict[str, Any]]:
+    from flows import PIPELINES
+
     logger = get_run_logger()
     execution = ExecutionConfig(executor=executor, workers=workers, shard_size=16)
-    folder = demo_input_folder(Settings()) / "demo-images"
-    bad = write_image_folder(folder, images, seed=0)
-    logger.info("wrote %d stand-in scenes and %d known-bad files to %s", images, len(bad), folder)
-    return [ingest(IngestConfig(source=str(folder), execution=execution, output=OutputConfig(dataset="demo-images")))]
+    inputs = demo_input_folder(Settings())
+    results = []
+    for name, (pipeline_class, pipeline_flow) in PIPELINES.items():
+        config = pipeline_class().demo_config(inputs / name, execution)
+        if config is None:
+            continue
+        logger.info("demo: %s, stand-in inputs under %s", name, inputs / name)
+        results.append(pipeline_flow(config))
+    return results

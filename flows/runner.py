@@ -51,7 +51,9 @@ def summary(result: RunResult) -> dict[str, Any]:
     return {"dataset": manifest.name, "version": manifest.version, "samples": manifest.num_samples,
             "rejects": manifest.num_rejects, "inputs": manifest.num_inputs, "shards": len(manifest.shards),
             "shards_resumed": result.shards_resumed, "reused": result.reused, "executor": result.executor,
-            "seconds": round(result.seconds, 2), "url": result.dataset.url}
+            "seconds": round(result.seconds, 2), "url": result.dataset.url,
+            "report": result.dataset.store.link("datasets", manifest.name, manifest.version,
+                                                manifest.report.get("html", "manifest.json"))}
 
 
 def _embedded_png(dataset: DatasetVersion, relative: str) -> str:

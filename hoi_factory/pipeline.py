@@ -12,12 +12,13 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
 
 from hoi_factory import ids
-from hoi_factory.config import RunConfig
+from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.datasets import (
     REJECTS_SCHEMA,
     DatasetStore,
@@ -57,6 +58,11 @@ class Pipeline(Generic[C]):
         """Dataset versions (`name/version`) this run reads besides those its items point at (which count
         by themselves, see hoi_factory.parents): its lineage."""
         return []
+
+    def demo_config(self, inputs: Path, execution: ExecutionConfig) -> RunConfig | None:
+        """The small run `hoi-factory demo` makes, with any stand-in inputs written under `inputs`;
+        None keeps the pipeline out of the demo."""
+        return None
 
     def report_pictures(self, version) -> dict[str, bytes]:
         """Pipeline-specific PNG pictures for the version's report (e.g. occupancy renders), by name."""

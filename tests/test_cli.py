@@ -6,6 +6,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from hoi_factory.config import Settings
+from hoi_factory.datasets import DatasetStore
+from hoi_factory.pipeline import Pipeline
 from hoi_factory.model_store import ModelStore
 from hoi_factory.storage import Store
 
@@ -76,3 +78,21 @@ def test_models_and_status(local_store_env):
     status = cli("status")
     assert status.exit_code == 0 and f"store: {local_store_env}" in flat(status)
     assert "ephemeral" in status.output and "tiny" in status.output
+
+
+def test_demo_makes_every_pipelines_demo_dataset_and_says_where(local_store_env, prefect_harness):
+    from flows import PIPELINES
+
+    first = cli("demo", "--executor", "local")
+    assert first.exit_code == 0, first.output
+    store = Store.from_settings(Settings())
+    made = DatasetStore(store).names()
+    in_demo = [name for name, (cls, _) in PIPELINES.items() if cls.demo_config is not Pipeline.demo_config]
+    assert made and len(made) == len(in_demo) >= 1
+    for name in made:
+        version = DatasetStore(store).open(name)
+        assert version.manifest.num_samples > 0 and version.validate() == []
+        assert f"report of {name}/{version.version}: file://" in flat(first)
+    again = cli("demo", "--executor", "local")
+    assert again.exit_code == 0 and "(already" in again.output  # nothing made twice
+    assert all(DatasetStore(store).versions(name) == ["v1"] for name in made)

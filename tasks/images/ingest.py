@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import posixpath
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
 from pydantic import Field
 
-from hoi_factory.config import RunConfig, Settings
+from hoi_factory.config import ExecutionConfig, RunConfig, Settings
 from hoi_factory.pipeline import Pipeline, PlanError
 from tasks.images.stages import EncodePNG, ImageShapeFilter, ReadImage, ResizeToFit
+from tasks.procedural.image_folder import write_image_folder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -43,6 +45,11 @@ class IngestPipeline(Pipeline[IngestConfig]):
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         prefix = "" if protocol in ("file", "local") else f"{protocol}://"
         return [{"input_id": posixpath.relpath(f, root), "path": prefix + f} for f in files]
+
+    def demo_config(self, inputs: Path, execution: ExecutionConfig) -> IngestConfig:
+        """48 stand-in scenes plus the known-bad files, so the demo shows rejects too."""
+        write_image_folder(inputs, count=48, seed=0)
+        return IngestConfig(source=str(inputs), execution=execution, output={"dataset": "demo-images"})
 
     def stages(self, config: IngestConfig):
         return [
