@@ -48,6 +48,7 @@ class ShardRecord(BaseModel):
     stages: dict[str, dict] = Field(default_factory=dict)
     worker: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
+    fingerprint: str = ""
 
 
 class DatasetManifest(BaseModel):
@@ -148,21 +149,24 @@ def drop_non_finite(table: pa.Table, allowed: frozenset[str] = frozenset()) -> t
 class ShardSink:
     """Writes one version's shards; small and picklable, so workers write their shards themselves."""
 
-    def __init__(self, store: Store, name: str, version: str, schema: pa.Schema):
+    def __init__(self, store: Store, name: str, version: str, schema: pa.Schema, fingerprint: str):
         self.store = store
         self.name = name
         self.version = version
         self.schema = full_schema(schema)
+        self.fingerprint = fingerprint  # of the run writing: records of any other run are never reused
 
     def parts(self, *more: str) -> tuple[str, ...]:
         return (AREA, self.name, self.version, *more)
 
     def done_shards(self) -> dict[int, ShardRecord]:
+        """Shards this run (or an interrupted run of the same config and inputs) already finished."""
         records = {}
         for file in self.store.list_files(*self.parts("_completions")):
             if file.endswith(".json"):
                 record = ShardRecord.model_validate(self.store.read_json(*self.parts("_completions", file)))
-                records[record.index] = record
+                if record.fingerprint == self.fingerprint:
+                    records[record.index] = record
         return records
 
     def write(self, index: int, table: pa.Table, rejects: pa.Table, inputs: int, stages: dict, worker: dict,
@@ -177,7 +181,7 @@ class ShardSink:
             index=index, file=f"data/{name}.parquet", rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest(),
             rejects_file=f"rejects/{name}.parquet", rejects=rejects.num_rows,
             rejects_sha256=hashlib.sha256(reject_data).hexdigest(), inputs=inputs, stages=stages, worker=worker,
-            seconds=round(seconds, 4),
+            seconds=round(seconds, 4), fingerprint=self.fingerprint,
         )
         self.store.write_json(record.model_dump(), *self.parts("_completions", f"{name}.json"))
         return record
@@ -290,7 +294,7 @@ class DatasetWriter:
     def __init__(self, area: VersionedArea, lease: Lease, schema: pa.Schema):
         self.area = area
         self.lease = lease
-        self.sink = ShardSink(area.store, lease.name, lease.version, schema)
+        self.sink = ShardSink(area.store, lease.name, lease.version, schema, lease.fingerprint)
 
     def commit(self, records: list[ShardRecord], before_manifest: Callable[[DatasetVersion], dict[str, str]] | None = None,
                **fields) -> DatasetVersion:

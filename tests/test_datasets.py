@@ -120,3 +120,15 @@ def test_readable_as_arrow_pandas_torch_and_ray(local_store_env, local_ray):
         torch_view[11]
     ray_rows = dataset.to_ray().take_all()
     assert sorted(r["sample_id"] for r in ray_rows) == sorted(arrow.column("sample_id").to_pylist())
+
+
+def test_shards_left_by_another_config_are_never_reused(local_store_env):
+    store = DatasetStore(Store.from_settings(Settings()))
+    stranger = store.begin("synthetic", "v1", "someone-else", SyntheticPipeline.schema)
+    stranger.sink.write(0, stranger.sink.schema.empty_table(), REJECTS_SCHEMA.empty_table(), 4, {}, {})
+    stranger.lease.release()  # its lock is gone, its completion record stays
+    config = SyntheticConfig(count=8, work_ms=0, execution={"executor": "local", "shard_size": 4},
+                             output={"version": "v1"})
+    result = run_pipeline(SyntheticPipeline(), config)
+    assert result.shards_resumed == 0 and result.dataset.manifest.num_samples == 8
+    assert result.dataset.validate() == []
