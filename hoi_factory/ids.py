@@ -26,11 +26,6 @@ def sample_seed(config_hash: str, input_id: str, index: int) -> int:
     return int(_digest("seed", config_hash, input_id, index)[:8], 16) & 0x7FFFFFFF
 
 
-def child_id(parent_id: str, index: int) -> str:
-    """Id of the index-th sample a stage makes from one parent sample (expansions, e.g. prompt -> views)."""
-    return _digest("child", parent_id, index)[:20]
-
-
 def fingerprint(obj: Any) -> str:
     """A short hash of JSON-able data (plans, configs)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:16]

@@ -120,7 +120,7 @@ class ModelStore(VersionedStore[ModelVersion]):
         checksums = {path: ModelFile(sha256=hashlib.sha256(data).hexdigest(), size=len(data)) for path, data in files.items()}
         fingerprint = ids.fingerprint({"files": {p: f.sha256 for p, f in checksums.items()}, "datasets": datasets})
         if version is None:
-            if self.versions(name) and (same := self.area.find_published(name, fingerprint)):
+            if same := self.area.find_published(name, fingerprint):
                 return self.open(name, same)
             version = self.area.find_resumable(name, fingerprint) or self.area.next_version(name)
         lease = self.area.acquire(name, version, fingerprint)

@@ -12,9 +12,6 @@ from hoi_factory.datasets import ID_COLUMNS, DatasetStore, DatasetVersion
 from hoi_factory.stage import Reject, Row, Stage
 from hoi_factory.storage import Store
 
-PARENT_KEYS = ("parent", "parent_shard", "parent_row")
-
-
 def items_from_dataset(version: DatasetVersion) -> list[dict[str, Any]]:
     """One work item per sample of a published version: its id becomes the child's input id."""
     items = []

@@ -31,7 +31,6 @@ Progress = Callable[[int, int], None]  # (shards done, shards in all)
 class RunResult:
     dataset: DatasetVersion
     reused: bool  # an identical run was already published: nothing was made
-    shards_total: int = 0
     shards_resumed: int = 0
     seconds: float = 0.0
     executor: str = ""
@@ -68,7 +67,7 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
     items = assign_ids(pipeline.plan(config, datasets), config_hash)
     fingerprint = f"{config_hash}-{ids.fingerprint(items)}"
 
-    published = datasets.area.find_published(name, fingerprint) if datasets.area.versions(name) else None
+    published = datasets.area.find_published(name, fingerprint)
     if published and config.output.version in (None, published):
         log.info("%s/%s already holds this exact run; nothing to do", name, published)
         return RunResult(datasets.open(name, published), reused=True)
@@ -115,5 +114,5 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
     except BaseException:
         writer.lease.abandon()  # a retry (or the next run) resumes from the shards written so far
         raise
-    return RunResult(dataset, reused=False, shards_total=len(jobs), shards_resumed=resumed,
+    return RunResult(dataset, reused=False, shards_resumed=resumed,
                      seconds=time.perf_counter() - started, executor=executor.describe())

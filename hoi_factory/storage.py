@@ -200,10 +200,6 @@ class Store:
             raise AlreadyExists(self.full_url(*parts)) from None
 
     @_retried
-    def rename(self, source: tuple[str, ...], target: tuple[str, ...]) -> None:
-        self.fs.mv(self.path(*source), self.path(*target))
-
-    @_retried
     def remove(self, *parts: str) -> None:
         try:
             self.fs.rm(self.path(*parts))

@@ -50,7 +50,6 @@ class Lease:
     fingerprint: str
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ttl: float = DEFAULT_LEASE_TTL
-    resumed: bool = False
     lost: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -219,7 +218,6 @@ class VersionedArea:
             except AlreadyExists:
                 raise VersionBusy(f"{where} was just resumed by another run") from None
             self.store.write_json(lease.record(), *lock)
-            lease.resumed = True
         lease.start_heartbeat()
         return lease
 
