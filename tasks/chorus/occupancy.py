@@ -1,0 +1,268 @@
+"""The CHORUS occupancy pipeline: calibrated views -> one canonical occupancy grid per semantic cluster
+(category; prompt; prompt + body part), its isosurface mesh, a render, and PAP on held-out views.
+
+A work item is a cluster: the ids of its views travel in the item and the worker reads their masks,
+poses and cameras from the views dataset itself.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field
+
+from hoi_factory.config import ExecutionConfig, RunConfig, Settings
+from hoi_factory.datasets import DatasetStore
+from hoi_factory.pipeline import Pipeline
+from hoi_factory.stage import MapStage, Reject, Row
+from hoi_factory.storage import Store
+from models.body.smpl import load_body_model, star_pose
+from models.chorus import pap
+from models.chorus.aggregate import Views, aggregate
+from models.chorus.canonical import Grid, backward_warp, canonical_weights
+from models.render.camera import project
+from tasks.chorus import lexicon
+from tasks.chorus.scenes import canonical_object_voxels, interaction_pose, png, read_png
+
+BODY_PARTS = {"hands": (20, 21, 22, 23), "feet": (7, 8, 10, 11), "head": (12, 15), "torso": (0, 3, 6, 9, 13, 14)}
+VIEW_COLUMNS = ["sample_id", "object_mask", "person_mask", "body_pose", "K", "R", "t", "azimuth", "width", "height",
+                "verb"]
+CLUSTER_KINDS = ("category", "prompt", "prompt+part")
+
+
+class OccupancyConfig(RunConfig):
+    views: str = Field("chorus-views", description="calibrated views dataset: name or name/version")
+    test_views: str | None = Field(None, description="held-out views (same format) for PAP; none: no PAP")
+    clusters: list[Literal["category", "prompt", "prompt+part"]] = Field(["category", "prompt"])
+    body_parts: list[Literal["hands", "feet", "head", "torso"]] = Field(list(BODY_PARTS))
+    min_views: int = Field(8, ge=1, description="clusters with fewer views are rejected")
+    resolution: int = Field(48, ge=8, le=256)
+    extent: float = Field(1.5, gt=0, description="the grid spans [-extent, extent]^3 metres")
+    canonicalize: bool = Field(True, description="warp through the canonical pose (False: the paper's ablation)")
+    body_model: str = "standin"
+    iou_threshold: float = Field(0.5, gt=0, lt=1, description="occupancy level for meshes and truth IoU")
+
+
+def _cluster_name(prompt: str | None, part: str | None) -> str:
+    return "all" if prompt is None else prompt if part is None else f"{prompt} @ {part}"
+
+
+class ViewReader:
+    """Reads view rows by (shard, row) from a views dataset, one shard at a time."""
+
+    def __init__(self, ref: str):
+        self.version = DatasetStore(Store.from_settings(Settings())).open_ref(ref)
+        self._shards: dict[int, list[Row]] = {}
+
+    def rows(self, refs: list[list[int]]) -> list[Row]:
+        for shard in {s for s, _ in refs} - set(self._shards):
+            self._shards[shard] = self.version.read_shard(shard, VIEW_COLUMNS).to_pylist()
+        return [self._shards[s][r] for s, r in refs]
+
+
+class AggregateCluster(MapStage):
+    batch_size = 1
+
+    def __init__(self, config: OccupancyConfig):
+        self.config = config
+
+    def setup(self) -> None:
+        self.body = load_body_model(self.config.body_model)
+        self.grid = Grid(self.config.resolution, self.config.extent)
+        self.centres = self.grid.centres()
+        self.star = self.body.pose(star_pose())
+        self.weights = canonical_weights(self.grid, self.star.vertices[0].numpy(), self.body.lbs_weights.numpy())
+        self.readers: dict[str, ViewReader] = {}
+
+    def _read(self, ref: str, refs: list[list[int]]) -> list[Row]:
+        if ref not in self.readers:
+            self.readers[ref] = ViewReader(ref)
+        return self.readers[ref].rows(refs)
+
+    def _bones(self, poses: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        posed = self.body.pose(torch.from_numpy(poses).float())
+        bones = posed.transforms @ torch.linalg.inv(self.star.transforms)
+        if not self.config.canonicalize:
+            bones = torch.eye(4).expand_as(bones).clone()
+        return bones, posed.vertices
+
+    def process_row(self, row: Row) -> Row | Reject:
+        views = self._read(row["parent"], row["view_refs"])
+        if row["body_part"]:
+            views = [v for v in views if self._touches(v, row["body_part"])]
+        if len(views) < self.config.min_views:
+            return Reject.of(row, "too few views", f"{len(views)} < {self.config.min_views}")
+        bones, _ = self._bones(np.array([v["body_pose"] for v in views]))
+        batch = Views(
+            masks=[read_png(v["object_mask"]) > 0 for v in views],
+            K=torch.tensor([v["K"] for v in views]).reshape(-1, 3, 3), R=torch.tensor([v["R"] for v in views]).reshape(-1, 3, 3),
+            t=torch.tensor([v["t"] for v in views]), bones=bones, azimuths=torch.tensor([v["azimuth"] for v in views]),
+        )
+        occupancy = aggregate(self.centres, self.weights, batch).reshape((self.config.resolution,) * 3)
+        scores = self._evaluate(occupancy, row)
+        return {**row, "num_views": len(views), "occupancy": _npy(occupancy.numpy().astype(np.float16)),
+                "mesh_ply": self._mesh(occupancy), "preview": self._preview(occupancy),
+                "truth_iou": self._truth_iou(occupancy, {v["verb"] for v in views}, row["category"]), **scores}
+
+    def _touches(self, view: Row, part: str) -> bool:
+        """The paper's proximity cue: some ray through the object mask passes the body part's region."""
+        _, vertices = self._bones(np.array([view["body_pose"]]))
+        owner = self.body.lbs_weights.argmax(1).numpy()
+        region = vertices[0].numpy()[np.isin(owner, BODY_PARTS[part])]
+        pixels = project(region, np.reshape(view["K"], (3, 3)), np.reshape(view["R"], (3, 3)), np.array(view["t"]))
+        mask = read_png(view["object_mask"]) > 0
+        u, v = np.floor(pixels[:, 0]).astype(int), np.floor(pixels[:, 1]).astype(int)
+        inside = (u >= 0) & (u < mask.shape[1]) & (v >= 0) & (v < mask.shape[0]) & (pixels[:, 2] > 0)
+        return bool(mask[v[inside], u[inside]].any())
+
+    def _evaluate(self, occupancy: torch.Tensor, row: Row) -> dict[str, float]:
+        nan = {"pap": float("nan"), "pap_strict": float("nan"), "pap_occlusion_aware": float("nan")}
+        if not row["test_refs"]:
+            return {**nan, "num_test_views": 0}
+        tests = self._read(row["test_parent"], row["test_refs"])
+        results = [self._test_ap(occupancy, view) for view in tests]
+        return {"pap": float(np.mean([r["ap"] for r in results])),
+                "pap_strict": float(np.mean([r["ap_strict"] for r in results])),
+                "pap_occlusion_aware": float(np.mean([r["ap_occlusion_aware"] for r in results])),
+                "num_test_views": len(tests)}
+
+    def _test_ap(self, occupancy: torch.Tensor, view: Row) -> dict[str, float]:
+        bones, vertices = self._bones(np.array([view["body_pose"]]))
+        query = self.centres
+        canonical = (backward_warp(query, vertices[0].numpy(), self.body.lbs_weights.numpy(), bones[0])
+                     if self.config.canonicalize else query)
+        values = self.grid.sample(occupancy, canonical).numpy()
+        width, height = pap.eval_size(view["width"], view["height"])
+        K = np.reshape(view["K"], (3, 3)).copy()
+        K[:2] *= width / view["width"]
+        scores = pap.project_max(query.numpy(), values, K, np.reshape(view["R"], (3, 3)), np.array(view["t"]),
+                                 width, height)
+        truth = _downsample(read_png(view["object_mask"]) > 0, width, height)
+        human = _downsample(read_png(view["person_mask"]) > 0, width, height)
+        return pap.image_ap(scores, truth, human)
+
+    def _truth_iou(self, occupancy: torch.Tensor, verbs: set[str], category: str) -> float:
+        """IoU with the exact object voxels, when the cluster is one procedural interaction."""
+        if len(verbs) != 1 or category not in lexicon.CATEGORIES:
+            return float("nan")
+        verb = verbs.pop()
+        if verb not in lexicon.CATEGORIES[category].interactions:
+            return float("nan")
+        if self.config.canonicalize:
+            frame = star_pose()
+        else:  # without canonicalization the grid lives in the interaction's own (un-jittered) pose
+            frame = torch.from_numpy(interaction_pose(lexicon.CATEGORIES[category].interactions[verb], 0.0,
+                                                      np.random.default_rng(0))).float()[None]
+        truth = canonical_object_voxels(self.body, category, verb, self.centres.numpy(), frame)
+        predicted = occupancy.reshape(-1).numpy() >= self.config.iou_threshold
+        return float((predicted & truth).sum() / max((predicted | truth).sum(), 1))
+
+    def _mesh(self, occupancy: torch.Tensor) -> bytes:
+        from skimage.measure import marching_cubes
+        import trimesh
+
+        values = occupancy.numpy()
+        if values.max() < self.config.iou_threshold or values.min() > self.config.iou_threshold:
+            return b""
+        vertices, faces, _, _ = marching_cubes(values, self.config.iou_threshold, spacing=(self.grid.voxel_size,) * 3)
+        vertices += -self.config.extent + self.grid.voxel_size / 2
+        return trimesh.Trimesh(vertices, faces).export(file_type="ply")
+
+    def _preview(self, occupancy: torch.Tensor) -> bytes:
+        """Front and side maximum projections of the occupancy over the star-posed body's silhouette."""
+        values = occupancy.numpy()
+        size = self.config.resolution
+        body = np.zeros((size, size, size), dtype=bool)
+        idx = np.floor((self.star.vertices[0].numpy() + self.config.extent) / self.grid.voxel_size).astype(int)
+        idx = idx[((idx >= 0) & (idx < size)).all(1)]
+        body[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+        panels = []
+        for axis in (2, 0):  # looking along z (front), along x (side)
+            heat = values.max(axis=axis)
+            silhouette = body.any(axis=axis)
+            if axis == 0:
+                heat, silhouette = heat.T, silhouette.T  # rows: y, columns: z
+            picture = np.stack([silhouette * 90.0 + heat * 255] + [silhouette * 90.0 + heat * 60] * 2, -1)
+            panels.append(np.flipud(picture.transpose(1, 0, 2) if axis == 2 else picture.transpose(1, 0, 2)))
+        picture = np.concatenate(panels, 1).clip(0, 255).astype(np.uint8)
+        return png(np.kron(picture, np.ones((3, 3, 1), dtype=np.uint8)))
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_occupancy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _downsample(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.BOX)) >= 128
+
+
+class OccupancyPipeline(Pipeline[OccupancyConfig]):
+    name = "chorus-occupancy"
+    description = "CHORUS: calibrated views -> canonical 3D occupancy per semantic cluster, meshes, PAP"
+    config_class = OccupancyConfig
+    schema = pa.schema([
+        ("category", pa.string()), ("cluster", pa.string()), ("base_prompt", pa.string()), ("body_part", pa.string()),
+        ("num_views", pa.int32()), ("occupancy", pa.binary()), ("mesh_ply", pa.binary()), ("preview", pa.binary()),
+        ("pap", pa.float32()), ("pap_strict", pa.float32()), ("pap_occlusion_aware", pa.float32()),
+        ("num_test_views", pa.int32()), ("truth_iou", pa.float32()),
+    ])
+    preview_column = "preview"
+    allow_non_finite = frozenset({"pap", "pap_strict", "pap_occlusion_aware", "truth_iou"})  # NaN: not measured
+
+    def plan(self, config: OccupancyConfig, datasets: DatasetStore) -> list[dict]:
+        views_ref, views = _view_index(datasets, config.views)
+        test_ref, tests = _view_index(datasets, config.test_views) if config.test_views else ("", {})
+        items = []
+        for (category, prompt), refs in sorted(views.items()):
+            test_refs = [r for (c, _), rs in tests.items() if c == category for r in rs]
+            groups = []
+            if prompt is None and "category" in config.clusters:
+                groups.append((None, None))
+            if prompt is not None and "prompt" in config.clusters:
+                groups.append((prompt, None))
+            if prompt is not None and "prompt+part" in config.clusters:
+                groups += [(prompt, part) for part in config.body_parts]
+            for prompt_, part in groups:
+                items.append({"input_id": f"{category}|{_cluster_name(prompt_, part)}", "category": category,
+                              "cluster": _cluster_name(prompt_, part), "base_prompt": prompt_ or "",
+                              "body_part": part or "", "parent": views_ref, "view_refs": refs,
+                              "test_parent": test_ref, "test_refs": test_refs})
+        return items
+
+    def parents(self, config: OccupancyConfig) -> list[str]:
+        if not config.test_views:
+            return []
+        return [DatasetStore(Store.from_settings(Settings())).open_ref(config.test_views).ref]
+
+    def stages(self, config: OccupancyConfig):
+        return [AggregateCluster(config)]
+
+    def demo_config(self, inputs: Path, execution: ExecutionConfig) -> OccupancyConfig:
+        return OccupancyConfig(views="demo-chorus-views", min_views=4, execution=execution,
+                               output={"dataset": "demo-chorus-occupancy"})
+
+
+def _view_index(datasets: DatasetStore, ref: str) -> tuple[str, dict[tuple[str, str | None], list[list[int]]]]:
+    """The version's exact ref, and (category, None) / (category, base prompt) -> [shard, row] of its views."""
+    version = datasets.open_ref(ref)
+    index: dict[tuple[str, str | None], list[list[int]]] = defaultdict(list)
+    for shard in range(len(version.manifest.shards)):
+        table = version.read_shard(shard, ["category", "base_prompt"]).to_pylist()
+        for row_number, row in enumerate(table):
+            index[(row["category"], None)].append([shard, row_number])
+            index[(row["category"], row["base_prompt"])].append([shard, row_number])
+    return version.ref, index

@@ -1,0 +1,109 @@
+"""Perception for CHORUS: instance segmentation + 2D person keypoints behind one interface, and the
+paper's filter rules (Sec. 3.2, DESIGN 5.1), each rejection with its reason.
+
+Backends: `ground_truth` reads the exact instances a procedural scene carries. Learned backends
+(detectron2, torchvision Mask/Keypoint R-CNN) plug in as further `Perceive` backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hoi_factory.stage import Filter, MapStage, Row
+
+MIN_SCORE = 0.8
+MIN_KEYPOINT_CONFIDENCE = 0.7
+MIN_OVERLAP = 0.1  # |person box ∩ object box| / |object box|
+SHOULDERS, HIPS = (5, 6), (11, 12)  # COCO keypoint indices
+
+
+@dataclass
+class Detection:
+    label: str
+    score: float
+    mask: np.ndarray  # (H, W) bool
+    keypoints: np.ndarray | None = None  # (17, 3): x, y, confidence (people only)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        ys, xs = np.nonzero(self.mask)
+        if len(xs) == 0:
+            return (0.0, 0.0, 0.0, 0.0)
+        return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def box_overlap_of_object(person: Detection, target: Detection) -> float:
+    px0, py0, px1, py1 = person.box
+    ox0, oy0, ox1, oy1 = target.box
+    inter = max(0.0, min(px1, ox1) - max(px0, ox0)) * max(0.0, min(py1, oy1) - max(py0, oy0))
+    area = (ox1 - ox0) * (oy1 - oy0)
+    return inter / area if area > 0 else 0.0
+
+
+def has_torso(person: Detection, width: int, height: int) -> bool:
+    """At least one shoulder and one hip detected with confidence inside the image."""
+    kp = person.keypoints
+    if kp is None:
+        return False
+
+    def seen(i: int) -> bool:
+        x, y, confidence = kp[i]
+        return confidence >= MIN_KEYPOINT_CONFIDENCE and 0 <= x < width and 0 <= y < height
+
+    return any(seen(i) for i in SHOULDERS) and any(seen(i) for i in HIPS)
+
+
+def reason_to_reject(detections: list[Detection], category: str, width: int, height: int) -> str | None:
+    """The paper's filter, in its order; None keeps the image."""
+    confident = [d for d in detections if d.score >= MIN_SCORE and d.mask.any()]
+    people = [d for d in confident if d.label == "person"]
+    targets = [d for d in confident if d.label == category]
+    if not people:
+        return "no person"
+    if len(people) > 1:
+        return "more than one person"
+    if not targets:
+        return "no target object"
+    if len(targets) > 1:
+        return "more than one target object"
+    if box_overlap_of_object(people[0], targets[0]) <= MIN_OVERLAP:
+        return "person and object boxes far apart"
+    if not has_torso(people[0], width, height):
+        return "no shoulder and hip keypoints"
+    return None
+
+
+class Perceive(MapStage):
+    """Adds `detections` to each row. `ground_truth` needs rows from the procedural source."""
+
+    def __init__(self, backend: str = "ground_truth"):
+        if backend != "ground_truth":
+            raise ValueError(f"perception backend {backend!r} is not available; choose 'ground_truth'")
+        self.backend = backend
+
+    def process_row(self, row: Row) -> Row:
+        if "instances" not in row:
+            raise ValueError("the ground_truth backend needs procedural scenes (rows with exact instances)")
+        detections = [Detection(i.label, 1.0, i.mask, i.keypoints) for i in row["instances"]]
+        return {**row, "detections": detections}
+
+
+class InteractionFilter(Filter):
+    """Keeps images with exactly one person and one target object that overlap and show a torso."""
+
+    def reason_to_drop(self, row: Row) -> str | None:
+        height, width = row["image_array"].shape[:2]
+        return reason_to_reject(row["detections"], row["category"], width, height)
+
+
+class KeepInteraction(MapStage):
+    """Reduces the detections of a kept image to the person's and the object's masks and keypoints."""
+
+    def process_row(self, row: Row) -> Row:
+        confident = [d for d in row["detections"] if d.score >= MIN_SCORE]
+        person = next(d for d in confident if d.label == "person")
+        target = next(d for d in confident if d.label == row["category"])
+        return {**row, "person_mask_array": person.mask, "object_mask_array": target.mask,
+                "keypoints": person.keypoints.astype(np.float32)}
