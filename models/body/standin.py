@@ -104,10 +104,10 @@ def build_standin() -> dict[str, np.ndarray]:
         w[:, owner] = blend
         if parent >= 0:
             w[:, parent] += 1 - blend
-        start = [offset + s for s in range(segments)]
-        ring_members.setdefault(_closest_joint(joints, a), start)
-        end = [offset + (rings - 1) * segments + s for s in range(segments)]
-        ring_members.setdefault(_closest_joint(joints, b), end)
+        for point, ring in ((a, 0), (b, rings - 1)):
+            joint = _closest_joint(joints, point)
+            if joint is not None:
+                ring_members.setdefault(joint, [offset + ring * segments + s for s in range(segments)])
         verts.append(v)
         faces.append(f + offset)
         weights.append(w)
@@ -135,9 +135,10 @@ def build_standin() -> dict[str, np.ndarray]:
     }
 
 
-def _closest_joint(joints: np.ndarray, point: np.ndarray) -> int:
+def _closest_joint(joints: np.ndarray, point: np.ndarray) -> int | None:
+    """The joint at `point`, if one is there."""
     distances = np.linalg.norm(joints - point, axis=1)
-    return int(distances.argmin()) if distances.min() < 1e-6 else -1
+    return int(distances.argmin()) if distances.min() < 1e-6 else None
 
 
 # Vertices smplx reads extra keypoints from (SMPL-H names): chosen on the stand-in by position.

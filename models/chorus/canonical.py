@@ -42,16 +42,23 @@ class Grid:
 
 def skinning_weights(points: np.ndarray, vertices: np.ndarray, vertex_weights: np.ndarray, k: int = 30,
                      root_distance: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 24) weights for `points` from the body's vertices, and the mask of points beyond `root_distance`."""
-    distances, nearest = cKDTree(vertices).query(points, k=k)
-    inverse = 1.0 / np.maximum(distances, 1e-8)
-    weights = (inverse[:, :, None] * vertex_weights[nearest]).sum(1) / inverse.sum(1, keepdims=True)
-    ratio = np.clip(distances[:, 0] / root_distance, 0, 1)
-    with np.errstate(divide="ignore"):
-        to_root = 1 - np.exp(-0.5 * np.arctanh(ratio))  # 0 on the body, 1 at root_distance and beyond
-    weights = (1 - to_root)[:, None] * weights
-    weights[:, ROOT] += to_root
-    return weights, ratio >= 1
+    """(N, 24) weights for `points` from the body's vertices, and the mask of points beyond `root_distance`
+    (pure root weight: their k-nearest search is skipped)."""
+    tree = cKDTree(vertices)
+    nearest_distance, _ = tree.query(points, k=1)
+    far = nearest_distance >= root_distance
+    weights = np.zeros((len(points), vertex_weights.shape[1]))
+    weights[far, ROOT] = 1.0
+    near = np.nonzero(~far)[0]
+    if len(near):
+        distances, nearest = tree.query(points[near], k=k)
+        inverse = 1.0 / np.maximum(distances, 1e-8)
+        blended = (inverse[:, :, None] * vertex_weights[nearest]).sum(1) / inverse.sum(1, keepdims=True)
+        to_root = 1 - np.exp(-0.5 * np.arctanh(distances[:, 0] / root_distance))  # 0 on the body, 1 far away
+        blended *= (1 - to_root)[:, None]
+        blended[:, ROOT] += to_root
+        weights[near] = blended
+    return weights, far
 
 
 def smooth_on_grid(weights: np.ndarray, fixed: np.ndarray, resolution: int, rounds: int = 30,

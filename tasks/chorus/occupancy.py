@@ -79,6 +79,7 @@ class AggregateCluster(MapStage):
         self.star = self.body.pose(star_pose())
         self.weights = canonical_weights(self.grid, self.star.vertices[0].numpy(), self.body.lbs_weights.numpy())
         self.readers: dict[str, ViewReader] = {}
+        self.test_points: dict[str, torch.Tensor] = {}  # test view id -> its grid points warped to canonical
 
     def _read(self, ref: str, refs: list[list[int]]) -> list[Row]:
         if ref not in self.readers:
@@ -132,12 +133,19 @@ class AggregateCluster(MapStage):
                 "pap_occlusion_aware": float(np.mean([r["ap_occlusion_aware"] for r in results])),
                 "num_test_views": len(tests)}
 
+    def _canonical_points(self, view: Row) -> torch.Tensor:
+        """The posed grid points of a test view, backward-skinned to canonical space (cached per view)."""
+        if not self.config.canonicalize:
+            return self.centres
+        if view["sample_id"] not in self.test_points:
+            bones, vertices = self._bones(np.array([view["body_pose"]]))
+            self.test_points[view["sample_id"]] = backward_warp(self.centres, vertices[0].numpy(),
+                                                                self.body.lbs_weights.numpy(), bones[0])
+        return self.test_points[view["sample_id"]]
+
     def _test_ap(self, occupancy: torch.Tensor, view: Row) -> dict[str, float]:
-        bones, vertices = self._bones(np.array([view["body_pose"]]))
         query = self.centres
-        canonical = (backward_warp(query, vertices[0].numpy(), self.body.lbs_weights.numpy(), bones[0])
-                     if self.config.canonicalize else query)
-        values = self.grid.sample(occupancy, canonical).numpy()
+        values = self.grid.sample(occupancy, self._canonical_points(view)).numpy()
         width, height = pap.eval_size(view["width"], view["height"])
         K = np.reshape(view["K"], (3, 3)).copy()
         K[:2] *= width / view["width"]
@@ -227,8 +235,8 @@ class OccupancyPipeline(Pipeline[OccupancyConfig]):
         views_ref, views = _view_index(datasets, config.views)
         test_ref, tests = _view_index(datasets, config.test_views) if config.test_views else ("", {})
         items = []
-        for (category, prompt), refs in sorted(views.items()):
-            test_refs = [r for (c, _), rs in tests.items() if c == category for r in rs]
+        for (category, prompt), refs in sorted(views.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            test_refs = tests.get((category, None), [])
             groups = []
             if prompt is None and "category" in config.clusters:
                 groups.append((None, None))
