@@ -29,3 +29,4 @@ test: install browser
 
 bench: install
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.chorus_aggregation

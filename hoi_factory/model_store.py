@@ -20,7 +20,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from hoi_factory import ids
-from hoi_factory.optional import require
 from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import VersionedStore
 
@@ -75,8 +74,9 @@ class ModelVersion:
         return data
 
     def load_state_dict(self, file: str = WEIGHTS) -> dict:
-        safetensors_torch = require("safetensors.torch", "torch", "Loading model weights")
-        return safetensors_torch.load(self.read_bytes(file))
+        import safetensors.torch  # lazy: torch is slow to import and most callers never need it
+
+        return safetensors.torch.load(self.read_bytes(file))
 
     def download(self, folder: str | Path) -> Path:
         """Copy every file into a local folder (e.g. for a diffusers `from_pretrained`)."""
@@ -137,9 +137,10 @@ class ModelStore(VersionedStore[ModelVersion]):
         return ModelVersion(self.store, manifest)
 
     def save_state_dict(self, name: str, state_dict: dict, **kwargs) -> ModelVersion:
-        safetensors_torch = require("safetensors.torch", "torch", "Saving model weights")
+        import safetensors.torch
+
         tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
-        return self.save(name, {WEIGHTS: safetensors_torch.save(tensors)}, **kwargs)
+        return self.save(name, {WEIGHTS: safetensors.torch.save(tensors)}, **kwargs)
 
     def save_folder(self, name: str, folder: str | Path, **kwargs) -> ModelVersion:
         """Publish every file of a local folder, e.g. what a diffusers pipeline's `save_pretrained` wrote."""

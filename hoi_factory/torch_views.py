@@ -5,9 +5,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, Callable
 
-from hoi_factory.optional import require
-
-torch_data = require("torch.utils.data", "torch", "Reading a dataset as a torch Dataset")
+import torch.utils.data as torch_data
 
 
 class ParquetTorchDataset(torch_data.Dataset):

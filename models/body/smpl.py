@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hoi_factory.optional import require
 from models.body import standin
 
 STANDIN = "standin"
@@ -43,7 +42,8 @@ class BodyModel:
     """An SMPL-format body: `pose(body_pose)` gives vertices, joints, keypoints and bone transforms."""
 
     def __init__(self, data: dict[str, np.ndarray], vertex_ids: dict[str, int] | None, label: str):
-        smplx = require("smplx", "chorus", "SMPL bodies")
+        import smplx
+
         self.label = label
         with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a notice for every 10-beta SMPL file
             self.model = smplx.SMPL(model_path=label, data_struct=smplx.utils.Struct(**data),

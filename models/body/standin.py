@@ -91,7 +91,7 @@ def _tube(a: np.ndarray, b: np.ndarray, radius: float, segments: int = 12):
 def build_standin() -> dict[str, np.ndarray]:
     """The stand-in's arrays under SMPL's names (`v_template`, `f`, `weights`, `J_regressor`, ...)."""
     joints = rest_joints()
-    verts, faces, weights, regress = [], [], [], np.zeros((24, 0))
+    verts, faces, weights = [], [], []
     offset = 0
     ring_members: dict[int, list[int]] = {}
     for owner, a, b, radius in _capsules(joints):

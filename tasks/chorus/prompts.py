@@ -99,9 +99,8 @@ def _clean_lines(text: str) -> list[str]:
 
 def llm_prompts(category: str, count: int, llm: LLMConfig) -> list[str]:
     """The paper's request; retried (with backoff on errors) until the answer has exactly `count` lines."""
-    from hoi_factory.optional import require
+    import openai  # lazy: only this generator needs it
 
-    openai = require("openai", "chorus", "LLM prompts")
     client = openai.OpenAI(base_url=llm.base_url, api_key=os.environ.get(llm.api_key_env, "not-set"),
                            timeout=llm.timeout_seconds, max_retries=0)
     request = LLM_REQUEST.format(m=count, category=category)

@@ -103,5 +103,5 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
         ]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> ViewsConfig:
-        return ViewsConfig(prompts="demo-chorus-prompts", images_per_prompt=3, defect_rate=0.15,
+        return ViewsConfig(prompts="demo-chorus-prompts", images_per_prompt=1, defect_rate=0.15,
                            execution=execution, output={"dataset": "demo-chorus-views"})

@@ -122,3 +122,11 @@ def test_nan_and_inf_outputs_are_rejected_with_their_column(local_store_env):
         "output checks: non-finite values": 2}
     stored = np.array(dataset.to_pandas().points.map(lambda p: np.stack(p)).tolist())
     assert np.isfinite(stored).all()
+
+
+def test_unknown_categories_fail_before_any_work(local_store_env):
+    from tasks.chorus.prompts import PromptsConfig, PromptsPipeline
+
+    with pytest.raises(ConfigError, match=r"unknown categories.*'sofa-bed'"):
+        run_pipeline(PromptsPipeline(), {"categories": ["cup", "sofa-bed"]})
+    assert DatasetStore(Store.from_settings(Settings())).names() == []
