@@ -1,7 +1,7 @@
 """SMPL bodies through `smplx`: vertices, joints, the bone transforms LBS needs, and COCO keypoints.
 
 Frame: person-centric, pelvis at the origin, global orientation zero (the camera carries the view), as in
-CHORUS. The licensed SMPL file (`.npz`, or `.pkl` only when explicitly trusted: pickle runs code) or the
+CHORUS. The licensed SMPL file (as `.npz`: pickled `.pkl` files are refused, they can run code) or the
 procedural stand-in (`"standin"`) load through the same `smplx.SMPL` class.
 """
 
@@ -91,27 +91,20 @@ def star_pose() -> torch.Tensor:
     return pose.reshape(1, -1)
 
 
-def _read_model_file(path: Path, trust_pickle: bool) -> dict[str, np.ndarray]:
+def _read_model_file(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"body model file {str(path)!r} does not exist")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    if path.suffix == ".pkl":
-        if not trust_pickle:
-            raise ValueError(f"body model {str(path)!r} is a pickle, which can run code when loaded; convert it to "
-                             ".npz, or set trust_pickle when you trust the file's origin")
-        import pickle
-
-        with open(path, "rb") as handle:
-            return dict(pickle.load(handle, encoding="latin1"))  # noqa: S301 - explicitly trusted above
-    raise ValueError(f"body model file {str(path)!r}: expected an SMPL .npz (or a trusted .pkl)")
+    if path.suffix != ".npz":
+        raise ValueError(f"body model file {str(path)!r}: expected an SMPL .npz (pickled .pkl files can run code "
+                         "when loaded; convert yours to .npz once, in an environment you trust)")
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
 
 
 @lru_cache(maxsize=4)
-def load_body_model(source: str = STANDIN, trust_pickle: bool = False) -> BodyModel:
+def load_body_model(source: str = STANDIN) -> BodyModel:
     """`"standin"` for the procedural stand-in, or a path to the user's SMPL model file."""
     if source == STANDIN:
         data = standin.build_standin()
         return BodyModel(data, standin.landmark_vertex_ids(data["v_template"]), STANDIN)
-    return BodyModel(_read_model_file(Path(source), trust_pickle), None, source)
+    return BodyModel(_read_model_file(Path(source)), None, source)
