@@ -197,7 +197,7 @@ class AggregateCluster(MapStage):
             if axis == 0:
                 heat, silhouette = heat.T, silhouette.T  # rows: y, columns: z
             picture = np.stack([silhouette * 90.0 + heat * 255] + [silhouette * 90.0 + heat * 60] * 2, -1)
-            panels.append(np.flipud(picture.transpose(1, 0, 2) if axis == 2 else picture.transpose(1, 0, 2)))
+            panels.append(np.flipud(picture.transpose(1, 0, 2)))  # y up
         picture = np.concatenate(panels, 1).clip(0, 255).astype(np.uint8)
         return png(np.kron(picture, np.ones((3, 3, 1), dtype=np.uint8)))
 
