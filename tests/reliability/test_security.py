@@ -15,7 +15,7 @@ from hoi_factory.storage import Store
 from support.processes import venv_executable
 
 ROOT = Path(__file__).resolve().parents[2]
-UNSAFE_LOADS = re.compile(r"\bpickle\.loads?\(|\btorch\.load\((?!.*weights_only=True)|allow_pickle=True|yaml\.load\(|"
+UNSAFE_LOADS = re.compile(r"\bpickle\.loads?\(|(?<![\w.])torch\.load\((?!.*weights_only=True)|allow_pickle=True|yaml\.load\(|"
                           r"\beval\(|cloudpickle\.loads?\(|shell=True")
 
 
@@ -65,6 +65,9 @@ def test_a_malicious_pickle_in_the_model_store_is_never_executed(local_store_env
 
 
 def test_no_unsafe_deserialization_in_the_project_code():
+    assert UNSAFE_LOADS.search("state = torch.load(path)") and UNSAFE_LOADS.search("pickle.loads(blob)")
+    assert not UNSAFE_LOADS.search("torch.load(path, weights_only=True)")
+    assert not UNSAFE_LOADS.search("safetensors.torch.load(blob)")  # safetensors never unpickles
     offenders = []
     for folder in ("hoi_factory", "flows", "tasks", "models", "benchmarks"):
         for path in (ROOT / folder).rglob("*.py"):
