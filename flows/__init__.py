@@ -10,9 +10,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "hoi_factory")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # the same code runs outside flows
 
-from flows.chorus import chorus_occupancy, chorus_prompts, chorus_views  # noqa: E402
+from flows.chorus import chorus_occupancy, chorus_prompts, chorus_test_views, chorus_views  # noqa: E402
 from flows.ingest import ingest  # noqa: E402
 from flows.synthetic import synthetic  # noqa: E402
+from tasks.chorus.coco_eft import COCOEFTPipeline  # noqa: E402
 from tasks.chorus.occupancy import OccupancyPipeline  # noqa: E402
 from tasks.chorus.prompts import PromptsPipeline  # noqa: E402
 from tasks.chorus.views import ViewsPipeline  # noqa: E402
@@ -26,5 +27,6 @@ PIPELINES = {
     # CHORUS, in the order its datasets feed each other
     PromptsPipeline.name: (PromptsPipeline, chorus_prompts),
     ViewsPipeline.name: (ViewsPipeline, chorus_views),
+    COCOEFTPipeline.name: (COCOEFTPipeline, chorus_test_views),
     OccupancyPipeline.name: (OccupancyPipeline, chorus_occupancy),
 }

@@ -1,4 +1,4 @@
-"""Prefect flows of CHORUS: prompts, views, occupancy (each a dataset version), and the three in a row."""
+"""Prefect flows of CHORUS: prompts, views, the COCO-EFT test views and occupancy, each a dataset version."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.runner import run_pipeline_flow
+from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline
 from tasks.chorus.occupancy import OccupancyConfig, OccupancyPipeline
 from tasks.chorus.prompts import PromptsConfig, PromptsPipeline
 from tasks.chorus.views import ViewsConfig, ViewsPipeline
@@ -20,6 +21,11 @@ def chorus_prompts(config: PromptsConfig) -> dict[str, Any]:
 @flow(name="chorus-views", description=ViewsPipeline.description)
 def chorus_views(config: ViewsConfig) -> dict[str, Any]:
     return run_pipeline_flow(ViewsPipeline(), config)
+
+
+@flow(name="chorus-test-views", description=COCOEFTPipeline.description)
+def chorus_test_views(config: COCOEFTConfig) -> dict[str, Any]:
+    return run_pipeline_flow(COCOEFTPipeline(), config)
 
 
 @flow(name="chorus-occupancy", description=OccupancyPipeline.description)

@@ -260,8 +260,8 @@ class OccupancyPipeline(Pipeline[OccupancyConfig]):
         return [AggregateCluster(config)]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> OccupancyConfig:
-        return OccupancyConfig(views="demo-chorus-views", min_views=4, execution=execution,
-                               output={"dataset": "demo-chorus-occupancy"})
+        return OccupancyConfig(views="demo-chorus-views", test_views="demo-chorus-test-views", min_views=4,
+                               execution=execution, output={"dataset": "demo-chorus-occupancy"})
 
 
 def _view_index(datasets: DatasetStore, ref: str) -> tuple[str, dict[tuple[str, str | None], list[list[int]]]]:

@@ -34,8 +34,11 @@ class ReadImage(MapStage):
         self.settings = Settings()
 
     def process_row(self, row: Row) -> Row | Reject:
-        with fsspec.open(row["path"], "rb", **self.settings.storage_options(row["path"])) as handle:
-            data = handle.read()
+        try:
+            with fsspec.open(row["path"], "rb", **self.settings.storage_options(row["path"])) as handle:
+                data = handle.read()
+        except FileNotFoundError:  # a folder lists what exists; an annotation file may name what does not
+            return Reject.of(row, "missing file", row["path"])
         if not data:
             return Reject.of(row, "empty file")
         try:

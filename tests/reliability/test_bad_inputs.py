@@ -2,6 +2,8 @@
 written outside the store."""
 
 import io
+import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -13,7 +15,7 @@ from PIL import Image
 
 from hoi_factory.config import ConfigError, RunConfig, Settings, validate_run_config
 from hoi_factory.datasets import DatasetStore
-from hoi_factory.pipeline import Pipeline
+from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.run import run_pipeline
 from hoi_factory.stage import MapStage
 from hoi_factory.storage import Store
@@ -130,3 +132,66 @@ def test_unknown_categories_fail_before_any_work(local_store_env):
     with pytest.raises(ConfigError, match=r"unknown categories.*'sofa-bed'"):
         run_pipeline(PromptsPipeline(), {"categories": ["cup", "sofa-bed"]})
     assert DatasetStore(Store.from_settings(Settings())).names() == []
+
+
+def test_malformed_annotation_files_fail_the_plan_naming_the_file(local_store_env, tmp_path):
+    from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline
+    from tasks.procedural.coco_eft import write_coco_eft
+
+    files = write_coco_eft(tmp_path / "coco", ["cup"], count=1)
+    broken = {"missing.json": None, "truncated.json": '{"data": [{"annotId": 1,', "latin1.json": b"\xff\xfe{",
+              "list.json": "[]", "no-lists.json": '{"images": {}, "annotations": [], "categories": []}'}
+    for name, content in broken.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    cases = [("eft", "missing.json", "does not exist"), ("eft", "truncated.json", "is not valid JSON"),
+             ("eft", "latin1.json", "is not valid JSON"), ("eft", "list.json", "must be an object with a 'data' list"),
+             ("annotations", "no-lists.json", "must be an object with lists"),
+             ("annotations", "truncated.json", "is not valid JSON")]
+    for field, name, message in cases:
+        inputs = {"eft": files["eft"], "annotations": files["annotations"], "images": files["images"],
+                  "categories": ["cup"], "execution": {"executor": "local"}}
+        inputs[field] = str(tmp_path / name) if field == "eft" else [*files["annotations"], str(tmp_path / name)]
+        with pytest.raises(PlanError, match=f"{re.escape(str(tmp_path / name))}.*{message}"):
+            run_pipeline(COCOEFTPipeline(), COCOEFTConfig(**inputs))
+    assert DatasetStore(Store.from_settings(Settings())).names() == []
+
+
+def test_malformed_annotation_entries_are_rejected_one_by_one(local_store_env, tmp_path):
+    from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline
+    from tasks.procedural.coco_eft import write_coco_eft
+
+    files = write_coco_eft(tmp_path / "coco", ["backpack"], count=9, seed=4)
+    eft = json.loads(Path(files["eft"]).read_text())
+    instances_path, keypoints_path = map(Path, files["annotations"])
+    instances, keypoints = json.loads(instances_path.read_text()), json.loads(keypoints_path.read_text())
+    fits = eft["data"]
+    fits[0]["parm_pose"][3][0][0] = float("nan")  # -> malformed EFT fit
+    fits[1]["parm_pose"][5] = [[2, 0, 0], [0, 1, 0], [0, 0, 1]]  # not a rotation
+    fits[2]["parm_cam"][0] = -1.0  # negative weak-perspective scale
+    del fits[3]["bbox_scale"]
+    fits[4]["annotId"] = 999_999  # names no COCO annotation
+    fits.append("not an object")
+    image_of = {a["id"]: a["image_id"] for a in keypoints["annotations"]}
+    images = {i["id"]: i for i in instances["images"]}
+    images[image_of[fits[5]["annotId"]]]["file_name"] = "../../../etc/passwd"
+    images[image_of[fits[6]["annotId"]]]["file_name"] = "not-there.jpg"
+    for annotation in instances["annotations"]:  # an object whose segmentation is garbage
+        if annotation["image_id"] == image_of[fits[7]["annotId"]] and annotation["category_id"] != 1:
+            annotation["segmentation"] = [["x", "y"]]
+    eft["data"] = fits
+    Path(files["eft"]).write_text(json.dumps(eft))
+    instances_path.write_text(json.dumps(instances))
+    keypoints["images"] = instances["images"]
+    keypoints_path.write_text(json.dumps(keypoints))
+
+    dataset = run_pipeline(COCOEFTPipeline(), COCOEFTConfig(
+        eft=files["eft"], annotations=files["annotations"], images=files["images"], categories=["backpack"],
+        execution={"executor": "local", "shard_size": 3})).dataset
+    reasons = sorted(r["reason"] for r in dataset.rejects().to_pylist())
+    assert reasons == sorted(["malformed EFT fit"] * 4 + ["unknown COCO annotation"] * 2 + ["unsafe image path",
+                             "missing file", "malformed COCO annotation"])
+    details = " ".join(r["detail"] for r in dataset.rejects().to_pylist())
+    assert "parm_pose" in details and "parm_cam" in details and "bbox_scale" in details
+    assert dataset.manifest.num_samples == 1 and dataset.validate() == []  # the one good fit is kept
+    assert dataset.to_pandas().input_id.tolist() == [f"{fits[8]['annotId']}|backpack"]

@@ -1,0 +1,295 @@
+"""The CHORUS test set: COCO images + COCO annotations + EFT pseudo-ground-truth SMPL fits -> held-out views.
+
+Paper, Sec. 4 ("Extended COCO-EFT"): keep the samples with one person and one object that overlap (the same
+filter as the generated views), and turn EFT's weak-perspective crop camera into a perspective camera with the
+CHORUS field of view. The output has the `chorus-views` schema, so `chorus-occupancy test_views=...` reads it.
+
+Inputs (any fsspec path):
+- `eft`: an EFT fit file, `{"data": [{"annotId", "imageName", "parm_pose" (24x3x3 rotation matrices, SMPL
+  joints, global orientation first, camera frame), "parm_shape" (10), "parm_cam" ([s, tx, ty] for a 224 px
+  crop), "bbox_center" ([x, y] px), "bbox_scale" (crop side / 200 px)}, ...]}`;
+- `annotations`: COCO JSON files (instances for the object masks, person_keypoints for the 17 keypoints),
+  merged by annotation id;
+- `images`: the folder the COCO `file_name`s are relative to.
+
+A malformed file fails the plan with the file's name and what is wrong; a malformed entry (one fit, one
+annotation) is rejected with its reason and the rest of the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from scipy.spatial.transform import Rotation
+
+from hoi_factory.config import ExecutionConfig, RunConfig, Settings
+from hoi_factory.pipeline import Pipeline, PlanError
+from hoi_factory.stage import MapStage, Reject, Row
+from models.body.smpl import load_body_model
+from models.render.camera import camera_azimuth, intrinsics, project
+from tasks.chorus import lexicon
+from tasks.chorus.perception import Detection, InteractionFilter, KeepInteraction
+from tasks.chorus.views import EncodeView, ViewsPipeline
+from tasks.images.stages import ReadImage
+from tasks.procedural.coco_eft import write_coco_eft
+
+EFT_CROP_PX = 224  # EFT/SPIN regress the camera for a 224 x 224 crop ...
+EFT_BOX_UNIT_PX = 200  # ... of a box whose side is bbox_scale * 200 px
+
+
+class COCOEFTConfig(RunConfig):
+    eft: str = Field(..., description="EFT fit file (JSON with a 'data' list)")
+    annotations: list[str] = Field(..., min_length=1, description="COCO annotation JSON files, merged by id")
+    images: str = Field(..., description="folder the COCO image file_names are relative to")
+    categories: list[str] = Field(..., min_length=1, description="target object categories (COCO names)")
+    body_model: str = Field("standin", description="'standin' or a path to an SMPL .npz")
+
+    @field_validator("categories")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        lexicon.check_categories(names, procedural=False)
+        return names
+
+
+class EFTFit(BaseModel):
+    """One EFT entry, checked before use: shapes, finite numbers, proper rotations, a positive scale."""
+
+    annotId: int
+    imageName: str
+    parm_pose: list[list[list[float]]]
+    parm_cam: list[float] = Field(..., min_length=3, max_length=3)
+    bbox_center: list[float] = Field(..., min_length=2, max_length=2)
+    bbox_scale: float = Field(..., gt=0)
+
+    @field_validator("parm_pose")
+    @classmethod
+    def _rotations(cls, pose: list) -> list:
+        matrices = np.asarray(pose, dtype=np.float64)
+        if matrices.shape != (24, 3, 3):
+            raise ValueError(f"expected 24 rotation matrices (24x3x3), got shape {matrices.shape}")
+        if not np.isfinite(matrices).all():
+            raise ValueError("holds NaN or inf")
+        gram = matrices @ matrices.transpose(0, 2, 1)
+        if np.abs(gram - np.eye(3)).max() > 1e-3 or (np.linalg.det(matrices) < 0).any():
+            raise ValueError("holds matrices that are not rotations")
+        return pose
+
+    @field_validator("parm_cam", "bbox_center", "bbox_scale")
+    @classmethod
+    def _finite(cls, value):
+        if not np.isfinite(value).all():
+            raise ValueError("holds NaN or inf")
+        return value
+
+    @field_validator("parm_cam")
+    @classmethod
+    def _positive_scale(cls, cam: list[float]) -> list[float]:
+        if cam[0] <= 0:
+            raise ValueError(f"weak-perspective scale must be positive, got {cam[0]}")
+        return cam
+
+
+def perspective_from_weak(cam: list[float], bbox_center: list[float], bbox_scale: float, K: np.ndarray,
+                          pelvis_rest: np.ndarray, orient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R, t (pelvis-centred body -> camera) that project like EFT's weak-perspective crop camera.
+
+    A crop pixel is 112 (1 + s (X + tx)) for a camera-frame point X of SMPL (root at its rest position), and
+    an image pixel is bbox_center + (crop pixel - 112) * box / 224. A pinhole camera at depth T_z gives
+    c + f (X + T) / T_z; matching the two: T_z = 2 f / (s box), T_xy = t_xy + (bbox_center - c) / (s box / 2).
+    """
+    scale, tx, ty = cam
+    box = bbox_scale * EFT_BOX_UNIT_PX
+    half_extent = scale * box / 2
+    focal, principal = K[0, 0], K[:2, 2]
+    translation = np.array([tx, ty, 0.0])
+    translation[:2] += (np.asarray(bbox_center) - principal) / half_extent
+    translation[2] = focal / half_extent
+    # SMPL rotates about its root joint, which rests at pelvis_rest; our body has the pelvis at the origin.
+    return orient, pelvis_rest + translation
+
+
+def _read_json(url: str, role: str) -> Any:
+    options = Settings().storage_options(url)
+    try:
+        with fsspec.open(url, "rt", encoding="utf-8", **options) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise PlanError(f"{role} file {url!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{role} file {url!r} is not valid JSON: {exc}") from None
+
+
+def _coco_index(urls: list[str]) -> tuple[dict[int, dict], dict[int, list[dict]], dict[int, str]]:
+    """images by id, annotations by image id (merged by annotation id), category names by id."""
+    images: dict[int, dict] = {}
+    annotations: dict[int, dict] = {}
+    categories: dict[int, str] = {}
+    for url in urls:
+        data = _read_json(url, "COCO annotation")
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
+                                                                                          "categories")):
+            raise PlanError(f"COCO annotation file {url!r} must be an object with lists 'images', 'annotations' "
+                            "and 'categories'")
+        try:
+            categories.update({int(c["id"]): str(c["name"]) for c in data["categories"]})
+            images.update({int(i["id"]): i for i in data["images"]})
+            for annotation in data["annotations"]:
+                merged = annotations.setdefault(int(annotation["id"]), {})
+                merged.update(annotation)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"COCO annotation file {url!r}: an entry lacks a usable {exc}") from None
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for annotation in annotations.values():
+        by_image[annotation.get("image_id")].append(annotation)
+    return images, by_image, categories
+
+
+def _safe_join(folder: str, name: str) -> str | None:
+    """folder/name, or None when the name would leave the folder (absolute, `..`)."""
+    normal = posixpath.normpath(name)
+    if not name or posixpath.isabs(name) or normal.startswith("..") or "\\" in name or "\0" in name:
+        return None
+    return folder.rstrip("/") + "/" + normal
+
+
+class ParseFit(MapStage):
+    """Checks the EFT entry and the image it names; malformed ones are rejected with pydantic's reason."""
+
+    def __init__(self, images: str):
+        self.images = images
+
+    def process_row(self, row: Row) -> Row | Reject:
+        if row["problem"]:
+            return Reject.of(row, row["problem"], row["problem_detail"])
+        try:
+            fit = EFTFit.model_validate(row["fit"])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            return Reject.of(row, "malformed EFT fit", f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+        path = _safe_join(self.images, str(row["image"].get("file_name", "")))
+        if path is None:
+            return Reject.of(row, "unsafe image path", repr(row["image"].get("file_name")))
+        return {**row, "fit": fit, "path": path}
+
+
+class COCODetections(MapStage):
+    """COCO annotations of the image -> detections (score 1) for the paper's filter."""
+
+    def setup(self) -> None:
+        from pycocotools import mask as mask_utils
+
+        self.mask_utils = mask_utils
+
+    def _mask(self, segmentation: Any, height: int, width: int) -> np.ndarray:
+        rles = self.mask_utils.frPyObjects(segmentation, height, width)
+        rle = self.mask_utils.merge(rles) if isinstance(rles, list) else rles
+        return self.mask_utils.decode(rle).astype(bool)
+
+    def process_row(self, row: Row) -> Row | Reject:
+        pixels = row.pop("pixels")
+        height, width = pixels.shape[:2]
+        detections = []
+        for annotation in row["annotations"]:
+            fitted = annotation["id"] == row["fit"].annotId
+            if fitted and "keypoints" not in annotation:
+                return Reject.of(row, "no keypoints for the fitted person",
+                                 f"annotation {annotation['id']}: add the person_keypoints JSON to `annotations`")
+            try:
+                mask = self._mask(annotation["segmentation"], height, width)
+                keypoints = None
+                if fitted:
+                    raw = np.asarray(annotation["keypoints"], dtype=np.float32).reshape(17, 3)
+                    keypoints = np.concatenate([raw[:, :2], (raw[:, 2:] > 0).astype(np.float32)], 1)
+            except Exception as exc:  # pycocotools raises bare Exceptions for segmentations it cannot read
+                return Reject.of(row, "malformed COCO annotation",
+                                 f"annotation {annotation.get('id')}: {type(exc).__name__}: {exc}")
+            detections.append(Detection(annotation["label"], 1.0, mask, keypoints))
+        return {**row, "image_array": pixels, "detections": detections}
+
+
+class EFTCamera(MapStage):
+    """The EFT fit as this project's calibration: body_pose, K (CHORUS FOV), R, t, azimuth, keypoint error."""
+
+    def __init__(self, body_model: str):
+        self.body_model = body_model
+
+    def setup(self) -> None:
+        self.body = load_body_model(self.body_model)
+        self.pelvis_rest = (self.body.model.J_regressor @ self.body.model.v_template)[0].numpy()
+
+    def process_row(self, row: Row) -> Row:
+        fit: EFTFit = row["fit"]
+        height, width = row["image_array"].shape[:2]
+        K = intrinsics(width, height)
+        rotations = np.asarray(fit.parm_pose)
+        body_pose = Rotation.from_matrix(rotations[1:]).as_rotvec().reshape(-1).astype(np.float32)
+        R, t = perspective_from_weak(fit.parm_cam, fit.bbox_center, fit.bbox_scale, K, self.pelvis_rest,
+                                     rotations[0])
+        keypoints = self.body.pose(torch.from_numpy(body_pose)[None]).keypoints[0].numpy()
+        pixels = project(keypoints, K, R, t)[:, :2]
+        seen = row["keypoints"][:, 2] > 0
+        error = float(np.linalg.norm(pixels[seen] - row["keypoints"][seen, :2], axis=1).mean()) if seen.any() else math.nan
+        return {**row, "body_pose": body_pose, "K": K, "R": R, "t": t, "azimuth": camera_azimuth(R, t),
+                "reprojection_error": error, "calibration": "eft", "staged_defect": "", "prompt": "",
+                "base_prompt": "", "verb": "", "augmentation": ""}
+
+
+class COCOEFTPipeline(Pipeline[COCOEFTConfig]):
+    name = "chorus-test-views"
+    description = "CHORUS test set: COCO images + annotations + EFT fits -> filtered, calibrated held-out views"
+    config_class = COCOEFTConfig
+    schema = ViewsPipeline.schema
+    preview_column = "image"
+    allow_non_finite = frozenset({"reprojection_error"})  # NaN: no annotated keypoint to compare with
+
+    def plan(self, config: COCOEFTConfig, datasets) -> list[dict]:
+        eft = _read_json(config.eft, "EFT fit")
+        if not isinstance(eft, dict) or not isinstance(eft.get("data"), list):
+            raise PlanError(f"EFT fit file {config.eft!r} must be an object with a 'data' list of fits")
+        images, by_image, category_names = _coco_index(config.annotations)
+        annotation_image = {a["id"]: image_id for image_id, anns in by_image.items() for a in anns}
+        items = []
+        for number, fit in enumerate(eft["data"]):
+            base = {"fit": fit, "problem": "", "problem_detail": "", "annotations": [], "image": {}, "category": ""}
+            annot_id = fit.get("annotId") if isinstance(fit, dict) else None
+            image_id = annotation_image.get(annot_id)
+            if image_id is None or image_id not in images:
+                what = "not an object" if not isinstance(fit, dict) else f"annotId {annot_id!r}"
+                items.append({**base, "input_id": f"fit-{number}", "problem": "unknown COCO annotation",
+                              "problem_detail": what})
+                continue
+            labelled = [{**a, "label": category_names.get(a.get("category_id"))} for a in by_image[image_id]]
+            for category in sorted({a["label"] for a in labelled} & set(config.categories)):
+                relevant = [a for a in labelled if a["label"] in ("person", category)]
+                items.append({**base, "input_id": f"{annot_id}|{category}", "category": category,
+                              "image": images[image_id], "annotations": relevant})
+        if not items:
+            raise PlanError(f"no EFT fit in {config.eft!r} shows any of {config.categories}")
+        return items
+
+    def stages(self, config: COCOEFTConfig):
+        return [
+            ParseFit(config.images),
+            ReadImage(),
+            COCODetections(),
+            InteractionFilter(),
+            KeepInteraction(),
+            EFTCamera(config.body_model),
+            EncodeView(),
+        ]
+
+    def demo_config(self, inputs: Path, execution: ExecutionConfig) -> COCOEFTConfig:
+        categories = ["backpack", "cup"]
+        files = write_coco_eft(inputs, categories, count=6, seed=0)
+        return COCOEFTConfig(eft=files["eft"], annotations=files["annotations"], images=files["images"],
+                             categories=categories, execution=execution, output={"dataset": "demo-chorus-test-views"})

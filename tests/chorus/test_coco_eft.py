@@ -1,0 +1,65 @@
+"""The COCO-EFT adapter on a stand-in test set with known cameras: EFT's weak-perspective crop camera becomes
+the scene's perspective camera, and the views feed occupancy's PAP."""
+
+import numpy as np
+import pytest
+
+from hoi_factory.run import run_pipeline
+from models.body.smpl import load_body_model
+from models.render.camera import intrinsics, project
+from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline, perspective_from_weak
+from tasks.chorus.views import ViewsPipeline
+from tasks.procedural.coco_eft import weak_perspective_fit, write_coco_eft
+
+
+def test_weak_perspective_camera_converts_to_the_perspective_camera_it_approximates():
+    rng = np.random.default_rng(0)
+    K = intrinsics(640, 480)
+    orient = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    orient *= np.linalg.det(orient)
+    pelvis_rest = np.array([0.0, -0.2, 0.02])
+    true_t = np.array([0.3, -0.1, 6.0])  # far away: weak perspective is nearly exact
+    points = rng.normal(0, 0.3, (50, 3))
+    pixels = project(points, K, orient, true_t)[:, :2]
+    center, box = pixels.mean(0), 1.2 * np.ptp(pixels, 0).max()
+    cam = weak_perspective_fit(points @ orient.T + pelvis_rest, pixels, center, box)
+    R, t = perspective_from_weak(cam, center, box / 200, K, pelvis_rest, orient)
+    assert np.allclose(R, orient)
+    assert np.allclose(t, true_t, rtol=0.02, atol=0.01)
+    assert np.abs(project(points, K, R, t)[:, :2] - pixels).max() < 2.0  # perspective effects only
+
+
+def test_stand_in_coco_eft_becomes_test_views_with_the_true_cameras(local_store_env, tmp_path):
+    categories = ["backpack", "cup"]
+    files = write_coco_eft(tmp_path / "coco", categories, count=5, seed=1)
+    config = COCOEFTConfig(eft=files["eft"], annotations=files["annotations"], images=files["images"],
+                           categories=categories, execution={"executor": "local", "shard_size": 4})
+    dataset = run_pipeline(COCOEFTPipeline(), config).dataset
+
+    assert dataset.manifest.num_inputs == 10 and dataset.validate() == []
+    assert set(dataset.manifest.reject_reasons) <= {"InteractionFilter: person and object boxes far apart"}
+    views = dataset.to_pandas()
+    assert len(views) >= 7 and set(views.category) == set(categories)
+    assert set(ViewsPipeline.schema.names) <= set(dataset.manifest.columns)  # occupancy reads it as views
+    for view in views.itertuples():
+        truth = files["truth"][int(view.input_id.split("|")[0])]
+        assert np.allclose(np.reshape(view.R, (3, 3)), truth["R"], atol=1e-5)
+        assert np.linalg.norm(np.asarray(view.t) - truth["t"]) < 0.08 * np.linalg.norm(truth["t"])
+        # The adapter's own check: SMPL keypoints through the converted camera vs the COCO keypoints.
+        assert view.reprojection_error < 8.0 and view.calibration == "eft"
+
+
+def test_the_adapter_keypoint_error_is_the_true_error(local_store_env, tmp_path):
+    """Independently recomputed: the body's keypoints through the stored camera vs the annotated ones."""
+    files = write_coco_eft(tmp_path / "coco", ["backpack"], count=3, seed=2)
+    dataset = run_pipeline(COCOEFTPipeline(), COCOEFTConfig(
+        eft=files["eft"], annotations=files["annotations"], images=files["images"], categories=["backpack"],
+        execution={"executor": "local"})).dataset
+    body = load_body_model("standin")
+    for view in dataset.to_pandas().itertuples():
+        keypoints = body.pose(np.array(view.body_pose)[None]).keypoints[0].numpy()
+        pixels = project(keypoints, np.reshape(view.K, (3, 3)), np.reshape(view.R, (3, 3)), np.asarray(view.t))
+        annotated = np.reshape(view.keypoints, (17, 3))
+        seen = annotated[:, 2] > 0
+        expected = np.linalg.norm(pixels[seen, :2] - annotated[seen, :2], axis=1).mean()
+        assert view.reprojection_error == pytest.approx(expected, rel=1e-4)
