@@ -6,12 +6,13 @@ BIN = $(VENV)/bin
 .PHONY: install browser demo test bench
 install: $(VENV)/.installed
 
-# torch first, pinned to the CPU build: an unpinned torch would pull a multi-GB CUDA build.
+# torch and torchvision first, pinned as a pair (a torchvision built for another torch fails to import);
+# on this project's machines pip takes both from local disk.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[test,vision]'
 	touch $@
 
 demo: install

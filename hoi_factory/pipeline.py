@@ -119,7 +119,7 @@ class ShardRunner:
 
     @property
     def resources(self) -> Resources:
-        return Resources.largest([type(s).resources for s in self.pipeline.stages(self.config)])
+        return Resources.largest([s.resources for s in self.pipeline.stages(self.config)])
 
     def setup(self) -> None:
         self.stages = self.pipeline.stages(self.config)

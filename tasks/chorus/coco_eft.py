@@ -38,7 +38,8 @@ from hoi_factory.stage import MapStage, Reject, Row
 from models.body.smpl import load_body_model
 from models.render.camera import camera_azimuth, intrinsics, project
 from tasks.chorus import lexicon
-from tasks.chorus.perception import Detection, InteractionFilter, KeepInteraction
+from models.perception import Detection
+from tasks.chorus.perception import InteractionFilter, KeepInteraction
 from tasks.chorus.views import EncodeView, ViewsPipeline
 from tasks.images.stages import ReadImage
 from tasks.procedural.coco_eft import write_coco_eft

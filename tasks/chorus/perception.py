@@ -1,37 +1,24 @@
 """Perception for CHORUS: instance segmentation + 2D person keypoints behind one interface, and the
 paper's filter rules (Sec. 3.2, DESIGN 5.1), each rejection with its reason.
 
-Backends: `ground_truth` reads the exact instances a procedural scene carries. Learned backends
-(detectron2, torchvision Mask/Keypoint R-CNN) plug in as further `Perceive` backends.
+Backends: `ground_truth` reads the exact instances a procedural scene carries; `torchvision` runs Mask R-CNN
+and Keypoint R-CNN (models/perception.py) on any image, on a GPU when the worker has one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import torch
 
-from hoi_factory.stage import Filter, MapStage, Row
+from hoi_factory.stage import Filter, MapStage, Resources, Row, Stage
+from models.perception import Detection, RCNNPerception
+
+BACKENDS = ("ground_truth", "torchvision")
 
 MIN_SCORE = 0.8
 MIN_KEYPOINT_CONFIDENCE = 0.7
 MIN_OVERLAP = 0.1  # |person box ∩ object box| / |object box|
 SHOULDERS, HIPS = (5, 6), (11, 12)  # COCO keypoint indices
-
-
-@dataclass
-class Detection:
-    label: str
-    score: float
-    mask: np.ndarray  # (H, W) bool
-    keypoints: np.ndarray | None = None  # (17, 3): x, y, confidence (people only)
-
-    @property
-    def box(self) -> tuple[float, float, float, float]:
-        ys, xs = np.nonzero(self.mask)
-        if len(xs) == 0:
-            return (0.0, 0.0, 0.0, 0.0)
-        return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
 
 
 def box_overlap_of_object(person: Detection, target: Detection) -> float:
@@ -75,19 +62,31 @@ def reason_to_reject(detections: list[Detection], category: str, width: int, hei
     return None
 
 
-class Perceive(MapStage):
+class Perceive(Stage):
     """Adds `detections` to each row. `ground_truth` needs rows from the procedural source."""
 
-    def __init__(self, backend: str = "ground_truth"):
-        if backend != "ground_truth":
-            raise ValueError(f"perception backend {backend!r} is not available; choose 'ground_truth'")
-        self.backend = backend
+    batch_size = 8
 
-    def process_row(self, row: Row) -> Row:
-        if "instances" not in row:
+    def __init__(self, backend: str = "ground_truth", weights: str = "torchvision", image_size: int = 800,
+                 gpus: float = 0.0):
+        if backend not in BACKENDS:
+            raise ValueError(f"perception backend {backend!r} is not available; choose one of {BACKENDS}")
+        self.backend, self.weights, self.image_size = backend, weights, image_size
+        self.resources = Resources(num_cpus=1.0, num_gpus=gpus)
+
+    def setup(self) -> None:
+        if self.backend == "torchvision":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model = RCNNPerception.from_pretrained(self.weights, device, self.image_size)
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        if self.backend == "torchvision":
+            found = self.model([row["image_array"] for row in batch])
+        elif any("instances" not in row for row in batch):
             raise ValueError("the ground_truth backend needs procedural scenes (rows with exact instances)")
-        detections = [Detection(i.label, 1.0, i.mask, i.keypoints) for i in row["instances"]]
-        return {**row, "detections": detections}
+        else:
+            found = [[Detection(i.label, 1.0, i.mask, i.keypoints) for i in row["instances"]] for row in batch]
+        return [{**row, "detections": detections} for row, detections in zip(batch, found)]
 
 
 class InteractionFilter(Filter):

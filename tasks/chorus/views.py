@@ -33,7 +33,12 @@ class ViewsConfig(RunConfig):
     image_size: int = Field(128, ge=32, le=2048)
     pose_jitter: float = Field(0.25, ge=0, le=1.5, description="procedural: pose noise (radians) per joint axis")
     defect_rate: float = Field(0.0, ge=0, le=1, description="procedural: share of scenes staged as bad samples")
-    perception: Literal["ground_truth"] = "ground_truth"
+    perception: Literal["ground_truth", "torchvision"] = Field(
+        "ground_truth", description="exact instances of procedural scenes, or Mask/Keypoint R-CNN")
+    perception_weights: str = Field("torchvision", description="'torchvision' (its COCO weights) or a folder "
+                                    "with mask_rcnn.safetensors and keypoint_rcnn.safetensors")
+    perception_image_size: int = Field(800, ge=32, le=4096, description="shorter side the R-CNNs see (800 as trained)")
+    perception_gpus: float = Field(0.0, ge=0, le=8, description="GPUs per perception worker (fractions share one)")
     calibration: Literal["fit", "given"] = Field("fit", description="fit SMPL to keypoints, or the true pose")
     body_model: str = Field("standin", description="'standin' or a path to an SMPL .npz")
     fit_steps: int = Field(200, ge=1, le=5000)
@@ -95,7 +100,8 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
         return [
             ReadParentRows(["category", "prompt", "base_prompt", "verb", "augmentation"]),
             ProceduralImage(config),
-            Perceive(config.perception),
+            Perceive(config.perception, config.perception_weights, config.perception_image_size,
+                     config.perception_gpus),
             InteractionFilter(),
             KeepInteraction(),
             Calibrate(config.calibration, config.body_model, config.max_reprojection_error_px, config.fit_steps),

@@ -1,0 +1,64 @@
+"""The torchvision perception backend: output parsing against hand-made model outputs, save/load round trip,
+and the views pipeline running on it. (Real COCO weights are a download away; accuracy is theirs.)"""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torchvision", reason="the torchvision backend is the [vision] extra")
+
+from hoi_factory.run import run_pipeline  # noqa: E402
+from models.perception import RCNNPerception, detections_from_outputs  # noqa: E402
+from tasks.chorus.perception import reason_to_reject  # noqa: E402
+from tasks.chorus.prompts import PromptsConfig, PromptsPipeline  # noqa: E402
+from tasks.chorus.views import ViewsConfig, ViewsPipeline  # noqa: E402
+
+
+def box_mask(x0, y0, x1, y1, size=64):
+    mask = torch.zeros(1, size, size)
+    mask[0, y0:y1, x0:x1] = 0.9
+    return mask
+
+
+def test_outputs_become_labelled_detections_with_the_overlapping_persons_keypoints():
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    categories = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    person, cup = categories.index("person"), categories.index("cup")
+    masks = {"boxes": torch.tensor([[10., 5, 40, 60], [35, 20, 50, 35], [0, 0, 5, 5]]),
+             "labels": torch.tensor([person, cup, cup]), "scores": torch.tensor([0.95, 0.9, 0.01]),
+             "masks": torch.stack([box_mask(10, 5, 40, 60), box_mask(35, 20, 50, 35), box_mask(0, 0, 5, 5)])}
+    points = torch.zeros(2, 17, 3)
+    points[0, :, 0], points[0, :, 1] = 20, 30
+    keypoints = {"boxes": torch.tensor([[50., 50, 60, 60], [11, 6, 41, 59]]), "keypoints": points.flip(0),
+                 "keypoints_scores": torch.stack([torch.full((17,), -1.0), torch.full((17,), 3.0)])}
+    found = detections_from_outputs(masks, keypoints, categories)
+    assert [d.label for d in found] == ["person", "cup"]  # the 0.01 detection is dropped
+    assert found[0].box == (10, 5, 40, 60) and found[1].box == (35, 20, 50, 35)
+    # The keypoint detection boxed like the person (IoU ~0.9) gives its keypoints and scores.
+    assert np.allclose(found[0].keypoints[:, :2], [20, 30]) and np.allclose(found[0].keypoints[:, 2], 3.0)
+    assert found[1].keypoints is None
+    assert reason_to_reject(found, "cup", 64, 64) is None
+
+
+def test_save_and_load_round_trip_and_the_views_pipeline_runs_on_it(local_store_env, tmp_path):
+    torch.manual_seed(0)
+    perception = RCNNPerception(*RCNNPerception.architectures(min_size=64))
+    perception.save_pretrained(tmp_path / "weights")
+    loaded = RCNNPerception.from_pretrained(str(tmp_path / "weights"), min_size=64)
+    for a, b in zip(perception.mask_model.state_dict().values(), loaded.mask_model.state_dict().values()):
+        assert torch.equal(a, b)
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    assert all(d.mask.shape == (64, 80) for d in loaded([image])[0])
+    with pytest.raises(FileNotFoundError, match="mask_rcnn.safetensors"):
+        RCNNPerception.from_pretrained(str(tmp_path))
+
+    run_pipeline(PromptsPipeline(), PromptsConfig(categories=["cup"], prompts_per_category=1, viewpoints=False,
+                                                  execution={"executor": "local"}, output={"dataset": "p"}))
+    views = run_pipeline(ViewsPipeline(), ViewsConfig(
+        prompts="p", images_per_prompt=2, image_size=64, perception="torchvision",
+        perception_weights=str(tmp_path / "weights"),
+        perception_image_size=64, execution={"executor": "local"})).dataset
+    # Untrained weights see no person and cup: every image is accounted for by the paper's filter.
+    assert views.manifest.num_samples + views.manifest.num_rejects == 2
+    assert all(reason.startswith(("InteractionFilter", "Calibrate")) for reason in views.manifest.reject_reasons)
