@@ -1,7 +1,8 @@
 """The CHORUS views pipeline: prompts -> images -> perception -> the paper's filter -> calibration.
 
-One work item per (prompt, image number). The image source here is `procedural` (stand-in scenes with
-exact masks, keypoints and camera); every later stage runs the same code a generated image takes.
+One work item per (prompt, image number). Image sources: `diffusers` (text-to-image, the paper's SD v1.4
+setting by default; then a learned perception backend) or `procedural` (stand-in scenes with exact masks,
+keypoints and camera). Every later stage runs the same code whichever source made the image.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
 
 from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.parents import ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
-from hoi_factory.stage import MapStage, Reject, Row
+from hoi_factory.stage import MapStage, Reject, Resources, Row, Stage
 from models.body.smpl import load_body_model
+from models.text_to_image import SD14, Sampling, generate, load_text_to_image
 from tasks.chorus import lexicon
 from tasks.chorus.calibration import Calibrate
 from tasks.chorus.perception import InteractionFilter, KeepInteraction, Perceive
@@ -29,8 +32,13 @@ f32 = pa.list_(pa.float32())
 class ViewsConfig(RunConfig):
     prompts: str = Field("chorus-prompts", description="prompts dataset: name (latest) or name/version")
     images_per_prompt: int = Field(4, ge=1, le=100_000)
-    source: Literal["procedural"] = Field("procedural", description="image source")
-    image_size: int = Field(128, ge=32, le=2048)
+    source: Literal["procedural", "diffusers"] = Field("procedural", description="image source")
+    text_to_image: str = Field("CompVis/stable-diffusion-v1-4", description="diffusers: hub id, local folder "
+                               "or 'tiny' (random weights, for tests)")
+    steps: int = Field(SD14.steps, ge=1, le=1000, description="diffusers: denoising steps")
+    guidance_scale: float = Field(SD14.guidance_scale, ge=0, le=50, description="diffusers: classifier-free guidance")
+    text_to_image_gpus: float = Field(0.0, ge=0, le=8, description="diffusers: GPUs per worker")
+    image_size: int | None = Field(None, ge=32, le=2048, description="pixels; default 128 procedural, 512 diffusers")
     pose_jitter: float = Field(0.25, ge=0, le=1.5, description="procedural: pose noise (radians) per joint axis")
     defect_rate: float = Field(0.0, ge=0, le=1, description="procedural: share of scenes staged as bad samples")
     perception: Literal["ground_truth", "torchvision"] = Field(
@@ -43,6 +51,36 @@ class ViewsConfig(RunConfig):
     body_model: str = Field("standin", description="'standin' or a path to an SMPL .npz")
     fit_steps: int = Field(200, ge=1, le=5000)
     max_reprojection_error_px: float = Field(6.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ViewsConfig:
+        if self.source == "diffusers" and (self.perception == "ground_truth" or self.calibration == "given"):
+            raise ValueError("generated images carry no ground truth: use perception=torchvision and "
+                             "calibration=fit with source=diffusers")
+        return self
+
+    @property
+    def size(self) -> int:
+        return self.image_size or (SD14.size if self.source == "diffusers" else 128)
+
+
+class TextToImage(Stage):
+    """Generates each row's prompt with a diffusers pipeline, seeded per sample."""
+
+    batch_size = 8
+
+    def __init__(self, config: ViewsConfig):
+        self.source = config.text_to_image
+        self.sampling = Sampling(config.steps, config.guidance_scale, config.size)
+        self.resources = Resources(num_cpus=1.0, num_gpus=config.text_to_image_gpus)
+
+    def setup(self) -> None:
+        self.pipeline = load_text_to_image(self.source, "cuda" if torch.cuda.is_available() else "cpu")
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        images = generate(self.pipeline, [row["prompt"] for row in batch], [row["seed"] for row in batch],
+                          self.sampling)
+        return [{**row, "image_array": image, "staged_defect": ""} for row, image in zip(batch, images)]
 
 
 class ProceduralImage(MapStage):
@@ -62,7 +100,7 @@ class ProceduralImage(MapStage):
             return Reject.of(row, "no procedural placement for this prompt", row["base_prompt"])
         rng = np.random.default_rng(row["seed"])
         defect = DEFECTS[rng.integers(len(DEFECTS))] if rng.random() < self.config.defect_rate else None
-        scene = render_scene(self.body, category, verb, int(rng.integers(2**31)), self.config.image_size,
+        scene = render_scene(self.body, category, verb, int(rng.integers(2**31)), self.config.size,
                              self.config.pose_jitter, defect)
         return {**row, "image_array": scene.image, "instances": scene.instances, "true_pose": scene.body_pose,
                 "true_R": scene.R, "true_t": scene.t, "staged_defect": defect or ""}
@@ -99,7 +137,7 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
     def stages(self, config: ViewsConfig):
         return [
             ReadParentRows(["category", "prompt", "base_prompt", "verb", "augmentation"]),
-            ProceduralImage(config),
+            TextToImage(config) if config.source == "diffusers" else ProceduralImage(config),
             Perceive(config.perception, config.perception_weights, config.perception_image_size,
                      config.perception_gpus),
             InteractionFilter(),

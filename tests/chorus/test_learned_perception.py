@@ -1,13 +1,17 @@
-"""The torchvision perception backend: output parsing against hand-made model outputs, save/load round trip,
-and the views pipeline running on it. (Real COCO weights are a download away; accuracy is theirs.)"""
+"""Learned models of the views pipeline: torchvision perception (output parsing against hand-made model outputs,
+save/load round trip) and diffusers text-to-image (the `tiny` pipeline through the real loading code), then
+the views pipeline on both. Real weights are a download away; their accuracy is theirs, not tested here."""
 
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("torchvision", reason="the torchvision backend is the [vision] extra")
+pytest.importorskip("diffusers", reason="the text-to-image source is the [diffusion] extra")
 
+from hoi_factory.config import ConfigError, validate_run_config  # noqa: E402
 from hoi_factory.run import run_pipeline  # noqa: E402
+from models.text_to_image import Sampling, generate, load_text_to_image  # noqa: E402
 from models.perception import RCNNPerception, detections_from_outputs  # noqa: E402
 from tasks.chorus.perception import reason_to_reject  # noqa: E402
 from tasks.chorus.prompts import PromptsConfig, PromptsPipeline  # noqa: E402
@@ -41,7 +45,26 @@ def test_outputs_become_labelled_detections_with_the_overlapping_persons_keypoin
     assert reason_to_reject(found, "cup", 64, 64) is None
 
 
-def test_save_and_load_round_trip_and_the_views_pipeline_runs_on_it(local_store_env, tmp_path):
+def test_tiny_text_to_image_is_seeded_per_sample(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOI_CACHE", str(tmp_path))
+    pipeline = load_text_to_image("tiny")  # built, saved with save_pretrained, loaded with from_pretrained
+    assert (tmp_path / "tiny-text-to-image" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    sampling = Sampling(steps=2, guidance_scale=7.5, size=32)
+    batch = generate(pipeline, ["a person holding a cup", "a person wearing a hat"], [1, 2], sampling)
+    alone = generate(pipeline, ["a person wearing a hat"], [2], sampling)[0]
+    assert batch[1].shape == (32, 32, 3) and batch[1].dtype == np.uint8
+    assert np.abs(alone.astype(int) - batch[1]).max() <= 1  # same seed, same image, whatever the batch
+    other_seed = generate(pipeline, ["a person wearing a hat"], [3], sampling)[0]
+    assert np.abs(other_seed.astype(int) - alone).mean() > 5
+
+
+def test_generated_images_need_a_learned_perception_backend():
+    with pytest.raises(ConfigError, match="perception=torchvision"):
+        validate_run_config(ViewsConfig, {"source": "diffusers"})
+
+
+def test_save_and_load_round_trip_and_the_views_pipeline_runs_on_it(local_store_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOI_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     perception = RCNNPerception(*RCNNPerception.architectures(min_size=64))
     perception.save_pretrained(tmp_path / "weights")
@@ -56,9 +79,10 @@ def test_save_and_load_round_trip_and_the_views_pipeline_runs_on_it(local_store_
     run_pipeline(PromptsPipeline(), PromptsConfig(categories=["cup"], prompts_per_category=1, viewpoints=False,
                                                   execution={"executor": "local"}, output={"dataset": "p"}))
     views = run_pipeline(ViewsPipeline(), ViewsConfig(
-        prompts="p", images_per_prompt=2, image_size=64, perception="torchvision",
+        prompts="p", images_per_prompt=2, source="diffusers", text_to_image="tiny", steps=2, image_size=64,
+        perception="torchvision",
         perception_weights=str(tmp_path / "weights"),
         perception_image_size=64, execution={"executor": "local"})).dataset
-    # Untrained weights see no person and cup: every image is accounted for by the paper's filter.
+    # Noise images, untrained detectors: every image is accounted for, by the paper's filter or calibration.
     assert views.manifest.num_samples + views.manifest.num_rejects == 2
     assert all(reason.startswith(("InteractionFilter", "Calibrate")) for reason in views.manifest.reject_reasons)
