@@ -33,8 +33,15 @@ def test_views_record_each_filter_rejection(hat_views):
     assert train.manifest.num_samples + train.manifest.num_rejects == 80
     staged = train.to_pandas(["staged_defect"])["staged_defect"]
     assert (staged == "").all()  # every staged defect was caught
-    for reason in ("more than one person", "no target object", "person and object boxes far apart"):
-        assert any(reason in r for r in reasons), reasons
+    # Only defects: 32 draws over 4 defect kinds, so each kind (and its reason) shows up. A close-up now and then
+    # still shows a shoulder and a hip: the filter rightly keeps it, so a few kept samples are allowed.
+    defects = run_pipeline(ViewsPipeline(), ViewsConfig(images_per_prompt=16, defect_rate=1.0, calibration="given",
+                                                        execution=LOCAL, output={"dataset": "defects"})).dataset
+    assert defects.manifest.num_samples + defects.manifest.num_rejects == 32 and defects.manifest.num_rejects >= 28
+    assert set(defects.to_pandas(["staged_defect"]).staged_defect) <= {"torso_out_of_frame"}
+    for reason in ("more than one person", "no target object", "person and object boxes far apart",
+                   "no shoulder and hip keypoints"):
+        assert f"InteractionFilter: {reason}" in defects.manifest.reject_reasons, defects.manifest.reject_reasons
     rejects = train.rejects().to_pylist()
     assert all(r["reason"] and r["stage"] for r in rejects)
 
