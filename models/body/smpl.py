@@ -53,6 +53,11 @@ class BodyModel:
         self.parents = self.model.parents
 
     @property
+    def rest_pelvis(self) -> np.ndarray:
+        """Where SMPL's root joint sits in the rest pose (mean shape): SMPL rotates the body about it."""
+        return (self.model.J_regressor @ self.model.v_template)[0].numpy()
+
+    @property
     def is_standin(self) -> bool:
         return self.label == STANDIN
 

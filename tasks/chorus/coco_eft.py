@@ -226,7 +226,6 @@ class EFTCamera(MapStage):
 
     def setup(self) -> None:
         self.body = load_body_model(self.body_model)
-        self.pelvis_rest = (self.body.model.J_regressor @ self.body.model.v_template)[0].numpy()
 
     def process_row(self, row: Row) -> Row:
         fit: EFTFit = row["fit"]
@@ -234,7 +233,7 @@ class EFTCamera(MapStage):
         K = intrinsics(width, height)
         rotations = np.asarray(fit.parm_pose)
         body_pose = Rotation.from_matrix(rotations[1:]).as_rotvec().reshape(-1).astype(np.float32)
-        R, t = perspective_from_weak(fit.parm_cam, fit.bbox_center, fit.bbox_scale, K, self.pelvis_rest,
+        R, t = perspective_from_weak(fit.parm_cam, fit.bbox_center, fit.bbox_scale, K, self.body.rest_pelvis,
                                      rotations[0])
         keypoints = self.body.pose(torch.from_numpy(body_pose)[None]).keypoints[0].numpy()
         pixels = project(keypoints, K, R, t)[:, :2]

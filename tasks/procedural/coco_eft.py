@@ -51,7 +51,6 @@ def write_coco_eft(folder: Path, categories: list[str], count: int, seed: int = 
     Returns the adapter's inputs (`eft`, `annotations`, `images`) and, per EFT annotId, the true R, t.
     """
     body = load_body_model("standin")
-    pelvis_rest = (body.model.J_regressor @ body.model.v_template)[0].numpy()
     category_ids = {name: i + 1 for i, name in enumerate(COCO_CATEGORIES)}
     (folder / "images").mkdir(parents=True, exist_ok=True)
     images, objects, people, fits, truth = [], [], [], [], {}
@@ -82,7 +81,7 @@ def write_coco_eft(folder: Path, categories: list[str], count: int, seed: int = 
             joints = torch.cat([posed.joints[0], posed.keypoints[0]]).numpy()
             center = np.array([bbox[0] + bbox[2] / 2, bbox[1] + bbox[3] / 2])
             box = 1.2 * max(bbox[2], bbox[3])
-            smpl_frame = joints @ scene.R.T + pelvis_rest  # EFT's frame: rotated, root joint at its rest place
+            smpl_frame = joints @ scene.R.T + body.rest_pelvis  # EFT's frame: rotated, root joint at its rest place
             rotations = np.concatenate([scene.R[None], Rotation.from_rotvec(scene.body_pose.reshape(-1, 3)).as_matrix()])
             fits.append({"annotId": person_id, "imageName": name, "parm_pose": rotations.round(6).tolist(),
                          "parm_shape": [0.0] * 10, "bbox_center": center.tolist(), "bbox_scale": box / 200,
