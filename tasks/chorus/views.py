@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import Field, model_validator
 
 from hoi_factory.config import ExecutionConfig, RunConfig
@@ -20,7 +19,7 @@ from hoi_factory.parents import ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Reject, Resources, Row, Stage
 from models.body.smpl import load_body_model
-from models.text_to_image import SD14, Sampling, generate, load_text_to_image
+from models.diffusion import SD14, Sampling, best_device, generate, load_diffusion
 from tasks.chorus import lexicon
 from tasks.chorus.calibration import Calibrate
 from tasks.chorus.perception import InteractionFilter, KeepInteraction, Perceive
@@ -75,7 +74,7 @@ class TextToImage(Stage):
         self.resources = Resources(num_cpus=1.0, num_gpus=config.text_to_image_gpus)
 
     def setup(self) -> None:
-        self.pipeline = load_text_to_image(self.source, "cuda" if torch.cuda.is_available() else "cpu")
+        self.pipeline = load_diffusion(self.source, "text-to-image", best_device())
 
     def process(self, batch: list[Row]) -> list[Row]:
         images = generate(self.pipeline, [row["prompt"] for row in batch], [row["seed"] for row in batch],

@@ -11,7 +11,7 @@ pytest.importorskip("diffusers", reason="the text-to-image source is the [diffus
 
 from hoi_factory.config import ConfigError, validate_run_config  # noqa: E402
 from hoi_factory.run import run_pipeline  # noqa: E402
-from models.text_to_image import Sampling, generate, load_text_to_image  # noqa: E402
+from models.diffusion import Sampling, generate, load_diffusion  # noqa: E402
 from models.perception import RCNNPerception, detections_from_outputs  # noqa: E402
 from tasks.chorus.perception import reason_to_reject  # noqa: E402
 from tasks.chorus.prompts import PromptsConfig, PromptsPipeline  # noqa: E402
@@ -47,7 +47,7 @@ def test_outputs_become_labelled_detections_with_the_overlapping_persons_keypoin
 
 def test_tiny_text_to_image_is_seeded_per_sample(monkeypatch, tmp_path):
     monkeypatch.setenv("HOI_CACHE", str(tmp_path))
-    pipeline = load_text_to_image("tiny")  # built, saved with save_pretrained, loaded with from_pretrained
+    pipeline = load_diffusion("tiny", "text-to-image")  # built, saved with save_pretrained, loaded with from_pretrained
     assert (tmp_path / "tiny-text-to-image" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     sampling = Sampling(steps=2, guidance_scale=7.5, size=32)
     batch = generate(pipeline, ["a person holding a cup", "a person wearing a hat"], [1, 2], sampling)

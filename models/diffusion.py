@@ -1,0 +1,159 @@
+"""Diffusion pipelines through diffusers: text-to-image (CHORUS), inpainting and image-to-image (HO3Pairs).
+
+Real weights load by hub id or local folder: `load_diffusion("CompVis/stable-diffusion-v1-4", "text-to-image")`
+is the CHORUS setting (with 512 px, 50 steps, CFG 7.5, see `SD14`). `tiny` is a Stable-Diffusion-shaped
+pipeline (UNet, VAE, CLIP text encoder, PNDM scheduler) with random weights and a byte-level tokenizer, written
+once with `save_pretrained` and loaded back through the same `from_pretrained` call as real weights: it
+exercises every line of the real path in seconds, offline. Its images are noise, not pictures. Weights load
+from safetensors only (no pickled checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from hoi_factory.optional import require
+
+TINY = "tiny"
+Task = Literal["text-to-image", "inpainting", "image-to-image"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    steps: int
+    guidance_scale: float
+    size: int
+
+
+SD14 = Sampling(steps=50, guidance_scale=7.5, size=512)  # DESIGN 5.1
+
+
+def tiny_cache_folder(task: Task = "text-to-image") -> Path:
+    """Where `tiny` is built; image-to-image reuses the text-to-image weights, as real SD checkpoints do."""
+    kind = "inpainting" if task == "inpainting" else "text-to-image"
+    return Path(os.environ.get("HOI_CACHE", Path.home() / ".cache" / "hoi-factory")) / f"tiny-{kind}"
+
+
+def _byte_level_vocabulary() -> tuple[dict[str, int], list[str]]:
+    """CLIP's byte-to-unicode alphabet, each symbol alone and word-final, plus the two special tokens; no merges."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    codes = printable + [256 + i for i in range(256 - len(printable))]
+    symbols = [chr(c) for c in codes]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}, []
+
+
+def build_tiny(folder: Path, task: Task = "text-to-image", seed: int = 0) -> Path:
+    """Writes the `tiny` pipeline for `task` to `folder` (save_pretrained) and returns it."""
+    diffusers = require("diffusers", "diffusion", "diffusion models")
+    transformers = require("transformers", "diffusion", "diffusion models")
+    torch.manual_seed(seed)
+    vocab, merges = _byte_level_vocabulary()
+    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"]))
+    unet = diffusers.UNet2DConditionModel(
+        # inpainting UNets also see the mask and the masked image's latents: 4 + 1 + 4 channels
+        sample_size=8, in_channels=9 if task == "inpainting" else 4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8)
+    scheduler = diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    pipeline_class = diffusers.StableDiffusionInpaintPipeline if task == "inpainting" else diffusers.StableDiffusionPipeline
+    pipeline = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                                 scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _tiny(task: Task) -> Path:
+    """The cached `tiny` folder, built on first use into a temporary folder and renamed into place, so workers
+    starting together never see (or load) half a model."""
+    folder = tiny_cache_folder(task)
+    if not (folder / "model_index.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+            built = build_tiny(Path(scratch) / "model", task)
+            try:
+                os.rename(built, folder)
+            except OSError:  # another worker got there first: its copy is complete
+                pass
+    return folder
+
+
+def load_diffusion(source: str, task: Task, device: str = "cpu"):
+    """A diffusers pipeline for `task` from a hub id, a local folder, or `tiny` (built on first use)."""
+    diffusers = require("diffusers", "diffusion", "diffusion models")
+    if source == TINY:
+        source = str(_tiny(task))
+    auto = {"text-to-image": diffusers.AutoPipelineForText2Image, "inpainting": diffusers.AutoPipelineForInpainting,
+            "image-to-image": diffusers.AutoPipelineForImage2Image}[task]
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipeline = auto.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def best_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _generators(pipeline, seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator(pipeline.device).manual_seed(seed) for seed in seeds]
+
+
+def _to_uint8(images: np.ndarray) -> list[np.ndarray]:
+    return [np.round(np.clip(image, 0, 1) * 255).astype(np.uint8) for image in images]
+
+
+def generate(pipeline, prompts: list[str], seeds: list[int], sampling: Sampling) -> list[np.ndarray]:
+    """One image per prompt, each from its own seed (so a sample is the same whatever batch it lands in)."""
+    images = pipeline(prompts, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance_scale,
+                      height=sampling.size, width=sampling.size, generator=_generators(pipeline, seeds),
+                      output_type="np").images
+    return _to_uint8(images)
+
+
+def inpaint(pipeline, images: list[np.ndarray], masks: list[np.ndarray], prompts: list[str], seeds: list[int],
+            sampling: Sampling) -> list[np.ndarray]:
+    """Repaints the masked pixels of each image (uint8, square, `sampling.size`); the others are kept exactly
+    (the pipeline's output passes through the VAE everywhere, so it is pasted back inside the mask only)."""
+    from PIL import Image
+
+    out = pipeline(prompts, image=[Image.fromarray(i) for i in images],
+                   mask_image=[Image.fromarray(m.astype(np.uint8) * 255) for m in masks],
+                   num_inference_steps=sampling.steps, guidance_scale=sampling.guidance_scale, height=sampling.size,
+                   width=sampling.size, generator=_generators(pipeline, seeds), output_type="np").images
+    return [np.where(mask[..., None], painted, image) for image, mask, painted in zip(images, masks, _to_uint8(out))]
+
+
+def sdedit_steps(steps: int, strength: float) -> int:
+    """Denoising steps to ask for so that `strength` of them is at least one step (diffusers runs
+    int(steps * strength) of them, and refuses zero)."""
+    return max(steps, math.ceil(1 / strength - 1e-9))
+
+
+def sdedit(pipeline, images: list[np.ndarray], prompts: list[str], seeds: list[int], strength: float,
+           sampling: Sampling) -> list[np.ndarray]:
+    """SDEdit: noise each image to `strength` of the diffusion process and denoise it (image-to-image)."""
+    from PIL import Image
+
+    out = pipeline(prompts, image=[Image.fromarray(i) for i in images], strength=strength,
+                   num_inference_steps=sdedit_steps(sampling.steps, strength), guidance_scale=sampling.guidance_scale,
+                   generator=_generators(pipeline, seeds), output_type="np").images
+    return _to_uint8(out)

@@ -1,0 +1,136 @@
+"""The 5-parameter hand layout of Affordance Diffusion and its splat ("lollipop"), shared by HO3Pairs,
+LayoutNet and ContentNet.
+
+Parameters, in the official order: (x, y, sqrt_size, b1, b2). x, y: palm centre in NDC ([-1, 1] across the
+image, y down); sqrt_size = a, the palm radius is a^2 / 2 in NDC; (b1, b2): the direction from the hand toward
+the forearm (any length). The splat is a palm disc plus a forearm stick of length 3.5 a^2 and width equal to the
+palm radius, starting at the palm centre. Layouts live on square images.
+
+The splat is a spatial transformer: one canonical template, moved by a similarity transform (affine grid +
+grid sample), so it is differentiable in all five parameters. `soft=True` samples a smooth template (the max of
+a Gaussian disc and a Gaussian bar, 0.5 on the hard outline, for LayoutNet); `soft=False` the hard one
+(ContentNet, inpainting masks).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+STICK_LENGTH = 3.5  # forearm length in units of a^2 (= 7 palm radii)
+STICK_HALF_WIDTH = 0.5  # in palm radii: the stick's width equals the palm radius
+MIN_HAND_PIXELS = 50  # DESIGN 5.2: fewer hand pixels -> no layout
+MIN_SPLAT_IOU = 0.5  # DESIGN 5.2: the splat must explain the hand mask at least this well
+
+# The template spans [-EXTENT, EXTENT]^2 palm radii, with the palm at its centre and the stick along +x.
+_EXTENT = 8.0
+_TEMPLATE_SIZE = 1024
+_templates: dict[bool, torch.Tensor] = {}
+
+
+def _template(soft: bool) -> torch.Tensor:
+    """The canonical lollipop, (1, 1, S, S), in palm-radius units; built once per kind."""
+    if soft not in _templates:
+        coords = (torch.arange(_TEMPLATE_SIZE, dtype=torch.float64) + 0.5) / _TEMPLATE_SIZE * 2 - 1
+        v, u = torch.meshgrid(coords * _EXTENT, coords * _EXTENT, indexing="ij")
+        radius = torch.sqrt(u**2 + v**2)
+        stick_end = 2 * STICK_LENGTH  # 3.5 a^2 = 7 palm radii
+        if soft:
+            # Gaussians that are 0.5 on the hard outline, so thresholding at 0.5 gives the hard shape back
+            # (max-norm across/along the bar keeps its square end at the same place).
+            disc = torch.exp(-math.log(2) * radius**2)
+            past_end = (u - (stick_end - STICK_HALF_WIDTH)).clamp(min=0)
+            bar = torch.exp(-math.log(2) * (torch.maximum(v.abs(), past_end) / STICK_HALF_WIDTH) ** 2)
+            bar = torch.where(u >= 0, bar, torch.zeros_like(bar))
+            template = torch.maximum(disc, bar)
+        else:
+            # Anti-aliased: 0.5 exactly on the outline (signed distance of the union), so sampling and
+            # thresholding at 0.5 is exact to well below a template pixel.
+            along, across = (u - stick_end / 2).abs() - stick_end / 2, v.abs() - STICK_HALF_WIDTH
+            bar = torch.sqrt(along.clamp(min=0) ** 2 + across.clamp(min=0) ** 2) + torch.maximum(along, across).clamp(max=0)
+            signed_distance = torch.minimum(radius - 1, bar)
+            template = (0.5 - signed_distance / (2 * _EXTENT / _TEMPLATE_SIZE)).clamp(0, 1)
+        _templates[soft] = template.float()[None, None]
+    return _templates[soft]
+
+
+def splat(layouts: torch.Tensor, size: int, soft: bool = False) -> torch.Tensor:
+    """Layouts (N, 5) -> masks (N, 1, size, size) in [0, 1], differentiable in the layouts."""
+    if layouts.ndim != 2 or layouts.shape[1] != 5:
+        raise ValueError(f"layouts must have shape (N, 5), got {tuple(layouts.shape)}")
+    x, y, a, b1, b2 = layouts.unbind(1)
+    radius = (a**2 / 2).clamp_min(1e-6)  # NDC
+    norm = torch.sqrt(b1**2 + b2**2).clamp_min(1e-8)
+    cos, sin = b1 / norm, b2 / norm
+    scale = 1 / (radius * _EXTENT)  # NDC -> template coordinates
+    # template = R^T (p - c) * scale with R the rotation taking +x to b.
+    theta = torch.stack([
+        torch.stack([cos * scale, sin * scale, -(cos * x + sin * y) * scale], 1),
+        torch.stack([-sin * scale, cos * scale, (sin * x - cos * y) * scale], 1),
+    ], 1)
+    grid = F.affine_grid(theta, [len(layouts), 1, size, size], align_corners=False)
+    template = _template(soft).to(layouts.device, layouts.dtype).expand(len(layouts), -1, -1, -1)
+    return F.grid_sample(template, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def splat_mask(layout: np.ndarray, size: int) -> np.ndarray:
+    """One hard splat as a boolean (size, size) array."""
+    return splat(torch.as_tensor(layout, dtype=torch.float32)[None], size)[0, 0].numpy() >= 0.5
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+@dataclass(frozen=True)
+class Extraction:
+    layout: np.ndarray | None  # (5,) float32, None when rejected
+    reason: str | None  # why there is no layout
+    iou: float = 0.0  # of the splat with the mask
+
+
+def _palm_from_mask(mask: np.ndarray) -> tuple[float, float, float]:
+    """Centre and radius (pixels) of the widest disc in the mask: the ridge top of its distance transform,
+    sub-pixel, and the distance from there to the nearest pixel centre outside the mask."""
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    rows, cols = np.nonzero(distance >= distance.max() - 1)
+    cx, cy = (cols + 0.5).mean(), (rows + 0.5).mean()
+    outside_rows, outside_cols = np.nonzero(~np.pad(mask, 1))
+    nearest = np.sqrt((outside_cols - 0.5 - cx) ** 2 + (outside_rows - 0.5 - cy) ** 2).min()
+    return float(cx), float(cy), float(nearest)
+
+
+def layout_from_mask(hand_mask: np.ndarray, hand_box: tuple[float, float, float, float] | None = None) -> Extraction:
+    """A hand (+ forearm) mask on a square image -> its layout, or the reason there is none.
+
+    The paper's rule: centre = centre of the hand box, palm radius = max(box w, h) / 2, direction = the mean
+    offset of hand-mask pixels from that centre. `hand_box` (x0, y0, x1, y1, pixels) comes from a hand
+    detector; without one the palm is found in the mask itself as its widest part (the peak of the distance
+    transform: centre and inscribed radius), which is exact for splats and close for hand + forearm masks.
+    """
+    mask = np.asarray(hand_mask, dtype=bool)
+    height, width = mask.shape
+    if height != width:
+        raise ValueError(f"layouts are defined on square images, got a {width}x{height} mask")
+    if mask.sum() < MIN_HAND_PIXELS:
+        return Extraction(None, "too few hand pixels")
+    if hand_box is not None:
+        x0, y0, x1, y1 = hand_box
+        cx, cy, radius = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2
+    else:
+        cx, cy, radius = _palm_from_mask(mask)
+    rows, cols = np.nonzero(mask)
+    offset = np.array([(cols + 0.5).mean() - cx, (rows + 0.5).mean() - cy])
+    direction = offset / np.linalg.norm(offset) if np.linalg.norm(offset) > 1e-6 else np.array([0.0, 1.0])
+    layout = np.array([2 * cx / width - 1, 2 * cy / height - 1, math.sqrt(4 * radius / width), *direction],
+                      dtype=np.float32)
+    overlap = iou(splat_mask(layout, width), mask)
+    if overlap < MIN_SPLAT_IOU:
+        return Extraction(None, "layout does not fit the hand mask", overlap)
+    return Extraction(layout, None, overlap)
