@@ -11,12 +11,14 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "hoi_factory")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # the same code runs outside flows
 
 from flows.chorus import chorus_occupancy, chorus_prompts, chorus_test_views, chorus_views  # noqa: E402
+from flows.ho3pairs import ho3pairs  # noqa: E402
 from flows.ingest import ingest  # noqa: E402
 from flows.synthetic import synthetic  # noqa: E402
 from tasks.chorus.coco_eft import COCOEFTPipeline  # noqa: E402
 from tasks.chorus.occupancy import OccupancyPipeline  # noqa: E402
 from tasks.chorus.prompts import PromptsPipeline  # noqa: E402
 from tasks.chorus.views import ViewsPipeline  # noqa: E402
+from tasks.ho3pairs.pipeline import PairsPipeline  # noqa: E402
 from tasks.images.ingest import IngestPipeline  # noqa: E402
 from tasks.synthetic.pipeline import SyntheticPipeline  # noqa: E402
 
@@ -29,4 +31,6 @@ PIPELINES = {
     ViewsPipeline.name: (ViewsPipeline, chorus_views),
     COCOEFTPipeline.name: (COCOEFTPipeline, chorus_test_views),
     OccupancyPipeline.name: (OccupancyPipeline, chorus_occupancy),
+    # HO3Pairs
+    PairsPipeline.name: (PairsPipeline, ho3pairs),
 }

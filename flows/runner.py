@@ -53,7 +53,8 @@ def summary(result: RunResult) -> dict[str, Any]:
             "shards_resumed": result.shards_resumed, "reused": result.reused, "executor": result.executor,
             "seconds": round(result.seconds, 2), "url": result.dataset.url,
             "report": result.dataset.store.link("datasets", manifest.name, manifest.version,
-                                                manifest.report.get("html", "manifest.json"))}
+                                                manifest.report.get("html", "manifest.json")),
+            **manifest.metrics}
 
 
 def _embedded_png(dataset: DatasetVersion, relative: str) -> str:

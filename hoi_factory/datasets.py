@@ -70,6 +70,7 @@ class DatasetManifest(BaseModel):
     funnel: list[dict]
     reject_reasons: dict[str, int]
     report: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float | None] = Field(default_factory=dict)  # the pipeline's figures of the version
     run: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -64,6 +64,10 @@ class Pipeline(Generic[C]):
         None keeps the pipeline out of the demo."""
         return None
 
+    def dataset_metrics(self, version) -> dict[str, float]:
+        """Figures of the whole version (e.g. mean quality), computed from its shards before the manifest."""
+        return {}
+
     def report_pictures(self, version) -> dict[str, bytes]:
         """Pipeline-specific PNG pictures for the version's report (e.g. occupancy renders), by name."""
         return {}

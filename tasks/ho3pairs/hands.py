@@ -1,0 +1,102 @@
+"""Hand segmentation behind one interface: `HandSegmenter.masks(image) -> list of hand (+ forearm) masks`.
+
+Backends:
+- `provided`: the masks that came with the input (folders, HOI4D, HOGSA renders); never guesses.
+- `mediapipe`: MediaPipe Tasks' hand landmarker with the user's `.task` file; the 21 landmarks become a
+  hand + forearm mask (`mask_from_landmarks`).
+detectron2-based segmenters are not wired in: detectron2 has no wheels for current torch (see the README).
+The same segmenter doubles as the sanity filter's hand detector on the object-only image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from hoi_factory.optional import require
+from hoi_factory.stage import MapStage, Reject, Row
+
+WRIST, MIDDLE_MCP = 0, 9
+FOREARM_LENGTH = 2.5  # in wrist-to-middle-knuckle lengths, pointing away from the fingers
+FOREARM_WIDTH = 0.9  # same unit
+
+
+def mask_from_landmarks(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """21 hand landmarks (pixels, MediaPipe order) -> a hand + forearm mask: the landmarks' convex hull,
+    grown by a finger's width, plus a forearm quad from the wrist away from the middle knuckle."""
+    points = np.asarray(landmarks, dtype=float)[:, :2]
+    palm = points[MIDDLE_MCP] - points[WRIST]
+    length = float(np.linalg.norm(palm))
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    if length < 1e-6:
+        return np.zeros((height, width), dtype=bool)
+    from scipy.spatial import ConvexHull
+
+    hull = points[ConvexHull(points).vertices]
+    draw.polygon([tuple(p) for p in hull], fill=255)
+    finger = max(1, round(0.25 * length))
+    for p in hull:  # round the outline out by about a finger's width
+        draw.ellipse((p[0] - finger, p[1] - finger, p[0] + finger, p[1] + finger), fill=255)
+    along, across = -palm / length, np.array([palm[1], -palm[0]]) / length
+    half = 0.5 * FOREARM_WIDTH * length * across
+    start, end = points[WRIST], points[WRIST] + FOREARM_LENGTH * length * along
+    draw.polygon([tuple(start + half), tuple(end + half), tuple(end - half), tuple(start - half)], fill=255)
+    return np.asarray(canvas) > 0
+
+
+class MediaPipeHands:
+    """MediaPipe Tasks hand landmarker (IMAGE mode) from a `.task` model file the user supplies."""
+
+    def __init__(self, model_path: str, max_hands: int = 2):
+        if not model_path:
+            raise ValueError("hand_segmentation=mediapipe needs hand_landmarker: the path of a MediaPipe "
+                             "hand_landmarker.task file")
+        if not Path(model_path).is_file():
+            raise ValueError(f"hand_landmarker {model_path!r} is not a file")
+        mediapipe = require("mediapipe", "hands", "MediaPipe hand segmentation")
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        options = vision.HandLandmarkerOptions(base_options=BaseOptions(model_asset_path=model_path),
+                                               num_hands=max_hands, running_mode=vision.RunningMode.IMAGE)
+        self.landmarker = vision.HandLandmarker.create_from_options(options)
+        self.mediapipe = mediapipe
+
+    def masks(self, image: np.ndarray) -> list[np.ndarray]:
+        height, width = image.shape[:2]
+        found = self.landmarker.detect(self.mediapipe.Image(image_format=self.mediapipe.ImageFormat.SRGB,
+                                                            data=np.ascontiguousarray(image)))
+        return [mask_from_landmarks(np.array([[p.x * width, p.y * height] for p in hand]), width, height)
+                for hand in found.hand_landmarks]
+
+
+def make_segmenter(backend: str, landmarker: str | None):
+    if backend == "provided":
+        return None
+    if backend == "mediapipe":
+        return MediaPipeHands(landmarker or "")
+    raise ValueError(f"unknown hand segmentation backend {backend!r} (provided, mediapipe)")
+
+
+class SegmentHands(MapStage):
+    """`hand_mask_array`: the provided mask, or the union of the hands the segmenter finds."""
+
+    batch_size = 8
+
+    def __init__(self, backend: str, landmarker: str | None):
+        self.backend, self.landmarker = backend, landmarker
+
+    def setup(self) -> None:
+        self.segmenter = make_segmenter(self.backend, self.landmarker)
+
+    def process_row(self, row: Row) -> Row | Reject:
+        if self.segmenter is None:
+            if row.get("hand_mask_array") is None:
+                return Reject.of(row, "no hand mask provided")
+            return row
+        masks = self.segmenter.masks(row["image_array"])
+        if not masks:
+            return Reject.of(row, "no hand found")
+        return {**row, "hand_mask_array": np.logical_or.reduce(masks)}

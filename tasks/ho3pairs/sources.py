@@ -1,0 +1,187 @@
+"""Where HO3Pairs inputs come from: planning (light work items) and loading (pixels and masks) per source.
+
+- `folder`: `images/<stem>.<ext>`, with optional `hand_masks/<stem>.png` (hand + forearm),
+  `object_masks/<stem>.png` (white = in), `object_only/<stem>.<ext>` (the true object-only view, for quality
+  figures), `classes.json` ({stem: object class}; else the config's `object_class`) and `hand_boxes.json`
+  ({stem: [x0, y0, x1, y1]}, the hand without the forearm, as a hand detector gives it: the layout's palm).
+- `hoi4d`: HOI4D's layout, `<...>/C<k>/<...>/align_rgb/<frame>.jpg` (decoded frames) with
+  `2Dseg/mask/<frame>.png` beside `align_rgb`; the object class comes from the `C<k>` folder, hand pixels are
+  those of `hoi4d_hand_colours` in the mask, object pixels any other non-black colour.
+- `video`: video files (any container PyAV/FFmpeg reads), one frame every 1/`frame_rate` seconds; no masks,
+  so hands come from a detector.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from hoi_factory.config import Settings
+from hoi_factory.optional import require
+from hoi_factory.pipeline import PlanError
+from hoi_factory.stage import MapStage, Reject, Row
+from tasks.images.stages import ReadImage
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+# HOI4D's object classes by the number in its C<k> folders (from the HOI4D instructions).
+HOI4D_CLASSES = ["", "toy car", "mug", "laptop", "storage furniture", "bottle", "safe", "bowl", "bucket", "scissors",
+                 "", "pliers", "kettle", "knife", "trash can", "", "", "lamp", "stapler", "", "chair"]
+
+
+def _filesystem(url: str):
+    fs, root = fsspec.core.url_to_fs(url, **Settings().storage_options(url))
+    if not fs.isdir(root):
+        raise PlanError(f"input folder {url!r} does not exist or is not a folder")
+    return fs, root.rstrip("/")
+
+
+def _join(url: str, relative: str) -> str:
+    return url.rstrip("/") + "/" + relative
+
+
+def _listing(fs, root: str, folder: str, suffixes: tuple[str, ...]) -> dict[str, str]:
+    """{stem: relative path} of the files in root/folder with one of `suffixes`."""
+    base = f"{root}/{folder}" if folder else root
+    if not fs.isdir(base):
+        return {}
+    found = {}
+    for path in sorted(fs.find(base)):
+        relative = posixpath.relpath(path, root)
+        stem, suffix = posixpath.splitext(posixpath.relpath(path, base))
+        if suffix.lower() in suffixes:
+            found[stem] = relative
+    return found
+
+
+def _json_map(fs, root: str, url: str, name: str, valid, what: str) -> dict:
+    """An optional {image stem: value} JSON file of the folder, checked whole before any work starts."""
+    if not fs.isfile(f"{root}/{name}"):
+        return {}
+    try:
+        mapping = json.loads(fs.cat_file(f"{root}/{name}"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{url}/{name} is not valid JSON: {exc}") from None
+    if not isinstance(mapping, dict) or not all(valid(v) for v in mapping.values()):
+        raise PlanError(f"{url}/{name} must map image stems to {what}")
+    return mapping
+
+
+def plan_folder(url: str, object_class: str) -> list[dict[str, Any]]:
+    fs, root = _filesystem(url)
+    images = _listing(fs, root, "images", IMAGE_SUFFIXES)
+    if not images:
+        raise PlanError(f"{url!r} has no images/ folder with images in it (see the folder layout in the docs)")
+    hands, objects = _listing(fs, root, "hand_masks", (".png",)), _listing(fs, root, "object_masks", (".png",))
+    truths = _listing(fs, root, "object_only", IMAGE_SUFFIXES)
+    classes = _json_map(fs, root, url, "classes.json", lambda v: isinstance(v, str), "class names (strings)")
+    boxes = _json_map(fs, root, url, "hand_boxes.json",
+                      lambda v: isinstance(v, list) and len(v) == 4 and all(isinstance(x, (int, float)) for x in v)
+                      and v[2] > v[0] and v[3] > v[1], "hand boxes [x0, y0, x1, y1] (pixels, x1 > x0, y1 > y0)")
+    return [{"input_id": relative, "image": _join(url, relative),
+             "hand_mask": _join(url, hands[stem]) if stem in hands else None,
+             "object_mask": _join(url, objects[stem]) if stem in objects else None,
+             "object_only": _join(url, truths[stem]) if stem in truths else None,
+             "object_class": classes.get(stem, object_class), "hand_box": boxes.get(stem), "frame_time": None}
+            for stem, relative in images.items()]
+
+
+def plan_hoi4d(url: str) -> list[dict[str, Any]]:
+    fs, root = _filesystem(url)
+    items = []
+    for stem, relative in _listing(fs, root, "", (".jpg", ".png")).items():
+        parts = relative.split("/")
+        if len(parts) < 2 or parts[-2] != "align_rgb":
+            continue
+        sequence, frame = "/".join(parts[:-2]), posixpath.splitext(parts[-1])[0]
+        category = next((int(m.group(1)) for p in parts if (m := re.fullmatch(r"C(\d+)", p))), 0)
+        mask = f"{sequence}/2Dseg/mask/{frame}.png"
+        items.append({"input_id": relative, "image": _join(url, relative),
+                      "hoi4d_mask": _join(url, mask) if fs.isfile(f"{root}/{mask}") else None,
+                      "object_only": None, "frame_time": None,
+                      "object_class": HOI4D_CLASSES[category] if category < len(HOI4D_CLASSES) else ""})
+    if not items:
+        raise PlanError(f"{url!r} has no HOI4D frames (<sequence>/align_rgb/<frame>.jpg)")
+    return items
+
+
+def plan_video(url: str, frame_rate: float, object_class: str) -> list[dict[str, Any]]:
+    av = require("av", "video", "video inputs")
+    fs, root = _filesystem(url)
+    items = []
+    for relative in _listing(fs, root, "", VIDEO_SUFFIXES).values():
+        try:
+            with fs.open(f"{root}/{relative}", "rb") as handle, av.open(handle) as container:
+                stream = container.streams.video[0]
+                duration = float(stream.duration * stream.time_base) if stream.duration else \
+                    (container.duration or 0) / 1e6
+        except (av.FFmpegError, IndexError, OSError) as exc:
+            items.append({"input_id": relative, "video": _join(url, relative), "frame_time": 0.0,
+                          "object_class": object_class, "object_only": None, "unreadable": str(exc)[:200]})
+            continue
+        times = np.arange(0, max(duration, 1e-9), 1 / frame_rate)
+        items += [{"input_id": relative, "index": i, "video": _join(url, relative), "frame_time": float(time),
+                   "object_class": object_class, "object_only": None} for i, time in enumerate(times)]
+    if not items:
+        raise PlanError(f"{url!r} has no video files ({', '.join(VIDEO_SUFFIXES)})")
+    return items
+
+
+def read_video_frame(url: str, time: float) -> np.ndarray:
+    """The first frame at or after `time` seconds, RGB uint8."""
+    av = require("av", "video", "video inputs")
+    with fsspec.open(url, "rb", **Settings().storage_options(url)) as handle, av.open(handle) as container:
+        stream = container.streams.video[0]
+        container.seek(int(time / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.pts is None or frame.pts * stream.time_base >= time - 0.5 * float(1 / stream.average_rate):
+                return frame.to_ndarray(format="rgb24")
+    raise ValueError(f"no frame at {time:.3f} s")
+
+
+class LoadSample(MapStage):
+    """A work item -> `image_array`, and the masks / true object-only view the source provides.
+
+    Missing or unreadable files and masks whose size differs from the image reject the sample, with the reason.
+    """
+
+    batch_size = 8
+
+    def __init__(self, hand_colours: list[tuple[int, int, int]]):
+        self.read_image = ReadImage()
+        self.hand_colours = np.asarray(hand_colours, dtype=np.uint8).reshape(-1, 3)
+
+    def _image(self, row: Row, url: str) -> np.ndarray | Reject:
+        result = self.read_image.process_row({**row, "path": url})
+        return result if isinstance(result, Reject) else result["pixels"]
+
+    def process_row(self, row: Row) -> Row | Reject:
+        if row.get("unreadable"):
+            return Reject.of(row, "unreadable video", row["unreadable"])
+        image = read_video_frame(row["video"], row["frame_time"]) if row.get("video") else self._image(row, row["image"])
+        if isinstance(image, Reject):
+            return image
+        loaded = {"image_array": image, "hand_mask_array": None, "object_mask_array": None, "object_only_array": None}
+        for key, target in (("hand_mask", "hand_mask_array"), ("object_mask", "object_mask_array"),
+                            ("object_only", "object_only_array"), ("hoi4d_mask", "hoi4d_mask_array")):
+            if row.get(key):
+                value = self._image(row, row[key])
+                if isinstance(value, Reject):
+                    return Reject.of(row, f"{key.replace('_', ' ')}: {value.reason}", value.detail)
+                if value.shape[:2] != image.shape[:2]:
+                    return Reject.of(row, f"{key.replace('_', ' ')} size differs from the image",
+                                     f"{value.shape[1]}x{value.shape[0]} vs {image.shape[1]}x{image.shape[0]}")
+                loaded[target] = value
+        if loaded.get("hoi4d_mask_array") is not None:
+            colours = loaded.pop("hoi4d_mask_array")
+            is_hand = (colours[:, :, None, :] == self.hand_colours[None, None]).all(-1).any(-1)
+            loaded["hand_mask_array"], loaded["object_mask_array"] = is_hand, colours.any(-1) & ~is_hand
+        for target in ("hand_mask_array", "object_mask_array"):
+            if loaded[target] is not None and loaded[target].ndim == 3:
+                loaded[target] = loaded[target].mean(-1) > 127
+        return {**row, **loaded}

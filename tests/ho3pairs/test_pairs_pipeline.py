@@ -1,0 +1,185 @@
+"""HO3Pairs end to end on procedural hand–object scenes, whose true object-only image is known."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hoi_factory.config import ConfigError, ExecutionConfig
+from hoi_factory.pipeline import PlanError
+from hoi_factory.run import run_pipeline
+from models.diffusion import sdedit_steps
+from tasks.ho3pairs.checks import hand_residue, seam_score
+from tasks.ho3pairs.crop import crop_resize, square_box
+from tasks.ho3pairs.inpaint import grow
+from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
+from tasks.procedural.hand_object import render_hand_object, write_hand_object_folder
+
+LOCAL = ExecutionConfig(executor="local", shard_size=8)
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return 10 * math.log10(255**2 / mse)
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    folder = tmp_path / "hand-object"
+    expected = write_hand_object_folder(folder, count=12, seed=1)
+    return folder, expected
+
+
+def test_pairs_from_procedural_scenes_keep_every_input_accounted_for(scenes, local_store_env):
+    folder, expected = scenes
+    dataset = run_pipeline(PairsPipeline(), PairsConfig(inputs=str(folder), inpainter="biharmonic", sdedit_model="none",
+                                                        size=128, execution=LOCAL)).dataset
+    manifest = dataset.manifest
+    assert manifest.num_inputs == 12 + len(expected) == manifest.num_samples + manifest.num_rejects
+    rejects = {r["input_id"]: r["reason"] for r in dataset.rejects().to_pylist()}
+    for path, reason in expected.items():
+        assert rejects[path] == reason
+    assert manifest.num_samples >= 6  # most stand-in grasps fit a layout
+    classes = json.loads((folder / "classes.json").read_text())
+    rows = dataset.to_arrow().to_pylist()
+    for row in rows:
+        stem = row["input_id"].split("/")[-1].rsplit(".", 1)[0]
+        assert row["object_class"] == classes[stem]
+        hoi, obj, truth = decode(row["hoi_image"]), decode(row["object_image"]), decode(row["true_object_image"])
+        region = decode(row["inpaint_mask"]) > 127
+        assert hoi.shape == obj.shape == truth.shape == (128, 128, 3) and len(row["layout"]) == 5
+        assert (obj[~region] == hoi[~region]).all()  # only the repainted region changes
+        # The figures stored are the ones an independent computation gives, and inpainting beats leaving the hand.
+        assert row["psnr"] == pytest.approx(psnr(obj, truth), abs=1e-3)
+        assert row["psnr"] > psnr(hoi, truth)
+        assert row["hand_residue"] < 0.5 or math.isnan(row["hand_residue"])
+    assert manifest.metrics["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]), abs=1e-3)
+    assert manifest.metrics["mean_ssim"] > 0.8 and manifest.metrics["mean_psnr"] > 25
+    assert manifest.metrics["mean_psnr_sdedit"] is None  # no SDEdit model: not measured, not zero
+    assert "pairs" in manifest.report
+
+
+def test_sanity_checks_see_a_hand_left_in_place_and_a_pasted_patch():
+    scene = render_hand_object(5)
+    box = square_box([scene.hand_mask, scene.object_mask])
+    hoi, truth = crop_resize(scene.image, box, 128, False), crop_resize(scene.object_only, box, 128, False)
+    hand = crop_resize(scene.hand_mask, box, 128, True)
+    region = grow(hand)
+    assert hand_residue(hoi, hoi, hand, region) > 0.9  # "inpainting" that left the hand: caught
+    assert hand_residue(hoi, truth, hand, region) < 0.1  # the true object-only view: clean
+    patch = truth.copy()
+    patch[region] = np.random.default_rng(0).integers(0, 256, (region.sum(), 3))
+    assert seam_score(patch, region) > 3 * seam_score(truth, region)
+
+
+def test_crop_is_square_around_hand_and_object_with_80_percent_padding():
+    hand, obj = np.zeros((100, 200), bool), np.zeros((100, 200), bool)
+    hand[40:50, 100:120] = True
+    obj[45:60, 120:140] = True  # union: x 100..140, y 40..60 -> side 1.8 x 40 = 72 around (120, 50)
+    assert square_box([hand, obj]) == pytest.approx((84, 14, 156, 86))
+    image = np.arange(100 * 200 * 3, dtype=np.uint8).reshape(100, 200, 3)
+    out = crop_resize(image, (-10, -10, 30, 30), 40, nearest=True)
+    assert (out[:10, :10] == 0).all() and (out[10:, 10:] == image[:30, :30]).all()  # black past the border
+
+
+def test_sdedit_always_runs_at_least_one_step():
+    for steps, strength in [(50, 0.05), (10, 0.05), (1, 0.05), (3, 0.3), (7, 1.0), (1, 0.001)]:
+        assert int(sdedit_steps(steps, strength) * strength) >= 1
+    assert sdedit_steps(50, 0.05) == 50  # the paper's setting is left alone: 2 of 50 steps
+
+
+def test_tiny_diffusers_inpainting_and_sdedit_run_batched_on_ray(scenes, local_store_env, local_ray):
+    folder, _ = scenes
+    config = PairsConfig(inputs=str(folder), inpainting_model="tiny", sdedit_model="tiny", steps=4, size=64,
+                         max_hand_residue=1.0, max_seam_score=1e9,  # random weights: keep the noise to inspect it
+                         execution=ExecutionConfig(executor="ray", workers=2, shard_size=4))
+    dataset = run_pipeline(PairsPipeline(), config).dataset
+    assert dataset.manifest.run["executor"].startswith("ray")
+    assert dataset.manifest.num_samples + dataset.manifest.num_rejects == dataset.manifest.num_inputs
+    rows = dataset.to_arrow().to_pylist()
+    assert rows and {r["input_id"] for r in rows}.isdisjoint(r["input_id"] for r in dataset.rejects().to_pylist())
+    for row in rows:
+        hoi, obj, edited = decode(row["hoi_image"]), decode(row["object_image"]), decode(row["sdedit_image"])
+        region = decode(row["inpaint_mask"]) > 127
+        assert obj.shape == edited.shape == (64, 64, 3)
+        assert (obj[~region] == hoi[~region]).all() and (obj[region] != hoi[region]).any()
+        assert np.isfinite(row["psnr_sdedit"])
+    # The sanity filter on its defaults drops the random-weight noise patches, with reasons.
+    strict = run_pipeline(PairsPipeline(), config.model_copy(update={
+        "max_hand_residue": 0.5, "max_seam_score": 3.0, "output": config.output.model_copy(update={"dataset": "strict"})})).dataset
+    assert any(reason.startswith("HandRemoved:") for reason in strict.manifest.reject_reasons)
+
+
+def test_hoi4d_layout_reads_colour_masks_and_the_class_folder(tmp_path, local_store_env):
+    sequence = tmp_path / "hoi4d" / "ZY20210800001" / "H1" / "C2" / "N01" / "S1" / "s1" / "T1"
+    (sequence / "align_rgb").mkdir(parents=True)
+    (sequence / "2Dseg" / "mask").mkdir(parents=True)
+    for frame in range(3):
+        scene = render_hand_object(20 + frame, object_class="mug")
+        Image.fromarray(scene.image).save(sequence / "align_rgb" / f"{frame:05d}.jpg", quality=95)
+        colours = np.zeros(scene.image.shape, np.uint8)
+        colours[scene.object_mask] = (0, 128, 0)
+        colours[scene.hand_mask] = (128, 0, 0)
+        if frame < 2:  # the last frame has no mask: rejected
+            Image.fromarray(colours).save(sequence / "2Dseg" / "mask" / f"{frame:05d}.png")
+    with pytest.raises(ConfigError, match="hoi4d_hand_colours"):
+        from hoi_factory.config import validate_run_config
+        validate_run_config(PairsConfig, {"source": "hoi4d", "inputs": str(tmp_path / "hoi4d")})
+    config = PairsConfig(source="hoi4d", inputs=str(tmp_path / "hoi4d"), hoi4d_hand_colours=[(128, 0, 0)],
+                         inpainter="biharmonic", sdedit_model="none", size=96, max_seam_score=1e9, execution=LOCAL)
+    dataset = run_pipeline(PairsPipeline(), config).dataset
+    assert dataset.manifest.num_inputs == 3
+    assert {r["reason"] for r in dataset.rejects().to_pylist()} >= {"no hand mask provided"}
+    for row in dataset.to_arrow().to_pylist():
+        assert row["object_class"] == "mug" and row["source"] == "hoi4d"
+        assert math.isnan(row["psnr"])  # no true object-only view in HOI4D: not measured
+
+
+def test_videos_are_sampled_at_the_frame_rate(tmp_path):
+    av = pytest.importorskip("av")
+    from tasks.ho3pairs.sources import plan_video, read_video_frame
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    with av.open(str(folder / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(30):  # 3 s; frame i is grey level 8 * i
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    items = plan_video(str(folder), frame_rate=2.0, object_class="cup")
+    clip = [item for item in items if item["input_id"] == "clip.mp4"]
+    assert [item["frame_time"] for item in clip] == pytest.approx([0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    for item in clip:
+        grey = read_video_frame(item["video"], item["frame_time"]).mean()
+        assert abs(grey - 8 * round(item["frame_time"] * 10)) < 3  # the frame at that time, not a neighbour
+    assert [item.get("unreadable") is not None for item in items if item["input_id"] == "broken.mp4"] == [True]
+
+
+def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_store_env):
+    from hoi_factory.config import validate_run_config
+
+    with pytest.raises(ConfigError, match="videos carry no hand masks"):
+        validate_run_config(PairsConfig, {"source": "video", "inputs": str(tmp_path)})
+    with pytest.raises(PlanError, match="does not exist"):
+        run_pipeline(PairsPipeline(), PairsConfig(inputs=str(tmp_path / "missing"), execution=LOCAL))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PlanError, match="no images/ folder"):
+        run_pipeline(PairsPipeline(), PairsConfig(inputs=str(tmp_path / "empty"), execution=LOCAL))
+    folder = tmp_path / "scenes"
+    write_hand_object_folder(folder, count=2, with_bad_files=False)
+    (folder / "hand_boxes.json").write_text('{"scene-00000": [10, 10, 5, 20]}')
+    with pytest.raises(PlanError, match="hand_boxes.json must map image stems to hand boxes"):
+        run_pipeline(PairsPipeline(), PairsConfig(inputs=str(folder), execution=LOCAL))
+    with pytest.raises(ValueError, match="hand_landmarker"):
+        from tasks.ho3pairs.hands import make_segmenter
+        make_segmenter("mediapipe", None)
