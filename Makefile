@@ -31,3 +31,4 @@ test: install browser
 bench: install
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.chorus_aggregation
+	$(BIN)/python -m benchmarks.ho3pairs

@@ -183,3 +183,18 @@ def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_sto
     with pytest.raises(ValueError, match="hand_landmarker"):
         from tasks.ho3pairs.hands import make_segmenter
         make_segmenter("mediapipe", None)
+
+
+def test_mediapipe_landmarks_become_a_hand_and_forearm_mask():
+    from tasks.ho3pairs.hands import mask_from_landmarks
+
+    # An upright open hand: wrist at the bottom (64, 100), middle knuckle 24 px above, fingertips higher up.
+    rng = np.random.default_rng(0)
+    landmarks = np.array([[64, 100]] + [[64 + rng.uniform(-14, 14), 100 - rng.uniform(10, 50)] for _ in range(20)])
+    landmarks[9] = [64, 76]
+    mask = mask_from_landmarks(landmarks, 128, 200)
+    assert mask.shape == (200, 128)
+    assert all(mask[int(y), int(x)] for x, y in landmarks)  # every landmark is inside
+    # The forearm leaves the wrist away from the fingers (down), 2.5 knuckle lengths = 60 px long.
+    assert mask[100 + 50, 64] and not mask[100 + 70, 64]
+    assert not mask[100 + 30, 64 + 20]  # and is about as wide as the palm, not wider

@@ -1,0 +1,127 @@
+"""HO3Pairs throughput: pairs per second through the factory vs. a bare diffusers loop, same model, same batch.
+
+Measured in one run on procedural hand–object scenes with the `tiny` diffusers models (or any you name):
+- a bare loop: read image and hand mask, crop, extract the layout (dropping what the factory drops there),
+  grow the mask, inpaint and SDEdit in batches, nothing stored;
+- the factory in-process (plus layout, sanity checks, quality figures, Parquet shards, manifest, report);
+- the factory on local Ray with 2 workers.
+Both load the models once per run (the factory once per worker) and inpaint the same crops; the sanity
+thresholds are off so every inpainted pair is kept. Ratios: factory / bare loop pairs per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from hoi_factory.config import Settings
+from hoi_factory.run import run_pipeline
+from hoi_factory.stage import Reject
+from models.diffusion import Sampling, best_device, inpaint, load_diffusion, sdedit
+from tasks.ho3pairs.crop import CropAroundInteraction, ExtractLayout
+from tasks.ho3pairs.inpaint import InpaintHands, grow
+from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
+from tasks.procedural.hand_object import write_hand_object_folder
+
+
+def bare_loop(folder: Path, config: PairsConfig) -> tuple[float, int]:
+    started = time.perf_counter()
+    inpainter = load_diffusion(config.inpainting_model, "inpainting", best_device())
+    editor = load_diffusion(config.sdedit_model, "image-to-image", best_device())
+    sampling = Sampling(config.steps, config.guidance_scale, config.size)
+    crop, layout = CropAroundInteraction(config.size), ExtractLayout()  # the same functions, called directly
+    boxes = json.loads((folder / "hand_boxes.json").read_text())
+    crops = []
+    for path in sorted((folder / "images").iterdir()):
+        row = {"sample_id": path.stem, "hand_box": boxes.get(path.stem),
+               "image_array": np.asarray(Image.open(path).convert("RGB")),
+               "hand_mask_array": np.asarray(Image.open(folder / "hand_masks" / path.name)) > 0,
+               "object_mask_array": np.asarray(Image.open(folder / "object_masks" / path.name)) > 0}
+        row = layout.process_row(crop.process_row(row))
+        if not isinstance(row, Reject):
+            crops.append((row["image_array"], grow(row["hand_mask_array"])))
+    batch = InpaintHands.batch_size
+    for start in range(0, len(crops), batch):
+        images, masks = zip(*crops[start : start + batch])
+        seeds = list(range(start, start + len(images)))
+        painted = inpaint(inpainter, list(images), list(masks), ["object"] * len(images), seeds, sampling)
+        sdedit(editor, painted, ["object"] * len(images), seeds, config.sdedit_strength, sampling)
+    return time.perf_counter() - started, len(crops)
+
+
+def factory(folder: Path, config: PairsConfig, executor: str, workers: int) -> tuple[float, int]:
+    config = config.model_copy(update={"execution": config.execution.model_copy(
+        update={"executor": executor, "workers": workers})})
+    with tempfile.TemporaryDirectory() as store:
+        started = time.perf_counter()
+        dataset = run_pipeline(PairsPipeline(), config, Settings(store_url=store)).dataset
+        return time.perf_counter() - started, dataset.manifest.num_samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=48, help="hand-object scenes")
+    parser.add_argument("--size", type=int, default=64, help="crop side, pixels")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps")
+    parser.add_argument("--model", default="tiny", help="inpainting model (SDEdit uses 'tiny' or --sdedit-model)")
+    parser.add_argument("--sdedit-model", default="tiny")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ho3pairs.json"))
+    args = parser.parse_args()
+
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    folder = Path(tempfile.mkdtemp(prefix="ho3pairs-bench-"))
+    write_hand_object_folder(folder, args.count, seed=0, with_bad_files=False)
+    config = PairsConfig(inputs=str(folder), inpainting_model=args.model, sdedit_model=args.sdedit_model,
+                         steps=args.steps, size=args.size, max_hand_residue=1.0, max_seam_score=1e9,
+                         execution={"shard_size": 8})
+    load_diffusion(args.model, "inpainting")  # warm-up: build / cache the models once
+    load_diffusion(args.sdedit_model, "image-to-image")
+
+    measured = {
+        "bare_diffusers_loop": bare_loop(folder, config),
+        "factory_in_process": factory(folder, config, "local", 1),
+        "factory_ray_2_workers": factory(folder, config, "ray", 2),
+    }
+    ray.shutdown()
+    seconds = {name: s for name, (s, _) in measured.items()}
+    pairs_per_second = {name: n / s for name, (s, n) in measured.items()}
+    ratios = {
+        "factory_in_process_vs_bare": pairs_per_second["factory_in_process"] / pairs_per_second["bare_diffusers_loop"],
+        "factory_ray_2_workers_vs_bare":
+            pairs_per_second["factory_ray_2_workers"] / pairs_per_second["bare_diffusers_loop"],
+    }
+
+    table = Table(title=f"{args.count} scenes, {args.size} px crops, {args.steps} steps, model {args.model}, "
+                        f"batch {InpaintHands.batch_size}")
+    for column in ("run", "seconds", "pairs/s"):
+        table.add_column(column, justify="right")
+    for name in seconds:
+        table.add_row(name, f"{seconds[name]:.2f}", f"{pairs_per_second[name]:.2f}")
+    console = Console()
+    console.print(table)
+    for name, value in ratios.items():
+        console.print(f"{name:>32}: [bold]{value:.3f}[/]")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "ho3pairs", "count": args.count, "size": args.size, "steps": args.steps, "model": args.model,
+        "batch_size": InpaintHands.batch_size, "seconds": seconds, "pairs_per_second": pairs_per_second,
+        "ratios": ratios, "device": best_device(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }, indent=2))
+    console.print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
