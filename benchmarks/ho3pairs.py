@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.console import Console
-from rich.table import Table
 
+from benchmarks.results_table import show_and_save
 from hoi_factory.config import Settings
 from hoi_factory.run import run_pipeline
 from hoi_factory.stage import Reject
@@ -103,25 +100,10 @@ def main() -> None:
             pairs_per_second["factory_ray_2_workers"] / pairs_per_second["bare_diffusers_loop"],
     }
 
-    table = Table(title=f"{args.count} scenes, {args.size} px crops, {args.steps} steps, model {args.model}, "
-                        f"batch {InpaintHands.batch_size}")
-    for column in ("run", "seconds", "pairs/s"):
-        table.add_column(column, justify="right")
-    for name in seconds:
-        table.add_row(name, f"{seconds[name]:.2f}", f"{pairs_per_second[name]:.2f}")
-    console = Console()
-    console.print(table)
-    for name, value in ratios.items():
-        console.print(f"{name:>32}: [bold]{value:.3f}[/]")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "ho3pairs", "count": args.count, "size": args.size, "steps": args.steps, "model": args.model,
-        "batch_size": InpaintHands.batch_size, "seconds": seconds, "pairs_per_second": pairs_per_second,
-        "ratios": ratios, "device": best_device(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-    }, indent=2))
-    console.print(f"written: {args.out}")
-
+    show_and_save(f"{args.count} scenes, {args.size} px crops, {args.steps} steps, model {args.model}, "
+                  f"batch {InpaintHands.batch_size}", "pairs/s", seconds, pairs_per_second, ratios, args.out,
+                  benchmark="ho3pairs", count=args.count, size=args.size, steps=args.steps, model=args.model,
+                  batch_size=InpaintHands.batch_size, device=best_device())
 
 if __name__ == "__main__":
     main()

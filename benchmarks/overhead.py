@@ -10,20 +10,20 @@ Ratios: factory throughput / bare loop throughput (overhead), 2 workers / 1 work
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from benchmarks.results_table import show_and_save
 from hoi_factory.config import Settings
 from hoi_factory.ids import sample_seed
 from hoi_factory.run import run_pipeline
-from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline, busy_wait, seeded_values
+from tasks.synthetic.pipeline import (
+    SyntheticConfig,
+    SyntheticPipeline,
+    busy_wait,
+    seeded_values,
+)
 
 
 def bare_loop(config: SyntheticConfig) -> float:
@@ -72,24 +72,9 @@ def main() -> None:
     }
     ray.shutdown()
 
-    table = Table(title=f"{args.count} items x {args.work_ms} ms CPU each, shards of {args.shard_size}")
-    for column in ("run", "seconds", "items/s"):
-        table.add_column(column, justify="right")
-    for name in seconds:
-        table.add_row(name, f"{seconds[name]:.2f}", f"{throughput[name]:.1f}")
-    console = Console()
-    console.print(table)
-    for name, value in ratios.items():
-        console.print(f"{name:>24}: [bold]{value:.3f}[/]")
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "overhead", "count": args.count, "work_ms": args.work_ms, "shard_size": args.shard_size,
-        "seconds": seconds, "items_per_second": throughput, "ratios": ratios,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-    }, indent=2))
-    console.print(f"written: {args.out}")
-
+    show_and_save(f"{args.count} items x {args.work_ms} ms CPU each, shards of {args.shard_size}", "items/s",
+                  seconds, throughput, ratios, args.out, benchmark="overhead", count=args.count,
+                  work_ms=args.work_ms, shard_size=args.shard_size)
 
 if __name__ == "__main__":
     main()
