@@ -23,7 +23,7 @@ import torch
 from hoi_factory.optional import require
 
 TINY = "tiny"
-Task = Literal["text-to-image", "inpainting", "image-to-image"]
+Task = Literal["text-to-image", "inpainting", "image-to-image", "repaint"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ SD14 = Sampling(steps=50, guidance_scale=7.5, size=512)  # DESIGN 5.1
 
 def tiny_cache_folder(task: Task = "text-to-image") -> Path:
     """Where `tiny` is built; image-to-image reuses the text-to-image weights, as real SD checkpoints do."""
-    kind = "inpainting" if task == "inpainting" else "text-to-image"
+    kind = task if task in ("inpainting", "repaint") else "text-to-image"
     return Path(os.environ.get("HOI_CACHE", Path.home() / ".cache" / "hoi-factory")) / f"tiny-{kind}"
 
 
@@ -57,6 +57,13 @@ def build_tiny(folder: Path, task: Task = "text-to-image", seed: int = 0) -> Pat
     diffusers = require("diffusers", "diffusion", "diffusion models")
     transformers = require("transformers", "diffusion", "diffusion models")
     torch.manual_seed(seed)
+    if task == "repaint":  # an unconditional pixel-space DDPM, as RePaint uses
+        unet = diffusers.UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+                                     block_out_channels=(16, 32), down_block_types=("DownBlock2D",) * 2,
+                                     up_block_types=("UpBlock2D",) * 2, norm_num_groups=8)
+        diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(
+            folder, safe_serialization=True)
+        return folder
     vocab, merges = _byte_level_vocabulary()
     tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
@@ -101,10 +108,15 @@ def load_diffusion(source: str, task: Task, device: str = "cpu"):
     diffusers = require("diffusers", "diffusion", "diffusion models")
     if source == TINY:
         source = str(_tiny(task))
-    auto = {"text-to-image": diffusers.AutoPipelineForText2Image, "inpainting": diffusers.AutoPipelineForInpainting,
-            "image-to-image": diffusers.AutoPipelineForImage2Image}[task]
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipeline = auto.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    if task == "repaint":  # any unconditional DDPM folder (DDPMPipeline layout) with RePaint's scheduler
+        scheduler = diffusers.RePaintScheduler.from_pretrained(source, subfolder="scheduler")
+        pipeline = diffusers.RePaintPipeline.from_pretrained(source, scheduler=scheduler, dtype=dtype,
+                                                             use_safetensors=True)
+    else:
+        auto = {"text-to-image": diffusers.AutoPipelineForText2Image, "inpainting": diffusers.AutoPipelineForInpainting,
+                "image-to-image": diffusers.AutoPipelineForImage2Image}[task]
+        pipeline = auto.from_pretrained(source, dtype=dtype, use_safetensors=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
 
@@ -140,6 +152,22 @@ def inpaint(pipeline, images: list[np.ndarray], masks: list[np.ndarray], prompts
                    num_inference_steps=sampling.steps, guidance_scale=sampling.guidance_scale, height=sampling.size,
                    width=sampling.size, generator=_generators(pipeline, seeds), output_type="np").images
     return [np.where(mask[..., None], painted, image) for image, mask, painted in zip(images, masks, _to_uint8(out))]
+
+
+def repaint(pipeline, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int], steps: int,
+            jump_length: int, resamples: int) -> list[np.ndarray]:
+    """RePaint (Lugmayr et al. 2022), as FusionNet uses it: an unconditional DDPM denoises the masked pixels
+    while the known ones are re-noised from the image at every step, going back `jump_length` steps
+    `resamples` times to harmonize the two. One image at a time (its own seed); known pixels are kept."""
+    from PIL import Image
+
+    results = []
+    for image, mask, seed in zip(images, masks, seeds):
+        out = pipeline(image=Image.fromarray(image), mask_image=Image.fromarray((~mask).astype(np.uint8) * 255),
+                       num_inference_steps=steps, jump_length=jump_length, jump_n_sample=resamples,
+                       generator=torch.Generator(pipeline.device).manual_seed(seed), output_type="np").images
+        results.append(np.where(mask[..., None], _to_uint8(out)[0], image))
+    return results
 
 
 def sdedit_steps(steps: int, strength: float) -> int:

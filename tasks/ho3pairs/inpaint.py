@@ -1,7 +1,8 @@
 """Hands out, object in: inpainting of the grown hand mask, then SDEdit at 5 % noise.
 
-Inpainters: `diffusers` (an inpainting pipeline by hub id, folder or `tiny`; prompt = the object class) and
-`biharmonic` (scikit-image's smooth fill: no model, runs anywhere, a baseline and the embedded demo's choice).
+Inpainters: `diffusers` (a latent inpainting pipeline by hub id, folder or `tiny`; prompt = the object class),
+`repaint` (RePaint resampling with an unconditional pixel-space DDPM, as FusionNet does) and `biharmonic`
+(scikit-image's smooth fill: no model, runs anywhere, a baseline and the embedded demo's choice).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from hoi_factory.stage import Resources, Row, Stage
-from models.diffusion import Sampling, best_device, inpaint, load_diffusion, sdedit
+from models.diffusion import Sampling, best_device, inpaint, load_diffusion, repaint, sdedit
 
 MASK_GROWTH = 7  # DESIGN 5.2: the hand mask is grown with a 7x7 kernel before inpainting
 NO_MODEL = "none"
@@ -31,24 +32,29 @@ class InpaintHands(Stage):
 
     batch_size = 4
 
-    def __init__(self, inpainter: str, model: str, sampling: Sampling, gpus: float):
+    def __init__(self, inpainter: str, model: str, sampling: Sampling, gpus: float, repaint_jump_length: int = 10,
+                 repaint_resamples: int = 10):
         self.inpainter, self.model, self.sampling = inpainter, model, sampling
-        self.resources = Resources(num_cpus=1.0, num_gpus=gpus if inpainter == "diffusers" else 0.0)
+        self.jump_length, self.resamples = repaint_jump_length, repaint_resamples
+        self.resources = Resources(num_cpus=1.0, num_gpus=gpus if inpainter != "biharmonic" else 0.0)
 
     def setup(self) -> None:
-        self.pipeline = load_diffusion(self.model, "inpainting", best_device()) if self.inpainter == "diffusers" else None
+        task = {"diffusers": "inpainting", "repaint": "repaint"}.get(self.inpainter)
+        self.pipeline = load_diffusion(self.model, task, best_device()) if task else None
 
     def process(self, batch: list[Row]) -> list[Row]:
         masks = [grow(row["hand_mask_array"]) for row in batch]
         images = [row["image_array"] for row in batch]
-        if self.pipeline is None:
+        seeds = [row["seed"] for row in batch]
+        if self.inpainter == "biharmonic":
             from skimage.restoration import inpaint_biharmonic
 
             painted = [np.clip(np.round(inpaint_biharmonic(image / 255.0, mask, channel_axis=-1) * 255), 0, 255)
                        .astype(np.uint8) for image, mask in zip(images, masks)]
+        elif self.inpainter == "repaint":
+            painted = repaint(self.pipeline, images, masks, seeds, self.sampling.steps, self.jump_length, self.resamples)
         else:
-            painted = inpaint(self.pipeline, images, masks, [_prompt(r) for r in batch], [r["seed"] for r in batch],
-                              self.sampling)
+            painted = inpaint(self.pipeline, images, masks, [_prompt(r) for r in batch], seeds, self.sampling)
         return [{**row, "object_array": image, "inpaint_mask_array": mask}
                 for row, image, mask in zip(batch, painted, masks)]
 

@@ -31,6 +31,7 @@ from tasks.ho3pairs.sources import LoadSample, plan_folder, plan_hoi4d, plan_vid
 from tasks.images.stages import png_bytes
 
 f32 = pa.list_(pa.float32())
+SD_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 QUALITY_COLUMNS = ("psnr", "ssim", "psnr_inpainted", "psnr_sdedit", "hand_residue", "seam_score")
 
 
@@ -46,9 +47,11 @@ class PairsConfig(RunConfig):
     hand_landmarker: str | None = Field(None, description="mediapipe: path of a hand_landmarker.task file")
     size: int = Field(256, ge=32, le=2048, description="side of the square crops, pixels")
     crop_padding: float = Field(PADDING, ge=0, le=5, description="crop side = (1 + padding) x hand+object box")
-    inpainter: Literal["diffusers", "biharmonic"] = Field("diffusers")
-    inpainting_model: str = Field("stable-diffusion-v1-5/stable-diffusion-inpainting",
-                                  description="diffusers inpainting pipeline: hub id, folder or 'tiny'")
+    inpainter: Literal["diffusers", "repaint", "biharmonic"] = Field("diffusers")
+    inpainting_model: str = Field(SD_INPAINTING, description="diffusers: an inpainting pipeline; repaint: an "
+                                  "unconditional DDPM (DDPMPipeline layout); hub id, folder or 'tiny'")
+    repaint_jump_length: int = Field(10, ge=1, le=100, description="repaint: steps taken back per jump")
+    repaint_resamples: int = Field(10, ge=1, le=100, description="repaint: times each jump is resampled")
     sdedit_model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
                               description="diffusers image-to-image pipeline: hub id, folder, 'tiny' or 'none'")
     steps: int = Field(50, ge=1, le=1000, description="denoising steps (SDEdit runs strength x steps of them)")
@@ -62,6 +65,9 @@ class PairsConfig(RunConfig):
     def _consistent(self) -> PairsConfig:
         if self.source == "video" and self.hand_segmentation == "provided":
             raise ValueError("videos carry no hand masks: use hand_segmentation=mediapipe with source=video")
+        if self.inpainter == "repaint" and self.inpainting_model == SD_INPAINTING:
+            raise ValueError("inpainter=repaint needs inpainting_model: an unconditional pixel-space DDPM "
+                             "(hub id or folder in the DDPMPipeline layout), not a latent inpainting pipeline")
         if self.source == "hoi4d" and self.hand_segmentation == "provided" and not self.hoi4d_hand_colours:
             raise ValueError("source=hoi4d needs hoi4d_hand_colours: the RGB colours of hands in its 2Dseg masks")
         return self
@@ -134,7 +140,8 @@ class PairsPipeline(Pipeline[PairsConfig]):
             SegmentHands(config.hand_segmentation, config.hand_landmarker),
             CropAroundInteraction(config.size, config.crop_padding),
             ExtractLayout(),
-            InpaintHands(config.inpainter, config.inpainting_model, sampling, config.gpus),
+            InpaintHands(config.inpainter, config.inpainting_model, sampling, config.gpus, config.repaint_jump_length,
+                         config.repaint_resamples),
             SDEdit(config.sdedit_model, config.sdedit_strength, sampling, config.gpus),
             MeasureObjectImage(config.hand_segmentation, config.hand_landmarker),
             HandRemoved(config.max_hand_residue, config.max_seam_score),

@@ -198,3 +198,19 @@ def test_mediapipe_landmarks_become_a_hand_and_forearm_mask():
     # The forearm leaves the wrist away from the fingers (down), 2.5 knuckle lengths = 60 px long.
     assert mask[100 + 50, 64] and not mask[100 + 70, 64]
     assert not mask[100 + 30, 64 + 20]  # and is about as wide as the palm, not wider
+
+
+def test_repaint_inpainting_keeps_known_pixels(scenes, local_store_env):
+    folder, _ = scenes
+    with pytest.raises(ConfigError, match="unconditional pixel-space DDPM"):
+        from hoi_factory.config import validate_run_config
+        validate_run_config(PairsConfig, {"inputs": str(folder), "inpainter": "repaint"})
+    config = PairsConfig(inputs=str(folder), inpainter="repaint", inpainting_model="tiny", steps=4,
+                         repaint_jump_length=2, repaint_resamples=2, sdedit_model="none", size=32,
+                         max_hand_residue=1.0, max_seam_score=1e9, execution=LOCAL)
+    rows = run_pipeline(PairsPipeline(), config).dataset.to_arrow().to_pylist()
+    assert rows
+    for row in rows:
+        hoi, obj = decode(row["hoi_image"]), decode(row["object_image"])
+        region = decode(row["inpaint_mask"]) > 127
+        assert (obj[~region] == hoi[~region]).all() and (obj[region] != hoi[region]).any()
