@@ -89,6 +89,26 @@ def run(
 
 
 @app.command()
+def train(
+    trainer: str = typer.Argument(..., help="what to train (hoi-factory train --help lists them)"),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. 'datasets=[ho3pairs]' model=NAME"),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML training config"),
+) -> None:
+    """Train a model on dataset versions and publish it to the model store (resumes a killed run)."""
+    from flows.training import TRAINERS, train_model
+    from hoi_factory.training import TrainConfig
+
+    if trainer not in TRAINERS:
+        _fail(f"unknown trainer {trainer!r}; available: {', '.join(sorted(TRAINERS))}")
+    try:
+        config = load_run_config(TrainConfig, config_file, overrides or [])
+        result = _with_progress(lambda: train_model(trainer, config))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    console.print(f"[green]✓[/] {result['model']}/{result['version']}: {result['url']}")
+
+
+@app.command()
 def pipelines() -> None:
     """List the pipelines `run` knows."""
     from flows import PIPELINES

@@ -206,6 +206,13 @@ class Store:
         except FileNotFoundError:
             pass
 
+    @_retried
+    def remove_tree(self, *parts: str) -> None:
+        try:
+            self.fs.rm(self.path(*parts), recursive=True)
+        except FileNotFoundError:
+            pass
+
     def remove_temp_files(self, *parts: str) -> int:
         """Delete leftovers of interrupted local writes under `parts`; returns how many went."""
         if not self.is_local:
