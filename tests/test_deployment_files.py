@@ -64,14 +64,20 @@ def test_factory_services_get_every_setting_the_flows_read(monkeypatch):
 def test_prefect_deployments_point_at_real_flows():
     deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
     from flows.maintenance import validate_dataset
+    from flows.training import retrain_on_publish, train_model
 
     flows = {flow.fn.__module__.replace(".", "/") + ".py:" + flow.fn.__name__
-             for flow in [*(f for _, f in PIPELINES.values()), validate_dataset]}
+             for flow in [*(f for _, f in PIPELINES.values()), validate_dataset, train_model, retrain_on_publish]}
     for deployment in deployments:
         assert deployment["entrypoint"] in flows, deployment["entrypoint"]
         assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
     [trigger] = next(d for d in deployments if d["name"] == "validate-on-publish")["triggers"]
     assert trigger["expect"] == [PUBLISHED_EVENT] and trigger["match"]["prefect.resource.id"] == "hoi.dataset.*"
+    [retrain] = next(d for d in deployments if d["name"] == "retrain-layoutnet")["triggers"]
+    assert retrain["expect"] == [PUBLISHED_EVENT] and retrain["parameters"]["min_new_samples"] >= 1
+    from hoi_factory.training import TrainConfig
+
+    TrainConfig.model_validate({**retrain["parameters"]["config"], "datasets": ["ho3pairs/v1"]})  # a valid config
 
 
 def test_cluster_configs_run_the_factory_image_and_read_secrets_from_the_environment():
