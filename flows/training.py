@@ -21,10 +21,11 @@ from hoi_factory.datasets import DatasetStore
 from hoi_factory.model_store import ModelStore
 from hoi_factory.storage import Store
 from hoi_factory.training import TrainConfig, train
+from tasks.training.contentnet import ContentNetTask
 from tasks.training.layoutnet import LayoutNetTask
 
 MODEL_PUBLISHED = "hoi.model.published"
-TRAINERS = {LayoutNetTask.name: LayoutNetTask}  # what `hoi-factory train` and the flows can train
+TRAINERS = {LayoutNetTask.name: LayoutNetTask, ContentNetTask.name: ContentNetTask}  # what `hoi-factory train` and the flows can train
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

@@ -60,8 +60,8 @@ class TrainingTask(Protocol):
 
     def build(self, options: dict[str, Any]) -> torch.nn.Module: ...
 
-    def load(self, datasets: list[DatasetVersion], options: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """All training examples as tensors with the same first dimension."""
+    def load(self, datasets: list[DatasetVersion], options: dict[str, Any]) -> dict[str, torch.Tensor | list]:
+        """All training examples: tensors (or lists, e.g. prompts) with the same first dimension."""
 
     def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator
              ) -> torch.Tensor: ...
@@ -173,7 +173,9 @@ def train(task: TrainingTask, config: TrainConfig, settings: Settings | None = N
     for step in range(start, config.steps):
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         picked = torch.randint(0, count, (min(config.batch_size, count),), generator=generator)
-        loss = task.loss(module, {key: value[picked] for key, value in data.items()}, generator)
+        batch = {key: value[picked] if torch.is_tensor(value) else [value[i] for i in picked.tolist()]
+                 for key, value in data.items()}
+        loss = task.loss(module, batch, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -31,6 +31,8 @@ def _image(data: bytes, size: int, mode: str = "RGB") -> np.ndarray:
 
 
 def _to_model_range(images: list[np.ndarray]) -> torch.Tensor:
+    if not images:
+        return torch.empty(0, 3, 1, 1)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
@@ -49,6 +51,34 @@ def random_layouts(count: int, sizes: torch.Tensor, generator: torch.Generator) 
     return torch.stack([location[:, 0], location[:, 1], size, angle.cos(), angle.sin()], 1)
 
 
+def load_pairs(datasets, size: int, with_hoi: bool = False) -> dict[str, torch.Tensor | list]:
+    """HO3Pairs rows as training tensors at `size`: object images (and their SDEdited versions) in [-1, 1],
+    layouts, hand masks, prompts (the object class), and the HOI images when asked."""
+    columns = ["object_image", "sdedit_image", "layout", "hand_mask", "object_class"] + (["hoi_image"] if with_hoi else [])
+    objects, edited, has_edit, layouts, hands, prompts, hoi = [], [], [], [], [], [], []
+    for version in datasets:
+        missing = set(columns) - set(version.manifest.columns)
+        if missing:
+            raise ValueError(f"{version.ref} is not an HO3Pairs dataset: no column(s) {sorted(missing)}")
+        for row in version.to_arrow(columns).to_pylist():
+            objects.append(_image(row["object_image"], size))
+            edited.append(_image(row["sdedit_image"], size) if row["sdedit_image"] else objects[-1])
+            has_edit.append(bool(row["sdedit_image"]))
+            layouts.append(row["layout"])
+            hands.append(_image(row["hand_mask"], size, "L") > 127)
+            prompts.append(row["object_class"] or "")
+            if with_hoi:
+                hoi.append(_image(row["hoi_image"], size))
+    data = {"objects": _to_model_range(objects), "sdedited": _to_model_range(edited),
+            "has_sdedit": torch.tensor(has_edit, dtype=torch.bool),
+            "layouts": torch.tensor(layouts, dtype=torch.float32).reshape(-1, 5),
+            "hands": torch.from_numpy(np.stack(hands)) if hands else torch.empty(0, size, size, dtype=torch.bool),
+            "prompts": prompts}
+    if with_hoi:
+        data["hoi"] = _to_model_range(hoi)
+    return data
+
+
 class LayoutNetTask:
     name = "layoutnet"
 
@@ -60,24 +90,8 @@ class LayoutNetTask:
     def build(self, options: dict[str, Any]) -> LayoutNet:
         return LayoutNet(self.config(options))
 
-    def load(self, datasets, options: dict[str, Any]) -> dict[str, torch.Tensor]:
-        size = self.config(options).image_size
-        objects, edited, has_edit, layouts, hands = [], [], [], [], []
-        for version in datasets:
-            missing = {"object_image", "sdedit_image", "layout", "hand_mask"} - set(version.manifest.columns)
-            if missing:
-                raise ValueError(f"{version.ref} is not an HO3Pairs dataset: no column(s) {sorted(missing)}")
-            for row in version.to_arrow(["object_image", "sdedit_image", "layout", "hand_mask"]).to_pylist():
-                objects.append(_image(row["object_image"], size))
-                edited.append(_image(row["sdedit_image"], size) if row["sdedit_image"] else objects[-1])
-                has_edit.append(bool(row["sdedit_image"]))
-                layouts.append(row["layout"])
-                hands.append(_image(row["hand_mask"], size, "L") > 127)
-        return {"objects": _to_model_range(objects) if objects else torch.empty(0),
-                "sdedited": _to_model_range(edited) if edited else torch.empty(0),
-                "has_sdedit": torch.tensor(has_edit, dtype=torch.bool),
-                "layouts": torch.tensor(layouts, dtype=torch.float32),
-                "hands": torch.from_numpy(np.stack(hands)) if hands else torch.empty(0, dtype=torch.bool)}
+    def load(self, datasets, options: dict[str, Any]) -> dict[str, torch.Tensor | list]:
+        return load_pairs(datasets, self.config(options).image_size)
 
     def loss(self, module: LayoutNet, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         objects = augment_objects(batch["objects"], batch["sdedited"], batch["has_sdedit"], generator)

@@ -1,0 +1,51 @@
+"""Training ContentNet on HO3Pairs versions: (augmented object image, hard splat of the layout, object class)
+-> the HOI image. Fine-tunes the inpainting pipeline named by `options.base` (`tiny` in the tests)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.contentnet import ContentNet
+from models.layout import splat
+from tasks.training.augment import augment_objects
+from tasks.training.layoutnet import load_pairs
+
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+EVALUATED = 8
+
+
+class ContentNetTask:
+    name = "contentnet"
+
+    def build(self, options: dict[str, Any]) -> ContentNet:
+        return ContentNet.from_pretrained(options.get("base", DEFAULT_BASE))
+
+    def load(self, datasets, options: dict[str, Any]) -> dict[str, torch.Tensor | list]:
+        return load_pairs(datasets, int(options.get("image_size", 256)), with_hoi=True)
+
+    def loss(self, module: ContentNet, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        objects = augment_objects(batch["objects"], batch["sdedited"], batch["has_sdedit"], generator)
+        return module.loss(batch["hoi"], objects, batch["layouts"], batch["prompts"], generator)
+
+    def files(self, module: ContentNet) -> dict[str, bytes]:
+        with tempfile.TemporaryDirectory() as folder:
+            module.save_pretrained(folder)
+            return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+                    if p.is_file()}
+
+    def evaluate(self, module: ContentNet, data: dict) -> dict[str, float]:
+        """L1 (0-255) of generated HOI images to the true ones, inside the hand's splat and outside it (where
+        the object must be kept)."""
+        objects, layouts = data["objects"][:EVALUATED], data["layouts"][:EVALUATED]
+        images = module.generate(objects, layouts, data["prompts"][:EVALUATED], steps=20,
+                                 generator=torch.Generator().manual_seed(0))
+        truth = ((data["hoi"][:EVALUATED].permute(0, 2, 3, 1) + 1) * 127.5).numpy()
+        inside = (splat(layouts, objects.shape[-1])[:, 0] >= 0.5).numpy()
+        error = np.abs(np.stack(images).astype(float) - truth).mean(-1)
+        return {"l1_inside_splat": float(error[inside].mean()) if inside.any() else float("nan"),
+                "l1_outside_splat": float(error[~inside].mean())}
