@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[test,vision,diffusion,video]'
+	$(BIN)/python -m pip install -q -e '.[test,vision,diffusion,video,metrics]'
 	touch $@
 
 demo: install
