@@ -20,7 +20,7 @@ def synthesize(object_image: np.ndarray, layoutnet: LayoutNet, contentnet: Conte
     if object_image.ndim != 3 or object_image.shape[0] != object_image.shape[1] or object_image.shape[2] != 3:
         raise ValueError(f"object_image must be square RGB (S, S, 3), got shape {object_image.shape}")
     generator = torch.Generator().manual_seed(seed)
-    image = torch.from_numpy(object_image).permute(2, 0, 1).float()[None] / 127.5 - 1
+    image = torch.from_numpy(np.array(object_image)).permute(2, 0, 1).float()[None] / 127.5 - 1
     objects = image.expand(count, -1, -1, -1)
     small = torch.nn.functional.interpolate(objects, size=layoutnet.config.image_size, mode="bilinear",
                                             antialias=True, align_corners=False)
