@@ -29,3 +29,66 @@ def test_map_role_on_a_hand_worked_case():
     assert per_verb == pytest.approx({"hold": hold, "smile": smile})
     assert mean == pytest.approx((hold + smile) / 2)
     assert map_role([], truths)[0] == 0.0
+
+
+def test_ranking_loss_is_the_papers_pairwise_hinge():
+    import torch
+
+    from models.c_hoi.relation import ranking_loss
+
+    rank = torch.tensor([0.9, 0.6, 0.5, 0.1])
+    annotated = torch.tensor([True, False, True, False])
+    # (annotated, unannotated): (.9,.6) -> 0, (.9,.1) -> 0, (.5,.6) -> .6-.5+.2 = .3, (.5,.1) -> 0
+    assert float(ranking_loss(rank, annotated)) == pytest.approx(0.3)
+    assert float(ranking_loss(rank, torch.ones(4, dtype=torch.bool))) == 0.0
+
+
+def test_pairs_come_from_confident_detections_and_masks_place_both_boxes():
+    import torch
+
+    from models.c_hoi.relation import candidate_pairs, pair_masks
+
+    labels, scores = torch.tensor([1, 1, 5, 7]), torch.tensor([0.9, 0.2, 0.8, 0.35])  # person = 1
+    assert candidate_pairs(labels, scores, human_label=1).tolist() == [[0, 2], [0, 3]]  # no self pair, no 0.2
+    masks = pair_masks(torch.tensor([[0.0, 0, 10, 20]]), torch.tensor([[10.0, 10, 20, 20]]))
+    assert masks.shape == (1, 2, 64, 64)
+    human, obj = masks[0]
+    assert human[:, :31].all() and not human[:, 33:].any()  # left half of the union box
+    assert obj[33:, 33:].all() and not obj[:31].any() and not obj[:, :31].any()  # bottom-right quarter
+
+
+def test_relation_module_learns_verbs_and_ranks_annotated_pairs_first():
+    import torch
+
+    from models.c_hoi.relation import RelationModule, cooccurrence, pair_masks
+
+    torch.manual_seed(0)
+    pairs, verbs, channels = 24, 3, 16
+    object_labels = torch.randint(0, 4, (pairs,))
+    targets = torch.zeros(pairs, verbs)
+    targets[torch.arange(pairs), object_labels % verbs] = 1  # the verb follows the object category
+    annotated = torch.arange(pairs) < 16
+    targets[~annotated] = 0
+    human, obj, union = (torch.randn(pairs, channels) for _ in range(3))
+    human[annotated] += 1.0  # annotated pairs look different
+    boxes = torch.rand(pairs, 4) * 10
+    masks = pair_masks(torch.cat([boxes[:, :2], boxes[:, :2] + 5], 1), torch.cat([boxes[:, 2:], boxes[:, 2:] + 5], 1))
+    module = RelationModule(verbs, cooccurrence(object_labels[annotated], targets[annotated], 4), channels)
+    optimizer = torch.optim.Adam(module.parameters(), 1e-3)
+    first = None
+    for _ in range(150):
+        out = module(human, obj, union, masks, object_labels)
+        loss = RelationModule.loss(out, targets, annotated)
+        first = first if first is not None else float(loss.detach())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < first / 5
+    out = module(human, obj, union, masks, object_labels)
+    scores = RelationModule.scores(out)
+    expected = (torch.sigmoid(out["visual"]) + torch.sigmoid(out["geometric"])) * torch.sigmoid(out["semantic"])
+    assert torch.equal(scores, expected)
+    positives = scores[annotated].gather(1, (object_labels[annotated] % verbs)[:, None])
+    assert (positives[:, 0] > scores[annotated].topk(2, 1).values[:, 1] - 1e-6).all()  # its verb scores highest
+    top = RelationModule.top_pairs(out["rank"], k=16)
+    assert annotated[top].all()  # the 16 annotated pairs rank first
