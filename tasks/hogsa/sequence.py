@@ -1,15 +1,24 @@
-"""The one in-memory form of a hand-object sequence that every source (ARCTIC, H2O, procedural stand-ins) produces.
+"""The one in-memory form of a hand-object sequence that every source (ARCTIC, H2O, procedural stand-ins) produces,
+and the small helpers the dataset adapters share (files under an fsspec root, images, rigid transforms, rejects).
 
-Conventions: metres; cameras in OpenCV form (x_cam = R @ x_world + t, pixels = K @ x_cam, y down, looking down +z);
-MANO parameters in axis-angle with the hand model's own pose convention (see models/hand/), in the world frame.
+Conventions: metres; cameras in OpenCV form (x_cam = R @ x_world + t, pixels = K @ x_cam, y down, looking down +z,
+pixel i covering [i, i + 1) as in models/render/raster.py); MANO parameters in axis-angle with the hand model's own
+pose convention (see models/hand/), in the world frame.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import io
+import posixpath
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import trimesh
+from fsspec.core import url_to_fs
+from PIL import Image
+
+from hoi_factory.config import Settings
+from hoi_factory.pipeline import PlanError
 
 HAND_SIDES = ("left", "right")
 
@@ -85,3 +94,93 @@ def posed_object_vertices(sequence: Sequence, frame: Frame) -> np.ndarray:
     """(V, 3) world vertices of the object in `frame`: articulation first, then the rigid object -> world pose."""
     vertices = articulated_object_vertices(sequence, frame.articulation)
     return vertices @ np.asarray(frame.object_rotation).T + np.asarray(frame.object_translation)
+
+
+# --- shared by the dataset adapters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameReject:
+    """A frame an adapter skipped: a short stable reason (for counting) and the detail naming the file."""
+
+    frame: int
+    reason: str
+    detail: str
+
+
+class BadFrame(Exception):
+    """One frame cannot be used; the adapter skips it and records a FrameReject."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+class DatasetFolder:
+    """Files under a dataset root given as any fsspec URL (a local folder, s3://...)."""
+
+    def __init__(self, root: str):
+        root = str(root)
+        self.fs, self.root = url_to_fs(root, **Settings().storage_options(root))
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        """The file's bytes; FileNotFoundError when it is missing."""
+        with self.fs.open(self.path(*parts), "rb") as handle:
+            return handle.read()
+
+    def names(self, *parts: str) -> list[str]:
+        """Sorted names directly under a folder; empty when the folder does not exist."""
+        folder = self.path(*parts)
+        if not self.fs.isdir(folder):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False))
+
+
+def downscaled_camera(camera: CameraView, factor: int) -> CameraView:
+    """The camera of an image shrunk by an integer `factor` (box filter): with pixel i covering [i, i + 1), as the
+    rasterizers here and gsplat assume, every pixel coordinate divides by `factor`."""
+    if factor < 1 or camera.width % factor or camera.height % factor:
+        raise PlanError(f"camera {camera.name}: {camera.width}x{camera.height} is not divisible by {factor}")
+    if factor == 1:
+        return camera
+    K = np.asarray(camera.K, dtype=np.float64).copy()
+    K[:2] /= factor
+    return replace(camera, K=K, width=camera.width // factor, height=camera.height // factor)
+
+
+def decode_image(data: bytes, where: str, width: int, height: int, factor: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8 from encoded bytes that must be `width` x `height`, shrunk by `factor`; BadFrame otherwise."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Image.UnidentifiedImageError:
+        raise BadFrame("unreadable image", f"{where}: not in any image format PIL reads") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadFrame("unreadable image", f"{where}: {type(exc).__name__}: {exc}") from None
+    if image.size != (width, height):
+        raise BadFrame("image size mismatch",
+                       f"{where}: {image.size[0]}x{image.size[1]}, the calibration says {width}x{height}")
+    image = image.convert("RGB")
+    return np.asarray(image.reduce(factor) if factor > 1 else image)
+
+
+def rigid_transform_problem(matrix: np.ndarray, tolerance: float = 1e-3) -> str | None:
+    """Why a 4x4 matrix is not a finite rigid transform (rotation + translation), or None when it is. The tolerance
+    admits calibrations and poses written with a few decimals."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        return f"shape {matrix.shape}, not (4, 4)"
+    if not np.isfinite(matrix).all():
+        return "non-finite values"
+    if np.abs(matrix[3] - (0, 0, 0, 1)).max() > tolerance:
+        return f"last row {matrix[3].tolist()} is not [0, 0, 0, 1]"
+    rotation = matrix[:3, :3]
+    if np.abs(rotation.T @ rotation - np.eye(3)).max() > tolerance or np.linalg.det(rotation) < 0:
+        return "the 3x3 block is not a rotation"
+    return None
