@@ -10,10 +10,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "hoi_factory")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # the same code runs outside flows
 
+from flows.c_hoi import hoi_annotations  # noqa: E402
 from flows.chorus import chorus_occupancy, chorus_prompts, chorus_test_views, chorus_views  # noqa: E402
 from flows.ho3pairs import ho3pairs  # noqa: E402
 from flows.ingest import ingest  # noqa: E402
 from flows.synthetic import synthetic  # noqa: E402
+from tasks.c_hoi.annotations import HOIAnnotationsPipeline  # noqa: E402
 from tasks.chorus.coco_eft import COCOEFTPipeline  # noqa: E402
 from tasks.chorus.occupancy import OccupancyPipeline  # noqa: E402
 from tasks.chorus.prompts import PromptsPipeline  # noqa: E402
@@ -33,4 +35,6 @@ PIPELINES = {
     OccupancyPipeline.name: (OccupancyPipeline, chorus_occupancy),
     # HO3Pairs
     PairsPipeline.name: (PairsPipeline, ho3pairs),
+    # C-HOI training data
+    HOIAnnotationsPipeline.name: (HOIAnnotationsPipeline, hoi_annotations),
 }

@@ -21,11 +21,12 @@ from hoi_factory.datasets import DatasetStore
 from hoi_factory.model_store import ModelStore
 from hoi_factory.storage import Store
 from hoi_factory.training import TrainConfig, train
+from tasks.training.c_hoi import CHOITask
 from tasks.training.contentnet import ContentNetTask
 from tasks.training.layoutnet import LayoutNetTask
 
 MODEL_PUBLISHED = "hoi.model.published"
-TRAINERS = {LayoutNetTask.name: LayoutNetTask, ContentNetTask.name: ContentNetTask}  # what `hoi-factory train` and the flows can train
+TRAINERS = {LayoutNetTask.name: LayoutNetTask, ContentNetTask.name: ContentNetTask, CHOITask.name: CHOITask}  # what `hoi-factory train` and the flows can train
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

@@ -61,7 +61,7 @@ def ranking_loss(rank: torch.Tensor, annotated: torch.Tensor, margin: float = RA
 class RelationModule(nn.Module):
     def __init__(self, num_verbs: int, semantic_table: torch.Tensor, visual_in: int):
         super().__init__()
-        self.register_buffer("semantic_table", semantic_table.float())
+        self.register_buffer("semantic_table", semantic_table.float(), persistent=False)  # rebuilt from the config
         self.geometric = nn.Sequential(
             nn.Conv2d(2, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),

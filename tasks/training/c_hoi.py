@@ -1,0 +1,112 @@
+"""Training the C-HOI recognizer on HOI dataset versions: `hoi-annotations` (HICO-DET / V-COCO style) and the
+factory's own CHORUS views (a person, an object and the prompt's verb per image, boxes from the masks).
+
+The vocabulary (object classes with the background first, verbs) and the semantic co-occurrence table are
+built from the training data and saved in the model's config. Evaluation: mAP_role of the detected triplets
+(verb score x human score x object score) against the data's triplets.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.c_hoi.evaluation import Triplet, map_role
+from models.c_hoi.model import CONFIG_FILE, WEIGHTS_FILE, CascadeHOI, CHOIConfig
+from models.c_hoi.relation import cooccurrence
+
+BACKGROUND, PERSON = "__background__", "person"
+
+
+def _image(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def _mask_box(data: bytes) -> list[float] | None:
+    rows, cols = np.nonzero(np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127)
+    return [cols.min(), rows.min(), cols.max() + 1.0, rows.max() + 1.0] if len(rows) else None
+
+
+def read_hoi_rows(version) -> list[dict]:
+    """Rows as {image, boxes (K, 4), labels, triplets [(subject, object, verb)]} from either dataset kind."""
+    columns = set(version.manifest.columns)
+    rows = []
+    if {"boxes", "labels", "hoi_verbs"} <= columns:
+        for row in version.to_arrow(["image", "boxes", "labels", "hoi_subjects", "hoi_objects", "hoi_verbs"]).to_pylist():
+            rows.append({"image": row["image"], "boxes": np.reshape(row["boxes"], (-1, 4)), "labels": row["labels"],
+                         "triplets": list(zip(row["hoi_subjects"], row["hoi_objects"], row["hoi_verbs"]))})
+    elif {"person_mask", "object_mask", "verb", "category"} <= columns:
+        for row in version.to_arrow(["image", "person_mask", "object_mask", "verb", "category"]).to_pylist():
+            person, obj = _mask_box(row["person_mask"]), _mask_box(row["object_mask"])
+            if person and obj:
+                rows.append({"image": row["image"], "boxes": np.array([person, obj]),
+                             "labels": [PERSON, row["category"]], "triplets": [(0, 1, row["verb"])]})
+    else:
+        raise ValueError(f"{version.ref} holds neither HOI annotations (boxes, labels, hoi_*) nor CHORUS views")
+    return rows
+
+
+class CHOITask:
+    name = "c-hoi"
+
+    def __init__(self):
+        self.vocabulary: tuple[tuple[str, ...], tuple[str, ...], list] | None = None
+
+    def load(self, datasets, options: dict[str, Any]) -> dict[str, list]:
+        rows = [row for version in datasets for row in read_hoi_rows(version)]
+        if self.vocabulary is None:  # the training data fixes the vocabulary; held-out data reuses it
+            objects = (BACKGROUND, PERSON) + tuple(sorted({l for r in rows for l in r["labels"]} - {PERSON}))
+            verbs = tuple(sorted({verb for r in rows for _, _, verb in r["triplets"]}))
+            labels = torch.tensor([objects.index(r["labels"][o]) for r in rows for _, o, _ in r["triplets"]],
+                                  dtype=torch.long)
+            targets = torch.zeros(len(labels), len(verbs))
+            targets[torch.arange(len(labels)), [verbs.index(v) for r in rows for _, _, v in r["triplets"]]] = 1
+            self.vocabulary = (objects, verbs, cooccurrence(labels, targets, len(objects)).tolist())
+        objects, verbs, _ = self.vocabulary
+        known = [r for r in rows if set(r["labels"]) <= set(objects) and all(v in verbs for *_, v in r["triplets"])]
+        return {"images": [_image(r["image"]) for r in known],
+                "targets": [{"boxes": torch.tensor(r["boxes"], dtype=torch.float32).reshape(-1, 4),
+                             "labels": torch.tensor([objects.index(label) for label in r["labels"]]),
+                             "hoi": torch.tensor([[s, o, verbs.index(v)] for s, o, v in r["triplets"]],
+                                                 dtype=torch.long).reshape(-1, 3)} for r in known]}
+
+    def config(self, options: dict[str, Any]) -> CHOIConfig:
+        objects, verbs, table = self.vocabulary
+        if options.get("preset") == "tiny":
+            return CHOIConfig.tiny(objects, verbs, semantic_table=table)
+        return CHOIConfig(objects, verbs, semantic_table=table,
+                          **{k: v for k, v in options.items() if k in ("backbone", "min_size", "max_size")})
+
+    def build(self, options: dict[str, Any]) -> CascadeHOI:
+        return CascadeHOI(self.config(options))
+
+    def loss(self, module: CascadeHOI, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        return sum(module(batch["images"], batch["targets"]).values())
+
+    def files(self, module: CascadeHOI) -> dict[str, bytes]:
+        with tempfile.TemporaryDirectory() as folder:
+            module.save_pretrained(folder)
+            return {name: (Path(folder) / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
+
+    @torch.no_grad()
+    def evaluate(self, module: CascadeHOI, data: dict) -> dict[str, float]:
+        verbs = module.config.verbs
+        detections, truths = [], []
+        for index, (image, target) in enumerate(zip(data["images"], data["targets"])):
+            result = module([image])[0]
+            boxes = result["boxes"].tolist()
+            for (h, o), scores in zip(result["pairs"].tolist(), result["verb_scores"]):
+                for verb, score in zip(verbs, scores.tolist()):
+                    detections.append(Triplet(str(index), verb, tuple(boxes[h]), tuple(boxes[o]),
+                                              score * float(result["scores"][h] * result["scores"][o])))
+            truth_boxes = target["boxes"].tolist()
+            truths += [Triplet(str(index), verbs[v], tuple(truth_boxes[s]), tuple(truth_boxes[o]))
+                       for s, o, v in target["hoi"].tolist()]
+        mean, per_verb = map_role(detections, truths)
+        return {"map_role": mean, **{f"ap_role_{verb}": ap for verb, ap in per_verb.items()}}
