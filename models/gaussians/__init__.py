@@ -1,0 +1,1 @@
+"""HOGS: mesh-bound Gaussian splatting (HOGSA section 3.2)."""

@@ -1,0 +1,102 @@
+"""3D Gaussians -> 2D screen-space Gaussians (EWA splatting, Zwicker et al. 2002, as 3DGS and gsplat do it).
+
+Covariance Sigma = R S S^T R^T from a unit quaternion (w, x, y, z) and per-axis standard deviations; the camera
+is pinhole (OpenCV: x_cam = R x + t, pixels = K x_cam, pixel centres at +0.5). The 2D covariance is
+J W Sigma W^T J^T with J the Jacobian of the perspective projection at the Gaussian's centre, plus gsplat's
+0.3 px^2 low-pass dilation ("classic" mode: opacity is not compensated for the dilation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOW_PASS = 0.3  # px^2 added to the 2D covariance (gsplat's eps2d): every splat covers at least about a pixel
+NEAR_PLANE = 0.01  # gsplat's default: Gaussians closer than this (camera z, metres) are dropped
+ALPHA_THRESHOLD = 1 / 255  # smaller per-pixel alphas are skipped while compositing
+MAX_ALPHA = 0.999  # gsplat's clamp (the Inria rasterizer uses 0.99)
+
+
+def quaternion_to_matrix(quats: torch.Tensor) -> torch.Tensor:
+    """(..., 4) quaternions (w, x, y, z), any norm -> (..., 3, 3) rotation matrices."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(*quats.shape[:-1], 3, 3)
+
+
+def matrix_to_quaternion(rotations: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z), w >= 0; differentiable.
+
+    Each of the four classic formulas divides by one component; the one with the largest component is kept
+    so that the division is always well conditioned.
+    """
+    m = rotations
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    # 4 * component^2 for w, x, y, z
+    squares = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    roots = torch.sqrt(squares.clamp_min(1e-12))  # 2 |component|
+    zyx = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    xy, xz, yz = m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2]
+    candidates = torch.stack([
+        torch.stack([roots[..., 0] ** 2, zyx[0], zyx[1], zyx[2]], -1) / (2 * roots[..., 0:1]),
+        torch.stack([zyx[0], roots[..., 1] ** 2, xy, xz], -1) / (2 * roots[..., 1:2]),
+        torch.stack([zyx[1], xy, roots[..., 2] ** 2, yz], -1) / (2 * roots[..., 2:3]),
+        torch.stack([zyx[2], xz, yz, roots[..., 3] ** 2], -1) / (2 * roots[..., 3:4]),
+    ], -2)  # (..., 4 formulas, 4)
+    best = squares.argmax(-1)
+    quats = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    return quats * torch.where(quats[..., :1] < 0, -1.0, 1.0)
+
+
+def covariances(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Sigma = R S S^T R^T, (N, 3, 3)."""
+    rs = quaternion_to_matrix(quats) * scales[:, None, :]
+    return rs @ rs.transpose(-1, -2)
+
+
+@dataclass
+class Splats:
+    """Screen-space Gaussians, one row per 3D Gaussian."""
+    means2d: torch.Tensor  # (N, 2) pixels
+    conics: torch.Tensor  # (N, 3): a, b, c of the inverse 2D covariance; power = 0.5 (a dx^2 + c dy^2) + b dx dy
+    depths: torch.Tensor  # (N,) camera z
+    half_sizes: torch.Tensor  # (N, 2) no-grad: half width / height of the box outside which alpha < 1/255
+    visible: torch.Tensor  # (N,) bool: in front of the near plane, reaching into the image, opacity >= 1/255
+
+
+def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+            viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Splats:
+    rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
+    cam = means @ rotation.T + translation
+    cov = rotation @ covariances(quats, scales) @ rotation.T
+    z = cam[:, 2]
+    in_front = z > NEAR_PLANE
+    z = torch.where(in_front, z, torch.ones_like(z))  # keeps gradients finite for the dropped ones
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    # Like gsplat, the Jacobian is evaluated at the centre clamped to 1.3x the field of view, so that splats far
+    # outside the image do not blow up.
+    limit_x, limit_y = 0.3 * 0.5 * width / fx, 0.3 * 0.5 * height / fy
+    tx = z * torch.clamp(cam[:, 0] / z, -(cx / fx + limit_x), (width - cx) / fx + limit_x)
+    ty = z * torch.clamp(cam[:, 1] / z, -(cy / fy + limit_y), (height - cy) / fy + limit_y)
+    zero = torch.zeros_like(z)
+    jacobian = torch.stack([fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2], -1).reshape(-1, 2, 3)
+    cov2d = jacobian @ cov @ jacobian.transpose(-1, -2) + LOW_PASS * torch.eye(2, dtype=cov.dtype, device=cov.device)
+    a, b, c = cov2d[:, 0, 0], 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0]), cov2d[:, 1, 1]
+    det = (a * c - b * b).clamp_min(1e-12)
+    conics = torch.stack([c / det, -b / det, a / det], -1)
+    means2d = torch.stack([fx * cam[:, 0] / z + cx, fy * cam[:, 1] / z + cy], -1)
+    with torch.no_grad():
+        # alpha = opacity exp(-power) >= 1/255 only where power <= ln(255 opacity): an ellipse whose
+        # axis-aligned box has half-sizes extent * (std along x, std along y).
+        # (At most sqrt(2 ln 255) = 3.33 standard deviations, gsplat's bound.)
+        extent = torch.sqrt(2 * torch.log((opacities.detach() / ALPHA_THRESHOLD).clamp_min(1.0)))
+        half_sizes = extent[:, None] * torch.stack([a, c], -1).detach().sqrt()
+        centre = means2d.detach()
+        visible = (in_front & (extent > 0) & (centre[:, 0] + half_sizes[:, 0] > 0) & (centre[:, 0] - half_sizes[:, 0] < width)
+                   & (centre[:, 1] + half_sizes[:, 1] > 0) & (centre[:, 1] - half_sizes[:, 1] < height))
+    return Splats(means2d, conics, cam[:, 2], half_sizes, visible)
