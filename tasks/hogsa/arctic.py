@@ -22,7 +22,8 @@ Not read: view 0 (the egocentric camera moves every frame, and a Sequence's came
 `*.smplx.npy`, `cropped_images/` (per-frame crops whose intrinsics change every frame).
 
 MANO: ARCTIC poses MANO with smplx's `flat_hand_mean=False` ("pose" is relative to the MANO file's `hands_mean`) and
-its "trans" is smplx's `transl`; `hand_pose` is handed over as stored.
+its "trans" is smplx's `transl`: the HandPose convention (models/hand with its default flat_hand_mean=False), so the
+parameters are handed over as stored. (A hand model loaded with flat_hand_mean=True would need MANO's hands_mean added.)
 
 A malformed file or request stops the read with a PlanError naming the file; a frame with non-finite parameters or a
 missing, unreadable or wrongly sized image is skipped and recorded as a FrameReject.

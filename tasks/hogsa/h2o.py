@@ -19,14 +19,16 @@ extrinsics are inv(cam_pose_k) @ cam_pose_ref. Why not H2O's own world: MANO rot
 which depends on the shape, so moving MANO parameters into another frame needs the MANO model; in the frame the
 annotation was made in nothing has to be converted, and this stays exact for any hand model.
 
-MANO: H2O's labels are posed by manopth with flat_hand_mean=True (absolute finger rotations, vertices in mm / 1000 +
-translation, which equals smplx's `transl`); `hand_pose` is handed over as stored. A hand whose flag is 0 is absent
-from that frame's `hands`.
+MANO: H2O's labels are posed by manopth with flat_hand_mean=True: absolute finger rotations, and vertices in mm / 1000
++ translation, which is smplx's `transl`. HandPose wants the pose relative to the hand model's mean, so `hand_mean`
+(the `HandModel.hand_mean` of the models the sequence will be posed with) is subtracted. A hand whose flag is 0 is
+absent from that frame's `hands`.
 
 Not read: cam4 (it moves every frame, and a Sequence's cameras are static), depth, hand_pose (joints), obj_pose
-(box corners), labels. A malformed intrinsics file, a missing mesh or a bad request stops the read with a PlanError;
-a frame with a missing, malformed or non-finite file, no object, another object than the take's, a fixed camera
-that moved, or a bad image is skipped and recorded as a FrameReject.
+(box corners), labels. A malformed intrinsics file, a missing mesh, a bad request or a take without one readable
+frame annotation stops the read with a PlanError; a frame with a missing, malformed or non-finite file, no object,
+another object than the take's, a fixed camera that moved (off the median pose over the take) or a bad image is
+skipped and recorded as a FrameReject.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import io
 import posixpath
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,24 +96,25 @@ def _rigid(values: np.ndarray, where: str) -> np.ndarray:
     return matrix
 
 
-def _hands(values: np.ndarray, where: str) -> dict[str, HandPose]:
+def _hands(values: np.ndarray, where: str, hand_mean: Mapping[str, np.ndarray]) -> dict[str, HandPose]:
     hands = {}
     for side, chunk in zip(FILE_HAND_ORDER, values.reshape(2, HAND_VALUES)):
         if chunk[0] not in (0, 1):
             raise BadFrame("malformed file", f"{where}: {side} hand flag {chunk[0]} is not 0 or 1")
         if chunk[0] == 1:
-            hands[side] = HandPose(global_orient=chunk[4:7], hand_pose=chunk[7:52], betas=chunk[52:62],
-                                   transl=chunk[1:4])
+            hands[side] = HandPose(global_orient=chunk[4:7], hand_pose=chunk[7:52] - hand_mean[side],
+                                   betas=chunk[52:62], transl=chunk[1:4])
     return hands
 
 
-def _annotation(folder: DatasetFolder, take: tuple[str, ...], cameras: list[str], index: int) -> _Annotation:
+def _annotation(folder: DatasetFolder, take: tuple[str, ...], cameras: list[str], index: int,
+                hand_mean: Mapping[str, np.ndarray]) -> _Annotation:
     name = f"{index:06d}.txt"
     poses = {camera: _rigid(_numbers(folder, (*take, camera, "cam_pose", name), 16),
                             folder.path(*take, camera, "cam_pose", name)) for camera in cameras}
     reference = (*take, cameras[0])
     hands = _hands(_numbers(folder, (*reference, "hand_pose_mano", name), 2 * HAND_VALUES),
-                   folder.path(*reference, "hand_pose_mano", name))
+                   folder.path(*reference, "hand_pose_mano", name), hand_mean)
     object_values = _numbers(folder, (*reference, "obj_pose_rt", name), 17)
     where = folder.path(*reference, "obj_pose_rt", name)
     if object_values[0] == 0:
@@ -165,18 +169,32 @@ def _camera_names(folder: DatasetFolder, take: tuple[str, ...], cameras) -> list
     return names
 
 
+def _checked_hand_mean(hand_mean: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        means = {side: np.asarray(hand_mean[side], dtype=np.float64).reshape(45) for side in FILE_HAND_ORDER}
+    except (KeyError, TypeError, ValueError):
+        raise PlanError("hand_mean must map 'left' and 'right' to 45 numbers (HandModel.hand_mean)") from None
+    if not all(np.isfinite(m).all() for m in means.values()):
+        raise PlanError("hand_mean holds non-finite values")
+    return means
+
+
 def _reject(rejects: list[FrameReject] | None, index: int, reason: str, detail: str) -> None:
     if rejects is not None:
         rejects.append(FrameReject(index, reason, detail))
 
 
-def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, *, objects_root: str | None = None,
-             images: bool = True, image_scale: int = 1, rejects: list[FrameReject] | None = None) -> Sequence:
+def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, *,
+             hand_mean: Mapping[str, np.ndarray], objects_root: str | None = None, images: bool = True,
+             image_scale: int = 1, rejects: list[FrameReject] | None = None) -> Sequence:
     """One H2O take (e.g. subject "subject1", sequence "h1/0") as a Sequence in the first camera's frame.
 
+    hand_mean: {"left", "right"} -> (45,), the `hand_mean` of the hand models the sequence will be posed with
+    ({side: model.hand_mean for side, model in load_hands(...).items()}).
     cameras: fixed cameras ("cam0"-"cam3" or 0-3), the first is the reference; default: those present.
     frames: frame numbers; default: every frame with a reference camera pose. images=False reads poses and cameras
     only. image_scale: shrink images (and intrinsics) by this integer factor. Skipped frames go to `rejects`."""
+    hand_mean = _checked_hand_mean(hand_mean)
     folder = DatasetFolder(root)
     take = (subject, *sequence.strip("/").split("/"))
     if not folder.exists(*take):
@@ -191,7 +209,7 @@ def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, 
     annotations = []
     for index in selected:
         try:
-            annotations.append(_annotation(folder, take, names, index))
+            annotations.append(_annotation(folder, take, names, index, hand_mean))
         except BadFrame as bad:
             _reject(rejects, index, bad.reason, bad.detail)
     if not annotations:

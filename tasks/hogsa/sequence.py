@@ -2,8 +2,9 @@
 and the small helpers the dataset adapters share (files under an fsspec root, images, rigid transforms, rejects).
 
 Conventions: metres; cameras in OpenCV form (x_cam = R @ x_world + t, pixels = K @ x_cam, y down, looking down +z,
-pixel i covering [i, i + 1) as in models/render/raster.py); MANO parameters in axis-angle with the hand model's own
-pose convention (see models/hand/), in the world frame.
+pixel i covering [i, i + 1) as in models/render/raster.py); MANO parameters in axis-angle, in the world frame, in
+the hand model's default convention (models/hand/mano.py, smplx's flat_hand_mean=False): `hand_pose` is relative to
+the model's `hand_mean`, `transl` is added after the rotation about the rest wrist joint.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class CameraView:
 
 @dataclass
 class HandPose:
-    """MANO parameters of one hand in one frame (world frame, metres, axis-angle)."""
+    """MANO parameters of one hand in one frame (world frame, metres, axis-angle; hand_pose relative to the hand
+    model's hand_mean, as HandModel.forward takes it with flat_hand_mean=False)."""
 
     global_orient: np.ndarray  # (3,)
     hand_pose: np.ndarray  # (45,)

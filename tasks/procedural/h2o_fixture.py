@@ -10,6 +10,7 @@ in another camera needs the MANO model's wrist joint (see tasks/hogsa/h2o.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +59,11 @@ def _render(sequence: Sequence, frame: Frame, camera: CameraView) -> np.ndarray:
 
 def write_h2o_fixture(root: str | Path, subject: str = "subject1", sequence: str = "h1/0",
                       cameras: tuple[str, ...] = ("cam0", "cam1"), num_frames: int = 3, width: int = 64,
-                      height: int = 48, object_class: int = 1, seed: int = 0) -> Sequence:
+                      height: int = 48, object_class: int = 1, hand_mean: Mapping[str, np.ndarray] | None = None,
+                      seed: int = 0) -> Sequence:
     """Writes the H2O layout under `root` (subject folders and `object/`); returns the Sequence those files encode,
-    in the frame of the first camera."""
+    in the frame of the first camera, its hand poses relative to `hand_mean` (default zeros) as HandPose holds them
+    (the files hold absolute poses, as H2O's do)."""
     root, rng = Path(root), np.random.default_rng(seed)
     K = intrinsics(width, height, fov_degrees=60)
     # Scene frame: the object near its origin, cameras around it; the Sequence's world is the first camera's frame.
@@ -83,7 +86,8 @@ def write_h2o_fixture(root: str | Path, subject: str = "subject1", sequence: str
         for side in FILE_HAND_ORDER:
             annotated = (index, side) != UNANNOTATED
             pose = hands[side]
-            hand_values += [float(annotated), *pose.transl, *pose.global_orient, *pose.hand_pose, *pose.betas] \
+            absolute = pose.hand_pose + (0 if hand_mean is None else hand_mean[side])
+            hand_values += [float(annotated), *pose.transl, *pose.global_orient, *absolute, *pose.betas] \
                 if annotated else [0.0] * HAND_VALUES
             if not annotated:
                 del hands[side]

@@ -22,6 +22,7 @@ from tasks.procedural.h2o_fixture import write_h2o_fixture
 
 SUBJECT, SEQUENCE = "s01", "box_grab_01"
 TAKE = ("subject1", "h1/0")
+HAND_MEAN = {side: np.random.default_rng(i).normal(0, 0.3, 45) for i, side in enumerate(("left", "right"))}
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def arctic(tmp_path):
 
 @pytest.fixture
 def h2o(tmp_path):
-    return tmp_path, write_h2o_fixture(tmp_path, *TAKE)
+    return tmp_path, write_h2o_fixture(tmp_path, *TAKE, hand_mean=HAND_MEAN)
 
 
 def assert_cameras_equal(read, truth):
@@ -230,7 +231,7 @@ def test_dicts_pickled_by_numpy_1_load(arctic):
 def test_h2o_reads_back_what_was_written(h2o):
     root, truth = h2o
     rejects = []
-    read = read_h2o(str(root), *TAKE, rejects=rejects)
+    read = read_h2o(str(root), *TAKE, hand_mean=HAND_MEAN, rejects=rejects)
     assert rejects == []
     assert (read.id, read.object_name) == ("h2o/subject1/h1/0", "book")
     assert_cameras_equal(read.cameras, truth.cameras)
@@ -245,11 +246,28 @@ def test_h2o_reads_back_what_was_written(h2o):
             np.testing.assert_array_equal(a.images[name], b.images[name])  # PNG: exact
 
 
+def test_h2o_hands_pose_the_hand_model_as_h2os_flat_hand_mean_labels_do(tmp_path):
+    """H2O's labels are absolute poses (manopth flat_hand_mean=True): the hand model in HandPose's convention
+    (flat_hand_mean=False) posed with what the adapter reads must give the vertices a flat-hand-mean model gives from
+    the raw file."""
+    from models.hand import load_hands
+    hands, flat = load_hands("standin"), load_hands("standin", flat_hand_mean=True)
+    write_h2o_fixture(tmp_path, *TAKE, num_frames=1, hand_mean={side: m.hand_mean for side, m in hands.items()})
+    read = read_h2o(str(tmp_path), *TAKE, images=False, hand_mean={side: m.hand_mean for side, m in hands.items()})
+    raw = np.loadtxt(tmp_path / "subject1/h1/0/cam0/hand_pose_mano/000000.txt").reshape(2, 62)
+    for side, values in zip(("left", "right"), raw):
+        expected = flat[side](values[4:7][None], values[7:52][None], values[52:62][None], values[1:4][None])
+        pose = read.frames[0].hands[side]
+        got = hands[side](pose.global_orient[None], pose.hand_pose[None], pose.betas[None], pose.transl[None])
+        assert np.abs(hands[side].hand_mean).max() > 0.1  # the conversion is not a no-op
+        np.testing.assert_allclose(got.vertices.numpy(), expected.vertices.numpy(), atol=1e-5)
+
+
 def test_h2o_cameras_agree_with_each_cameras_own_object_pose(h2o):
     """cam_pose is camera -> world: camera 1's recovered extrinsics times the object pose (read from camera 0's file)
     must give the object pose camera 1's own obj_pose_rt file holds, which the adapter never reads."""
     root, _ = h2o
-    read = read_h2o(str(root), *TAKE, images=False)
+    read = read_h2o(str(root), *TAKE, hand_mean=HAND_MEAN, images=False)
     camera = read.cameras[1]
     for frame in read.frames:
         own = np.loadtxt(root / "subject1/h1/0/cam1/obj_pose_rt" / f"{frame.index:06d}.txt")[1:].reshape(4, 4)
@@ -259,7 +277,7 @@ def test_h2o_cameras_agree_with_each_cameras_own_object_pose(h2o):
 
 def test_h2o_frames_and_image_scale(h2o):
     root, truth = h2o
-    read = read_h2o(str(root), *TAKE, cameras=["cam0"], frames=[2], image_scale=4)
+    read = read_h2o(str(root), *TAKE, hand_mean=HAND_MEAN, cameras=["cam0"], frames=[2], image_scale=4)
     assert [f.index for f in read.frames] == [2] and [c.name for c in read.cameras] == ["cam0"]
     np.testing.assert_allclose(read.cameras[0].K[:2], truth.cameras[0].K[:2] / 4)
     quartered = truth.frames[2].images["cam0"].reshape(12, 4, 16, 4, 3).mean(axis=(1, 3))
@@ -278,13 +296,13 @@ def _replace_numbers(path: Path, edit) -> None:
 
 def test_h2o_bad_frames_are_skipped_with_their_reason(tmp_path):
     root = tmp_path
-    write_h2o_fixture(root, *TAKE, num_frames=5)
+    write_h2o_fixture(root, *TAKE, num_frames=5, hand_mean=HAND_MEAN)
     _replace_numbers(_h2o_file(root, "cam0", "hand_pose_mano", 0), lambda v: v.__setitem__(70, np.nan))
     path = _h2o_file(root, "cam0", "obj_pose_rt", 1)
     path.write_text(" ".join(path.read_text().split()[:10]))  # truncated
     _replace_numbers(_h2o_file(root, "cam1", "cam_pose", 4), lambda v: v.__setitem__(3, v[3] + 0.01))  # moved 1 cm
     rejects = []
-    read = read_h2o(str(root), *TAKE, rejects=rejects)
+    read = read_h2o(str(root), *TAKE, hand_mean=HAND_MEAN, rejects=rejects)
     assert [f.index for f in read.frames] == [2, 3]
     assert [(r.frame, r.reason) for r in rejects] == [(0, "non-finite values"), (1, "malformed file"),
                                                      (4, "camera moved")]
@@ -308,7 +326,7 @@ def test_h2o_one_bad_file_rejects_one_frame(h2o, damage, reason, detail):
     root, _ = h2o
     damage(root)
     rejects = []
-    read = read_h2o(str(root), *TAKE, rejects=rejects)
+    read = read_h2o(str(root), *TAKE, hand_mean=HAND_MEAN, rejects=rejects)
     assert [f.index for f in read.frames] == [0, 2]
     assert [(r.frame, r.reason) for r in rejects] == [(1, reason)] and detail in rejects[0].detail
 
@@ -324,7 +342,7 @@ def test_h2o_malformed_calibration_or_mesh_stops_the_read(h2o, damage, message):
     root, _ = h2o
     damage(root)
     with pytest.raises(PlanError, match=message):
-        read_h2o(str(root), *TAKE)
+        read_h2o(str(root), *TAKE, hand_mean=HAND_MEAN)
 
 
 @pytest.mark.parametrize(("request_", "message"), [
@@ -332,9 +350,10 @@ def test_h2o_malformed_calibration_or_mesh_stops_the_read(h2o, damage, message):
     ({"cameras": ["cam7"]}, "unknown H2O camera 'cam7'"),
     ({"frames": [9]}, "no usable frame"),
     ({"sequence": "h2/0"}, "h2/0 does not exist"),
+    ({"hand_mean": {"left": np.zeros(45)}}, "hand_mean must map 'left' and 'right' to 45 numbers"),
 ])
 def test_h2o_bad_requests_are_plan_errors(h2o, request_, message):
     root, _ = h2o
-    arguments = {"subject": TAKE[0], "sequence": TAKE[1], **request_}
+    arguments = {"subject": TAKE[0], "sequence": TAKE[1], "hand_mean": HAND_MEAN, **request_}
     with pytest.raises(PlanError, match=message):
         read_h2o(str(root), **arguments)
