@@ -20,9 +20,9 @@ which depends on the shape, so moving MANO parameters into another frame needs t
 annotation was made in nothing has to be converted, and this stays exact for any hand model.
 
 MANO: H2O's labels are posed by manopth with flat_hand_mean=True: absolute finger rotations, and vertices in mm / 1000
-+ translation, which is smplx's `transl`. HandPose wants the pose relative to the hand model's mean, so `hand_mean`
-(the `HandModel.hand_mean` of the models the sequence will be posed with) is subtracted. A hand whose flag is 0 is
-absent from that frame's `hands`.
++ translation, which is smplx's `transl`. Given `hand_mean` (the `HandModel.hand_mean` of the models the sequence will
+be posed with) it is subtracted, which suits models of either flat_hand_mean; without it the absolute pose is kept,
+for models loaded with flat_hand_mean=True. A hand whose flag is 0 is absent from that frame's `hands`.
 
 Not read: cam4 (it moves every frame, and a Sequence's cameras are static), depth, hand_pose (joints), obj_pose
 (box corners), labels. A malformed intrinsics file, a missing mesh, a bad request or a take without one readable
@@ -169,7 +169,9 @@ def _camera_names(folder: DatasetFolder, take: tuple[str, ...], cameras) -> list
     return names
 
 
-def _checked_hand_mean(hand_mean: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _checked_hand_mean(hand_mean: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    if hand_mean is None:
+        return {side: np.zeros(45) for side in FILE_HAND_ORDER}
     try:
         means = {side: np.asarray(hand_mean[side], dtype=np.float64).reshape(45) for side in FILE_HAND_ORDER}
     except (KeyError, TypeError, ValueError):
@@ -185,12 +187,12 @@ def _reject(rejects: list[FrameReject] | None, index: int, reason: str, detail: 
 
 
 def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, *,
-             hand_mean: Mapping[str, np.ndarray], objects_root: str | None = None, images: bool = True,
+             hand_mean: Mapping[str, np.ndarray] | None = None, objects_root: str | None = None, images: bool = True,
              image_scale: int = 1, rejects: list[FrameReject] | None = None) -> Sequence:
     """One H2O take (e.g. subject "subject1", sequence "h1/0") as a Sequence in the first camera's frame.
 
     hand_mean: {"left", "right"} -> (45,), the `hand_mean` of the hand models the sequence will be posed with
-    ({side: model.hand_mean for side, model in load_hands(...).items()}).
+    ({side: model.hand_mean for side, model in load_hands(...).items()}); None keeps H2O's absolute pose.
     cameras: fixed cameras ("cam0"-"cam3" or 0-3), the first is the reference; default: those present.
     frames: frame numbers; default: every frame with a reference camera pose. images=False reads poses and cameras
     only. image_scale: shrink images (and intrinsics) by this integer factor. Skipped frames go to `rejects`."""

@@ -2,9 +2,11 @@
 and the small helpers the dataset adapters share (files under an fsspec root, images, rigid transforms, rejects).
 
 Conventions: metres; cameras in OpenCV form (x_cam = R @ x_world + t, pixels = K @ x_cam, y down, looking down +z,
-pixel i covering [i, i + 1) as in models/render/raster.py); MANO parameters in axis-angle, in the world frame, in
-the hand model's default convention (models/hand/mano.py, smplx's flat_hand_mean=False): `hand_pose` is relative to
-the model's `hand_mean`, `transl` is added after the rotation about the rest wrist joint.
+pixel i covering [i, i + 1) as in models/render/raster.py); MANO parameters in axis-angle, in the world frame, as
+`HandModel.forward` (models/hand/mano.py) takes them: `hand_pose` relative to the model's `hand_mean` (smplx's
+flat_hand_mean=False, its default: ARCTIC, the stand-ins, and H2O read with `hand_mean`; H2O read without it keeps
+its absolute labels, for models loaded with flat_hand_mean=True), `transl` added after the rotation about the rest
+wrist joint.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class CameraView:
 
 @dataclass
 class HandPose:
-    """MANO parameters of one hand in one frame (world frame, metres, axis-angle; hand_pose relative to the hand
-    model's hand_mean, as HandModel.forward takes it with flat_hand_mean=False)."""
+    """MANO parameters of one hand in one frame (world frame, metres, axis-angle), as HandModel.forward takes them
+    (see the module docstring for the hand_pose convention)."""
 
     global_orient: np.ndarray  # (3,)
     hand_pose: np.ndarray  # (45,)

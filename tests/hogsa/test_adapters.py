@@ -261,6 +261,8 @@ def test_h2o_hands_pose_the_hand_model_as_h2os_flat_hand_mean_labels_do(tmp_path
         got = hands[side](pose.global_orient[None], pose.hand_pose[None], pose.betas[None], pose.transl[None])
         assert np.abs(hands[side].hand_mean).max() > 0.1  # the conversion is not a no-op
         np.testing.assert_allclose(got.vertices.numpy(), expected.vertices.numpy(), atol=1e-5)
+    absolute = read_h2o(str(tmp_path), *TAKE, images=False).frames[0].hands["right"]  # for flat-hand-mean models
+    np.testing.assert_allclose(absolute.hand_pose, raw[1, 7:52], atol=1e-12)
 
 
 def test_h2o_cameras_agree_with_each_cameras_own_object_pose(h2o):
