@@ -41,7 +41,7 @@ import trimesh
 from hoi_factory.pipeline import PlanError
 from tasks.hogsa.sequence import (
     HAND_SIDES, BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, axis_angle_to_matrix,
-    decode_image, downscaled_camera, rigid_transform_problem,
+    downscaled_camera, read_image, rigid_transform_problem,
 )
 
 ALLOCENTRIC_VIEWS = tuple(range(1, 9))
@@ -265,20 +265,13 @@ def read_arctic(root: str, subject: str, sequence: str, cameras=None, frames=Non
     for index in selected:
         try:
             frame = _frame(index, hands, objects)
-            if images:
-                for camera in full_size:
-                    parts = ("images", subject, sequence, camera.name, f"{index + meta['ioi_offset']:05d}.jpg")
-                    try:
-                        data = folder.read_bytes(*parts)
-                    except FileNotFoundError:
-                        raise BadFrame("missing file", folder.path(*parts)) from None
-                    frame.images[camera.name] = decode_image(data, folder.path(*parts), camera.width, camera.height,
-                                                             image_scale)
+            for camera in full_size if images else ():
+                parts = ("images", subject, sequence, camera.name, f"{index + meta['ioi_offset']:05d}.jpg")
+                frame.images[camera.name] = read_image(folder, parts, camera, image_scale)
         except BadFrame as bad:
             if rejects is not None:
                 rejects.append(FrameReject(index, bad.reason, bad.detail))
             continue
         kept.append(frame)
     return Sequence(id=f"arctic/{subject}/{sequence}", object_name=object_name, object_mesh=mesh,
-                    cameras=scaled, frames=kept,
-                    object_part=moving, articulation_axis=ARTICULATION_AXIS)
+                    cameras=scaled, frames=kept, object_part=moving, articulation_axis=ARTICULATION_AXIS)

@@ -44,8 +44,8 @@ import trimesh
 
 from hoi_factory.pipeline import PlanError
 from tasks.hogsa.sequence import (
-    BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, decode_image,
-    downscaled_camera, rigid_transform_problem,
+    BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, downscaled_camera,
+    read_image, rigid_transform_problem,
 )
 
 FIXED_CAMERAS = ("cam0", "cam1", "cam2", "cam3")
@@ -221,12 +221,12 @@ def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, 
     mesh = _object_mesh(DatasetFolder(objects_root or posixpath.join(str(root), "object")), object_name)
     # A fixed camera's pose: the element-wise median over the frames read, so one moved frame cannot set it.
     fixed = {c: np.median([a.camera_poses[c] for a in annotations], axis=0) for c in names}
-    views = []
+    full_views = {}
     for name in names:
         to_camera = np.linalg.inv(fixed[name]) @ fixed[names[0]]  # reference camera -> this camera
         K, width, height = full_size[name]
-        views.append(downscaled_camera(CameraView(name, K, to_camera[:3, :3], to_camera[:3, 3], width, height),
-                                       image_scale))
+        full_views[name] = CameraView(name, K, to_camera[:3, :3], to_camera[:3, 3], width, height)
+    views = [downscaled_camera(view, image_scale) for view in full_views.values()]
 
     kept = []
     for annotation in annotations:
@@ -243,13 +243,8 @@ def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, 
                       object_rotation=annotation.object_pose[:3, :3], object_translation=annotation.object_pose[:3, 3])
         try:
             for name in names if images else ():
-                parts = (*take, name, "rgb", f"{annotation.index:06d}.png")
-                try:
-                    data = folder.read_bytes(*parts)
-                except FileNotFoundError:
-                    raise BadFrame("missing file", folder.path(*parts)) from None
-                _, width, height = full_size[name]
-                frame.images[name] = decode_image(data, folder.path(*parts), width, height, image_scale)
+                frame.images[name] = read_image(folder, (*take, name, "rgb", f"{annotation.index:06d}.png"),
+                                                full_views[name], image_scale)
         except BadFrame as bad:
             _reject(rejects, annotation.index, bad.reason, bad.detail)
             continue

@@ -158,6 +158,17 @@ def downscaled_camera(camera: CameraView, factor: int) -> CameraView:
     return replace(camera, K=K, width=camera.width // factor, height=camera.height // factor)
 
 
+def read_image(folder: DatasetFolder, parts: tuple[str, ...], camera: CameraView, factor: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8: the image file at `parts`, which must have the (full-size) camera's size, shrunk by `factor`;
+    BadFrame naming the file when it is missing, unreadable or of another size."""
+    where = folder.path(*parts)
+    try:
+        data = folder.read_bytes(*parts)
+    except FileNotFoundError:
+        raise BadFrame("missing file", where) from None
+    return decode_image(data, where, camera.width, camera.height, factor)
+
+
 def decode_image(data: bytes, where: str, width: int, height: int, factor: int = 1) -> np.ndarray:
     """(H, W, 3) uint8 from encoded bytes that must be `width` x `height`, shrunk by `factor`; BadFrame otherwise."""
     try:
