@@ -2,12 +2,15 @@
 
 - "gsplat": gsplat's fused CUDA rasterizer (`gsplat.rasterization`), for CUDA tensors when gsplat is installed
   (pip install 'hoi-factory[gsplat]').
-- "torch": a pure-torch tiled rasterizer with the same rules, for CPU (and any device): EWA projection
-  (projection.py), SH colours (spherical_harmonics.py), then per 16x16 tile the Gaussians whose alpha >= 1/255
-  box reaches the tile, sorted by depth, composited front to back with gsplat's rules: alpha = min(0.999,
-  opacity exp(-power)), alphas below 1/255 skipped, a pixel stops before the Gaussian that would bring its
-  transmittance to <= 1e-4. Tiles with similar Gaussian counts are padded and evaluated together in chunks of
-  bounded size, so memory stays bounded for any scene; autograd gives the gradients.
+- "torch": a pure-torch rasterizer with the same rules, for CPU (and any device): EWA projection
+  (projection.py), SH colours (spherical_harmonics.py), then front-to-back compositing with gsplat's rules:
+  alpha = min(0.999, opacity exp(-power)), alphas below 1/255 skipped, a pixel stops before the Gaussian that
+  would bring its transmittance to <= 1e-4. Where gsplat bins Gaussians into 16x16 tiles for its thread
+  blocks, here each Gaussian is paired only with the pixels inside its alpha >= 1/255 box (the finest
+  tiling: about 25 pixels for a small splat instead of whole tiles), the pairs are sorted by (pixel, depth)
+  and composited with a segmented cumulative sum of log-transmittance. The image is processed in bands of
+  rows holding at most PAIRS_PER_BAND pairs, so memory stays bounded for any scene; autograd gives the
+  gradients.
 
 "auto" picks gsplat for CUDA tensors when it is installed, else torch.
 """
@@ -24,12 +27,12 @@ from models.gaussians.projection import ALPHA_THRESHOLD, MAX_ALPHA, Splats, proj
 from models.gaussians.spherical_harmonics import sh_degree, sh_to_rgb
 
 TRANSMITTANCE_STOP = 1e-4
-CHUNK_ELEMENTS = 1 << 21  # (tiles x Gaussians x pixels) evaluated at once by the torch backend
+PAIRS_PER_BAND = 1 << 22  # (Gaussian, pixel) pairs composited at once by the torch backend
 
 
 def rasterize_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
                         colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
-                        background: torch.Tensor | None = None, backend: str = "auto", tile_size: int = 16
+                        background: torch.Tensor | None = None, backend: str = "auto"
                         ) -> dict[str, torch.Tensor]:
     """Render N Gaussians into one camera.
 
@@ -46,111 +49,105 @@ def rasterize_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.
     if backend == "auto":
         backend = "gsplat" if means.is_cuda and importlib.util.find_spec("gsplat") is not None else "torch"
     if backend == "gsplat":
-        return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
-                                 tile_size)
+        return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background)
     if backend == "torch":
-        return _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
-                                tile_size)
+        return _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height, background)
     raise ValueError(f"unknown backend {backend!r}: 'auto', 'torch' or 'gsplat'")
 
 
-def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background, tile_size):
+def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background):
     gsplat = require("gsplat", "gsplat", "Rendering Gaussians with the gsplat backend")
     if not means.is_cuda:
         raise ValueError("the gsplat backend renders CUDA tensors; use backend='torch' on CPU")
     rendered, alphas, _ = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
         sh_degree=None if colors.dim() == 2 else sh_degree(colors.shape[1]), backgrounds=background[None],
-        render_mode="RGB+ED", tile_size=tile_size)
+        render_mode="RGB+ED")
     return {"image": rendered[0, ..., :3], "alpha": alphas[0, ..., 0], "depth": rendered[0, ..., 3]}
 
 
-def _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height, background, tile_size):
+def _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height, background):
     splats = project(means, quats, scales, opacities, viewmat, K, width, height)
     if colors.dim() == 3:
         camera_centre = -viewmat[:3, :3].T @ viewmat[:3, 3]
         colors = sh_to_rgb(colors, means - camera_centre)
-    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    pixels = tile_size * tile_size
-    # Per tile: red, green, blue, alpha, depth (the last two accumulated), for every pixel of the tile.
-    per_tile = torch.zeros(tiles_x * tiles_y, pixels, 5, dtype=means.dtype, device=means.device)
     ids = torch.nonzero(splats.visible).squeeze(1)
-    if len(ids):
-        tiles, starts, counts, gaussians = _bin_by_tile(splats, ids, tile_size, tiles_x, tiles_y)
-        # Padding row (index len(ids)): opacity 0, so it never draws.
-        pad = lambda x, value: torch.cat([x[ids], torch.full_like(x[:1], value)])  # noqa: E731
-        inputs = (pad(splats.means2d, 0), pad(splats.conics, 1), pad(opacities, 0), pad(colors, 0),
-                  pad(splats.depths, 0))
-        results = [_composite_tiles(chunk, starts, counts, gaussians, len(ids), inputs, tile_size, tiles_x)
-                   for chunk in _chunks(tiles, counts, pixels)]
-        per_tile = per_tile.index_copy(0, torch.cat([c for c, _ in results]), torch.cat([r for _, r in results]))
-    image = (per_tile.reshape(tiles_y, tiles_x, tile_size, tile_size, 5).permute(0, 2, 1, 3, 4)
-             .reshape(tiles_y * tile_size, tiles_x * tile_size, 5)[:height, :width])
-    alpha = image[..., 3]
-    return {"image": image[..., :3] + (1 - alpha)[..., None] * background, "alpha": alpha,
-            "depth": image[..., 4] / alpha.clamp_min(1e-10)}
+    first, last = _pixel_boxes(splats, ids, width, height)
+    # Per pixel: red, green, blue, alpha, depth (the last two accumulated).
+    accumulated = torch.zeros(height * width, 5, dtype=means.dtype, device=means.device)
+    inputs = (splats.means2d[ids], splats.conics[ids], opacities[ids], colors[ids], splats.depths[ids])
+    for top, bottom in _bands(first[:, 1], last[:, 1], (last[:, 0] - first[:, 0] + 1).clamp_min(0), height):
+        pixels, values = _composite_band(top, bottom, first, last, splats.depths[ids].detach(), inputs, width)
+        accumulated = accumulated.index_copy(0, pixels, values) if len(pixels) else accumulated
+    accumulated = accumulated.reshape(height, width, 5)
+    alpha = accumulated[..., 3]
+    return {"image": accumulated[..., :3] + (1 - alpha)[..., None] * background, "alpha": alpha,
+            "depth": accumulated[..., 4] / alpha.clamp_min(1e-10)}
 
 
 @torch.no_grad()
-def _bin_by_tile(splats: Splats, ids: torch.Tensor, tile_size: int, tiles_x: int, tiles_y: int):
-    """Gaussian-tile pairs sorted by tile, then depth. Returns the non-empty tiles, each tile's start and count
-    in the sorted list (indexed by tile id), and the sorted Gaussians (indices into `ids`)."""
+def _pixel_boxes(splats: Splats, ids: torch.Tensor, width: int, height: int):
+    """First and last (column, row) whose pixel centre (+0.5) lies in each Gaussian's box; first > last if none."""
     centre, half = splats.means2d[ids], splats.half_sizes[ids]
-    # Columns whose pixel centre (col + 0.5) lies inside [x - half, x + half]; same for rows.
-    first = torch.ceil(centre - half - 0.5).long().div(tile_size, rounding_mode="floor")
-    last = torch.floor(centre + half - 0.5).long().div(tile_size, rounding_mode="floor")
-    first = torch.stack([first[:, 0].clamp_min(0), first[:, 1].clamp_min(0)], 1)
-    last = torch.stack([last[:, 0].clamp_max(tiles_x - 1), last[:, 1].clamp_max(tiles_y - 1)], 1)
-    spans = (last - first + 1).clamp_min(0)
-    per_gaussian = spans[:, 0] * spans[:, 1]
-    owner = torch.repeat_interleave(torch.arange(len(ids), device=ids.device), per_gaussian)
-    local = torch.arange(len(owner), device=ids.device) - torch.repeat_interleave(
-        torch.cumsum(per_gaussian, 0) - per_gaussian, per_gaussian)
-    tile = ((first[owner, 1] + local // spans[owner, 0]) * tiles_x + first[owner, 0] + local % spans[owner, 0])
-    depth_rank = torch.empty_like(ids)
-    depth_rank[torch.argsort(splats.depths[ids].detach())] = torch.arange(len(ids), device=ids.device)
-    order = torch.argsort(tile * len(ids) + depth_rank[owner])
-    tile, gaussians = tile[order], owner[order]
-    counts = torch.bincount(tile, minlength=tiles_x * tiles_y)
-    starts = torch.cumsum(counts, 0) - counts
-    return torch.nonzero(counts).squeeze(1), starts, counts, gaussians
+    limit = torch.tensor([width - 1, height - 1], device=ids.device)
+    first = torch.ceil(centre - half - 0.5).long().clamp_min(0)
+    last = torch.minimum(torch.floor(centre + half - 0.5).long(), limit)
+    return first, last
 
 
-def _chunks(tiles: torch.Tensor, counts: torch.Tensor, pixels: int):
-    """Groups of tiles with similar Gaussian counts, each padded group under CHUNK_ELEMENTS (or one tile)."""
-    tiles = tiles[torch.argsort(counts[tiles], descending=True)]
-    sizes = counts[tiles].tolist()
-    start = 0
-    while start < len(tiles):
-        widest = sizes[start]  # the first tile of a group has the most Gaussians
-        end = start + max(1, CHUNK_ELEMENTS // (widest * pixels))
-        yield tiles[start:end]
-        start = end
+@torch.no_grad()
+def _bands(first_row: torch.Tensor, last_row: torch.Tensor, row_width: torch.Tensor, height: int):
+    """Consecutive row ranges [top, bottom) holding at most PAIRS_PER_BAND pairs each (or one row)."""
+    rows = torch.zeros(height + 1, dtype=torch.long, device=first_row.device)
+    spans = last_row >= first_row
+    rows.index_add_(0, first_row[spans], row_width[spans])
+    rows.index_add_(0, last_row[spans] + 1, -row_width[spans])
+    per_row = torch.cumsum(rows[:height], 0).tolist()
+    top, total = 0, 0
+    for row, count in enumerate(per_row):
+        if total and total + count > PAIRS_PER_BAND:
+            yield top, row
+            top, total = row, 0
+        total += count
+    yield top, height
 
 
-def _composite_tiles(tiles, starts, counts, gaussians, pad_index, inputs, tile_size, tiles_x):
-    """Front-to-back compositing of a group of tiles -> (tiles, (T, pixels, 5))."""
-    means2d, conics, opacities, colors, depths = inputs
-    slots = torch.arange(int(counts[tiles].max()), device=tiles.device)
-    position = starts[tiles, None] + slots
-    index = torch.where(slots < counts[tiles, None], gaussians[position.clamp_max(len(gaussians) - 1)], pad_index)
-    # log(opacity) - power as a quadratic in the pixel's coordinates relative to the tile's corner (small
-    # numbers, so float32 keeps its precision): one batched matrix product for all (Gaussian, pixel) pairs.
-    corner = torch.stack([tiles % tiles_x, tiles // tiles_x], -1).to(means2d.dtype) * tile_size
-    mx, my = (means2d[index] - corner[:, None, :]).unbind(-1)  # (T, slots)
-    a, b, c = conics[index].unbind(-1)
-    log_opacity = torch.log(opacities[index].clamp_min(1e-30))
-    coefficients = torch.stack([-0.5 * a, -b, -0.5 * c, a * mx + b * my, c * my + b * mx,
-                                log_opacity - 0.5 * a * mx * mx - b * mx * my - 0.5 * c * my * my], -1)
-    pixel = torch.arange(tile_size * tile_size, device=tiles.device)
-    px, py = (pixel % tile_size + 0.5).to(means2d.dtype), (pixel // tile_size + 0.5).to(means2d.dtype)
-    features = torch.stack([px * px, px * py, py * py, px, py, torch.ones_like(px)])  # (6, pixels)
-    alpha = torch.exp(coefficients @ features).clamp_max(MAX_ALPHA)  # (T, slots, pixels)
-    alpha = torch.where(alpha >= ALPHA_THRESHOLD, alpha, torch.zeros_like(alpha))
+def _composite_band(top, bottom, first, last, depths, inputs, width):
+    """Front-to-back compositing of rows [top, bottom) -> (pixel ids, (pixels, 5) values)."""
     with torch.no_grad():
-        reaching = torch.cumprod(1 - alpha, 1) > TRANSMITTANCE_STOP
+        row0, row1 = first[:, 1].clamp_min(top), last[:, 1].clamp_max(bottom - 1)
+        columns, rows = (last[:, 0] - first[:, 0] + 1).clamp_min(0), (row1 - row0 + 1).clamp_min(0)
+        by_depth = torch.argsort(depths)  # pairs are generated nearest Gaussian first ...
+        per_gaussian = (columns * rows)[by_depth]
+        gaussian = torch.repeat_interleave(by_depth, per_gaussian)
+        local = torch.arange(len(gaussian), device=depths.device) - torch.repeat_interleave(
+            torch.cumsum(per_gaussian, 0) - per_gaussian, per_gaussian)
+        left, row, span = torch.stack([first[:, 0], row0, columns], 1).index_select(0, gaussian).unbind(1)
+        pixel, order = torch.sort((row + local // span) * width + left + local % span, stable=True)
+        gaussian = gaussian.index_select(0, order)  # ... so a stable sort by pixel keeps depth order
+        pixels, counts = torch.unique_consecutive(pixel, return_counts=True)
+        segment = torch.repeat_interleave(torch.arange(len(pixels), device=depths.device), counts)
+        segment_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    # One gather of every per-Gaussian quantity a pair needs: x, y, conic (3), opacity, colour (3), depth.
+    pairs = torch.cat([inputs[0], inputs[1], inputs[2][:, None], inputs[3], inputs[4][:, None]], 1)
+    pairs = pairs.index_select(0, gaussian)
+    dx = (pixel % width).to(pairs.dtype) + 0.5 - pairs[:, 0]
+    dy = (pixel // width).to(pairs.dtype) + 0.5 - pairs[:, 1]
+    power = 0.5 * (pairs[:, 2] * dx * dx + pairs[:, 4] * dy * dy) + pairs[:, 3] * dx * dy
+    alpha = (pairs[:, 5] * torch.exp(-power)).clamp_max(MAX_ALPHA)
+    alpha = alpha * (alpha >= ALPHA_THRESHOLD)
+    with torch.no_grad():
+        reaching = _log_transmittance(alpha, segment_start) > math.log(TRANSMITTANCE_STOP)
     alpha = alpha * reaching
-    transmittance = torch.cumprod(1 - alpha, 1)
-    weights = alpha * torch.cat([torch.ones_like(transmittance[:, :1]), transmittance[:, :-1]], 1)
-    rgb_depth = weights.transpose(1, 2) @ torch.cat([colors[index], depths[index, None]], -1)  # (T, pixels, 4)
-    return tiles, torch.cat([rgb_depth[..., :3], (1 - transmittance[:, -1])[..., None], rgb_depth[..., 3:]], -1)
+    log_after = _log_transmittance(alpha, segment_start)
+    weights = alpha * torch.exp(log_after - torch.log1p(-alpha).to(log_after)).to(alpha)
+    values = torch.cat([pairs[:, 6:9], torch.ones_like(alpha)[:, None], pairs[:, 9:]], 1) * weights[:, None]
+    return pixels, torch.zeros(len(pixels), 5, dtype=values.dtype, device=values.device).index_add(0, segment, values)
+
+
+def _log_transmittance(alpha: torch.Tensor, segment_start: torch.Tensor) -> torch.Tensor:
+    """log prod (1 - alpha) over each pixel's pairs up to and including this one (float64: the running sum
+    spans all pixels)."""
+    log_keep = torch.log1p(-alpha).double()
+    running = torch.cumsum(log_keep, 0)
+    return running - (running - log_keep).index_select(0, segment_start)

@@ -75,16 +75,15 @@ def dense_reference(means, quats, scales, opacities, colors, view, K, width, hei
     return image + transmittance[..., None] * background, alpha, depth / alpha.clamp_min(1e-10)
 
 
-@pytest.mark.parametrize("tile_size", [8, 16])
-def test_tiled_rasterizer_equals_dense_reference(tile_size, monkeypatch):
-    monkeypatch.setattr(render, "CHUNK_ELEMENTS", 4096)  # many chunks: the grouping must not matter
+def test_banded_rasterizer_equals_dense_reference(monkeypatch):
+    monkeypatch.setattr(render, "PAIRS_PER_BAND", 3000)  # many bands: the split must not matter
     means, quats, scales, opacities, sh, view = random_scene(250, seed=1)
     colors = torch.rand(len(means), 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     width, height = 52, 40  # not a multiple of the tile size
     K = torch.tensor(intrinsics(width, height, fov_degrees=30))
     background = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
     out = rasterize_gaussians(means, quats, scales, opacities, colors, view, K, width, height, background,
-                              backend="torch", tile_size=tile_size)
+                              backend="torch")
     image, alpha, depth = dense_reference(means, quats, scales, opacities, colors, view, K, width, height, background)
     assert alpha.min() < 0.1 and alpha.max() > 0.999  # empty pixels, and pixels near the 1e-4 stop
     torch.testing.assert_close(out["image"], image, atol=1e-9, rtol=0)
@@ -100,8 +99,7 @@ def test_rasterizer_gradients_match_finite_differences():
     K = torch.tensor(intrinsics(width, height))
 
     def rendered(means, quats, scales, opacities, sh):
-        out = rasterize_gaussians(means, quats, scales, opacities, sh, view, K, width, height, backend="torch",
-                                  tile_size=8)
+        out = rasterize_gaussians(means, quats, scales, opacities, sh, view, K, width, height, backend="torch")
         return out["image"], out["depth"] * out["alpha"]
 
     inputs = tuple(x.clone().requires_grad_() for x in (means, quats, scales, opacities, sh))
