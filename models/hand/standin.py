@@ -82,7 +82,7 @@ def flexion_axes(side: str = "right") -> np.ndarray:
     axes = np.zeros((15, 3))
     palmward = np.array([0, -1.0, 0])
     for digit in DIGITS:
-        direction = _LOCAL_TO_MANO @ (_THUMB_DIRECTION if digit.name == "thumb" else np.array([1.0, 0, 0]))
+        direction = _LOCAL_TO_MANO @ _direction(digit)
         axis = np.cross(direction, palmward)
         axes[[j - 1 for j in digit.joints]] = axis / np.linalg.norm(axis)
     return _mirror_axial(axes) if side == "left" else axes
@@ -266,7 +266,7 @@ def _digit(mesh: _Mesh, index: int, root: np.ndarray) -> tuple[np.ndarray, np.nd
     digit = DIGITS[index]
     root_points = np.concatenate([p.points for p in mesh.parts])[root]
     centre = root_points.mean(0)
-    direction = _THUMB_DIRECTION if digit.name == "thumb" else np.array([1.0, 0, 0])
+    direction = _direction(digit)
     spokes = root_points - centre
     spokes -= np.outer(spokes @ direction, direction)
     spokes /= np.linalg.norm(spokes, axis=1, keepdims=True)
@@ -301,16 +301,6 @@ def _skinning(digit: int, u: np.ndarray) -> np.ndarray:
     return weights
 
 
-def _orient_outward(vertices: np.ndarray, faces: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Flip the faces whose normal points toward their `inside` reference point."""
-    tri = vertices[faces]
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    flip = np.einsum("ij,ij->i", normals, tri.mean(1) - inside) < 0
-    faces = faces.copy()
-    faces[flip] = faces[flip][:, [0, 2, 1]]
-    return faces
-
-
 def _check(faces: np.ndarray, count: int, wrist: np.ndarray) -> None:
     """One disk-like, consistently wound surface: every directed edge once, every edge in two faces except the
     wrist opening's."""
@@ -334,26 +324,10 @@ def _right_hand() -> dict[str, np.ndarray]:
         second, third, tips[digit.name] = _digit(mesh, index, roots[digit.name])
         rings.update(zip(digit.joints, (roots[digit.name], second, third)))
     local = np.concatenate([p.points for p in mesh.parts])
-    assert len(local) == NUM_VERTICES
-
-    # Reference points inside the surface, for orienting faces: the palm's axis, or the digit's axis.
     digit_of = np.concatenate([np.full(len(p.points), p.digit) for p in mesh.parts])
     u = np.concatenate([p.u for p in mesh.parts])
-    faces = np.concatenate(mesh.faces)
-    inside = np.stack([np.clip(local[faces].mean(1)[:, 0], 0.02, PALM_LENGTH - 0.01), np.zeros(len(faces)),
-                       np.zeros(len(faces))], 1)
-    face_digit = digit_of[faces].max(1)
-    for index, digit in enumerate(DIGITS):
-        on = face_digit == index
-        centre = local[roots[digit.name]].mean(0)
-        direction = _THUMB_DIRECTION if digit.name == "thumb" else np.array([1.0, 0, 0])
-        along = np.clip((local[faces[on]].mean(1) - centre) @ direction, 0, _stations(digit)[0][-1] - 0.003)
-        inside[on] = centre + along[:, None] * direction
-    faces = _orient_outward(local, faces, inside)
+    faces = _orient_outward(local, np.concatenate(mesh.faces), digit_of, roots)
     _check(faces, NUM_VERTICES, wrist)
-
-    weights = np.concatenate([_skinning(p.digit, p.u) for p in mesh.parts])
-    shapedirs = _shape_directions(local, digit_of, u, roots)
 
     # Fingertips go to smplx's MANO fingertip indices (a permutation of the vertices).
     order = np.arange(NUM_VERTICES)
@@ -365,22 +339,52 @@ def _right_hand() -> dict[str, np.ndarray]:
     regressor = np.zeros((16, NUM_VERTICES))
     for joint, ring in rings.items():
         regressor[joint, new_index[ring]] = 1.0 / len(ring)  # a ring centred on the joint: its mean is the joint
+    weights = np.concatenate([_skinning(p.digit, p.u) for p in mesh.parts])
     flexion = flexion_axes("right")
-    mean_angles = np.array([_MEAN_FLEXION["thumb" if d.name == "thumb" else "finger"] for d in DIGITS])
-    angles = np.zeros(15)
-    for digit, digit_angles in zip(DIGITS, mean_angles):
-        angles[[j - 1 for j in digit.joints]] = digit_angles
     return {
         "v_template": WRIST + local[order] @ _LOCAL_TO_MANO.T,
-        "f": new_index[faces][:, [0, 2, 1]].astype(np.int64),  # (a, h, w) -> MANO axes mirrors: rewind
+        "f": new_index[faces][:, [0, 2, 1]].astype(np.int64),  # (a, h, w) -> MANO axes is a mirror: rewind
         "J_regressor": regressor,
         "weights": weights[order],
         "kintree_table": np.stack([np.array(PARENTS), np.arange(16)]).astype(np.int64),
-        "shapedirs": np.einsum("ij,vjk->vik", _LOCAL_TO_MANO, shapedirs[order]),
+        "shapedirs": np.einsum("ij,vjk->vik", _LOCAL_TO_MANO, _shape_directions(local, digit_of, u, roots)[order]),
         "posedirs": np.zeros((NUM_VERTICES, 3, 15 * 9)),
-        "hands_mean": (angles[:, None] * flexion).ravel(),
+        "hands_mean": _mean_pose(flexion),
         "hands_components": _hand_components(flexion),
     }
+
+
+def _direction(digit: Digit) -> np.ndarray:
+    """The digit's rest direction in the local frame."""
+    return _THUMB_DIRECTION if digit.name == "thumb" else np.array([1.0, 0, 0])
+
+
+def _orient_outward(local: np.ndarray, faces: np.ndarray, digit_of: np.ndarray, roots: dict[str, np.ndarray]
+                    ) -> np.ndarray:
+    """Flip the faces whose normal points toward a reference point inside: on the palm's axis, or on the digit's."""
+    centroids = local[faces].mean(1)
+    inside = np.zeros_like(centroids)
+    inside[:, 0] = np.clip(centroids[:, 0], 0.02, PALM_LENGTH - 0.01)
+    face_digit = digit_of[faces].max(1)
+    for index, digit in enumerate(DIGITS):
+        on = face_digit == index
+        centre = local[roots[digit.name]].mean(0)
+        along = np.clip((centroids[on] - centre) @ _direction(digit), 0, _stations(digit)[0][-1] - 0.003)
+        inside[on] = centre + along[:, None] * _direction(digit)
+    tri = local[faces]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    flip = np.einsum("ij,ij->i", normals, centroids - inside) < 0
+    faces = faces.copy()
+    faces[flip] = faces[flip][:, [0, 2, 1]]
+    return faces
+
+
+def _mean_pose(flexion: np.ndarray) -> np.ndarray:
+    """(45,) the relaxed hand: every digit joint flexed by _MEAN_FLEXION."""
+    angles = np.zeros(15)
+    for digit in DIGITS:
+        angles[[j - 1 for j in digit.joints]] = _MEAN_FLEXION["thumb" if digit.name == "thumb" else "finger"]
+    return (angles[:, None] * flexion).ravel()
 
 
 def _shape_directions(local, digit_of, u, roots) -> np.ndarray:
@@ -392,7 +396,7 @@ def _shape_directions(local, digit_of, u, roots) -> np.ndarray:
     for index, digit in enumerate(DIGITS):
         on = digit_of == index
         centre = local[roots[digit.name]].mean(0)
-        direction = _THUMB_DIRECTION if digit.name == "thumb" else np.array([1.0, 0, 0])
+        direction = _direction(digit)
         shapedirs[on, :, 1] = 0.06 * u[on, None] * direction
         anchor_w[on] = centre[2]
         radial = local[on] - centre - np.outer(u[on], direction)
