@@ -84,9 +84,7 @@ class HandModel:
 
     def rest_joints(self, betas: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 16, 3) rest joints for `betas` (zeros when None); joint 0 is the wrist MANO rotates about."""
-        from smplx.lbs import vertices2joints
-
-        return vertices2joints(self.model.J_regressor, self.shaped_template(self._betas(betas)))
+        return self.model.J_regressor @ self.shaped_template(self._betas(betas))  # matmul: faster than einsum on CPU
 
     def forward(self, global_orient: torch.Tensor, hand_pose: torch.Tensor, betas: torch.Tensor | None = None,
                 transl: torch.Tensor | None = None) -> HandOutput:
