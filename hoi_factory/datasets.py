@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -244,6 +245,16 @@ class DatasetVersion:
     def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
         tables = [self.read_shard(i, columns) for i in range(len(self.manifest.shards))]
         return pa.concat_tables(tables) if tables else full_schema(pa.schema([])).empty_table()
+
+    def column_means(self, columns: list[str]) -> dict[str, float]:
+        """`mean_<column>` over the finite values of float columns (NaN where none is finite)."""
+        table = self.to_arrow(list(columns))
+        means = {}
+        for column in columns:
+            values = np.array(table.column(column).to_pylist(), dtype=float)
+            values = values[np.isfinite(values)]
+            means[f"mean_{column}"] = float(values.mean()) if len(values) else math.nan
+        return means
 
     def to_pandas(self, columns: list[str] | None = None):
         return self.to_arrow(columns).to_pandas()

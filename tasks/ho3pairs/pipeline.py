@@ -8,7 +8,6 @@ encode. One work item per image (or sampled video frame).
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +18,7 @@ from pydantic import Field, model_validator
 from scipy import ndimage
 
 from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.parents import ReadParentRows
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Row
 from models.diffusion import Sampling
@@ -27,7 +27,15 @@ from tasks.ho3pairs.checks import HandRemoved, MeasureObjectImage
 from tasks.ho3pairs.crop import PADDING, CropAroundInteraction, ExtractLayout
 from tasks.ho3pairs.hands import SegmentHands
 from tasks.ho3pairs.inpaint import InpaintHands, SDEdit
-from tasks.ho3pairs.sources import LoadSample, plan_folder, plan_hoi4d, plan_video
+from tasks.ho3pairs.sources import (
+    HOGSA_COLUMNS,
+    LoadHOGSASample,
+    LoadSample,
+    plan_folder,
+    plan_hogsa,
+    plan_hoi4d,
+    plan_video,
+)
 from tasks.images.stages import png_bytes
 
 f32 = pa.list_(pa.float32())
@@ -36,8 +44,9 @@ QUALITY_COLUMNS = ("psnr", "ssim", "psnr_inpainted", "psnr_sdedit", "hand_residu
 
 
 class PairsConfig(RunConfig):
-    source: Literal["folder", "hoi4d", "video"] = Field("folder", description="input layout (tasks/ho3pairs/sources.py)")
-    inputs: str = Field(..., description="input folder: a path or s3:// URL")
+    source: Literal["folder", "hoi4d", "video", "hogsa"] = Field("folder", description="input layout "
+                                                                  "(tasks/ho3pairs/sources.py)")
+    inputs: str = Field(..., description="input folder (a path or s3:// URL); hogsa: the dataset (name[/version])")
     object_class: str = Field("object", description="class name (the inpainting prompt) when the input has none")
     frame_rate: float = Field(1.0, gt=0, le=120, description="video: frames sampled per second")
     hoi4d_hand_colours: list[tuple[int, int, int]] = Field(
@@ -127,6 +136,8 @@ class PairsPipeline(Pipeline[PairsConfig]):
     def plan(self, config: PairsConfig, datasets) -> list[dict]:
         if config.source == "folder":
             items = plan_folder(config.inputs, config.object_class)
+        elif config.source == "hogsa":
+            items = plan_hogsa(datasets, config.inputs)
         elif config.source == "hoi4d":
             items = plan_hoi4d(config.inputs)
         else:
@@ -135,8 +146,10 @@ class PairsPipeline(Pipeline[PairsConfig]):
 
     def stages(self, config: PairsConfig):
         sampling = Sampling(config.steps, config.guidance_scale, config.size)
+        load = ([ReadParentRows(HOGSA_COLUMNS), LoadHOGSASample()] if config.source == "hogsa"
+                else [LoadSample(config.hoi4d_hand_colours)])
         return [
-            LoadSample(config.hoi4d_hand_colours),
+            *load,
             SegmentHands(config.hand_segmentation, config.hand_landmarker),
             CropAroundInteraction(config.size, config.crop_padding),
             ExtractLayout(),
@@ -158,13 +171,7 @@ class PairsPipeline(Pipeline[PairsConfig]):
                            execution=execution, output={"dataset": "demo-ho3pairs"})
 
     def dataset_metrics(self, version) -> dict[str, float]:
-        table = version.to_arrow(list(QUALITY_COLUMNS))
-        metrics = {}
-        for column in QUALITY_COLUMNS:
-            values = np.array(table.column(column).to_pylist(), dtype=float)
-            values = values[np.isfinite(values)]
-            metrics[f"mean_{column}"] = float(values.mean()) if len(values) else math.nan
-        return metrics
+        return version.column_means(list(QUALITY_COLUMNS))
 
     def report_pictures(self, version) -> dict[str, bytes]:
         rows = version.read_shard(0, ["hoi_image", "hand_mask", "object_image", "sdedit_image", "true_object_image",

@@ -9,6 +9,8 @@
   those of `hoi4d_hand_colours` in the mask, object pixels any other non-black colour.
 - `video`: video files (any container PyAV/FFmpeg reads), one frame every 1/`frame_rate` seconds; no masks,
   so hands come from a detector.
+- `hogsa`: a `hogsa` dataset version (name or name/version in `inputs`): composites with exact hand and object
+  masks and the true object-only render of the same view.
 """
 
 from __future__ import annotations
@@ -142,6 +144,33 @@ def read_video_frame(url: str, time: float) -> np.ndarray:
             if frame.pts is None or frame.pts * stream.time_base >= time - 0.5 * float(1 / stream.average_rate):
                 return frame.to_ndarray(format="rgb24")
     raise ValueError(f"no frame at {time:.3f} s")
+
+
+HOGSA_COLUMNS = ["image", "object_only_image", "left_mask", "right_mask", "object_mask", "object_name"]
+
+
+def plan_hogsa(datasets, ref: str) -> list[dict[str, Any]]:
+    from hoi_factory.parents import items_from_dataset
+
+    return [{**item, "frame_time": None, "hand_box": None} for item in items_from_dataset(datasets.open_ref(ref))]
+
+
+def _png_array(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+class LoadHOGSASample(MapStage):
+    """A `hogsa` row (read by ReadParentRows) -> the arrays LoadSample gives: hands = both MANO hands' pixels."""
+
+    def process_row(self, row: Row) -> Row:
+        hands = (_png_array(row["left_mask"]) > 127) | (_png_array(row["right_mask"]) > 127)
+        return {**row, "object_class": row["object_name"], "image_array": _png_array(row["image"])[..., :3],
+                "hand_mask_array": hands, "object_mask_array": _png_array(row["object_mask"]) > 127,
+                "object_only_array": _png_array(row["object_only_image"])[..., :3]}
 
 
 class LoadSample(MapStage):

@@ -1,0 +1,15 @@
+"""Prefect flows of HOGSA: sequences -> fitted hand-object Gaussian models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.runner import run_pipeline_flow
+from tasks.hogsa.hogs_models import HOGSModelsConfig, HOGSModelsPipeline
+
+
+@flow(name="hogsa-models", description=HOGSModelsPipeline.description)
+def hogsa_models(config: HOGSModelsConfig) -> dict[str, Any]:
+    return run_pipeline_flow(HOGSModelsPipeline(), config)

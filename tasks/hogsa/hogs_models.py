@@ -1,0 +1,190 @@
+"""The `hogsa-models` pipeline: hand-object sequences -> one fitted HOGS model per sequence (HOGSA section 3.2).
+
+A work item is a sequence (ARCTIC, H2O, or a procedural STAND-IN); the worker reads it, fits left hand, right hand
+and object Gaussians on the training cameras' images, and scores novel views on the held-out cameras (PSNR, SSIM).
+A row carries everything the augmentation pipeline (`hogsa`) needs: the model blob, the sequence's poses and
+cameras as JSON, the hand model it was posed with, and a truth | render preview of a held-out view.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field, model_validator
+
+from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.pipeline import Pipeline, PlanError
+from hoi_factory.stage import MapStage, Reject, Resources, Row
+from models.gaussians.ssim import psnr, ssim
+from models.hand import load_hands
+from models.hogsa.fit import View, fit_hogs
+from models.hogsa.hogs import HANDS, HOGS
+from tasks.hogsa.arctic import read_arctic
+from tasks.hogsa.h2o import read_h2o
+from tasks.hogsa.posing import camera_of, camera_to_json, frame_to_json, scene_pose, sequence_betas
+from tasks.hogsa.sequence import FrameReject, Sequence
+from tasks.images.stages import png_bytes
+
+QUALITY_COLUMNS = ("psnr_train", "psnr_heldout", "ssim_heldout")
+
+
+class HOGSModelsConfig(RunConfig):
+    source: Literal["procedural", "arctic", "h2o"] = Field("procedural", description="sequence layout")
+    inputs: str | None = Field(None, description="arctic: arctic_data/data; h2o: the dataset root")
+    objects: str | None = Field(None, description="h2o: the object meshes root (default: inputs/object)")
+    sequences: list[str] = Field(default_factory=list, description="arctic 's01/box_grab_01', h2o "
+                                 "'subject1/h1/0'; procedural: stand-in objects (box, bottle, ball, mug)")
+    cameras: list[str] | None = Field(None, description="camera names to use (default: all)")
+    frames: list[int] | None = Field(None, description="frame indices to use (default: all)")
+    image_scale: int = Field(1, ge=1, le=16, description="shrink images and intrinsics by this factor")
+    held_out_cameras: int = Field(1, ge=0, description="the last N cameras score novel views, unseen in training")
+    hand_model: str = Field("standin", description="'standin' or a folder with MANO_LEFT.npz / MANO_RIGHT.npz")
+    iterations: int = Field(3000, ge=1, le=1_000_000, description="fitting steps (the paper: 50k)")
+    gaussians_per_face: int = Field(2, ge=1, le=7, description="the paper's k")
+    sh_degree: int = Field(1, ge=0, le=3)
+    procedural_size: int = Field(96, ge=32, le=1024, description="procedural: image side, pixels")
+    procedural_cameras: int = Field(8, ge=2, le=64, description="procedural: cameras on a ring")
+    procedural_frames: int = Field(3, ge=1, le=100, description="procedural: frames per sequence")
+    gpus: float = Field(0.0, ge=0, le=8, description="GPUs per fitting worker")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HOGSModelsConfig:
+        if self.source != "procedural" and not self.inputs:
+            raise ValueError(f"source={self.source} needs inputs: the dataset root")
+        if not self.sequences:
+            raise ValueError("sequences: name at least one sequence")
+        return self
+
+
+def read_sequence(config: HOGSModelsConfig, name: str, seed: int, rejects: list[FrameReject]) -> Sequence:
+    """The named sequence from the configured source (PlanError when it cannot be read)."""
+    if config.source == "procedural":
+        from tasks.procedural.hand_sequences import procedural_sequence
+
+        return procedural_sequence(seed, name, frames=config.procedural_frames, cameras=config.procedural_cameras,
+                                   width=config.procedural_size, height=config.procedural_size)
+    subject, _, sequence = name.partition("/")
+    if not subject or not sequence:
+        raise PlanError(f"sequence {name!r}: expected '<subject>/<sequence>'")
+    if config.source == "arctic":
+        return read_arctic(config.inputs, subject, sequence, config.cameras, config.frames,
+                           image_scale=config.image_scale, rejects=rejects)
+    return read_h2o(config.inputs, subject, sequence, config.cameras, config.frames, objects_root=config.objects,
+                    image_scale=config.image_scale, rejects=rejects)
+
+
+def flat_hand_mean(source: str) -> bool:
+    """H2O labels MANO with an absolute finger pose; ARCTIC and the stand-ins pose relative to the mean hand."""
+    return source == "h2o"
+
+
+class FitHOGS(MapStage):
+    batch_size = 1
+
+    def __init__(self, config: HOGSModelsConfig):
+        self.config = config
+        self.resources = Resources(num_cpus=1, num_gpus=config.gpus)
+
+    def setup(self) -> None:
+        self.hands = load_hands(self.config.hand_model, flat_hand_mean=flat_hand_mean(self.config.source))
+        self.device = "cuda" if self.config.gpus and torch.cuda.is_available() else "cpu"
+
+    def build(self, sequence: Sequence) -> HOGS:
+        rest = {side: self.hands[side].shaped_template(torch.as_tensor(sequence_betas(sequence.frames, side),
+                                                                       dtype=torch.float32)[None])[0]
+                for side in HANDS}
+        axis = None if sequence.articulation_axis is None else torch.as_tensor(np.stack(sequence.articulation_axis))
+        part = None if sequence.object_part is None else torch.as_tensor(sequence.object_part)
+        return HOGS(rest, {s: torch.as_tensor(self.hands[s].faces) for s in HANDS},
+                    {s: self.hands[s].lbs_weights for s in HANDS},
+                    torch.as_tensor(np.asarray(sequence.object_mesh.vertices), dtype=torch.float32),
+                    torch.as_tensor(np.asarray(sequence.object_mesh.faces)), part, axis,
+                    self.config.gaussians_per_face, self.config.sh_degree)
+
+    def process_row(self, row: Row) -> Row | Reject:
+        config, frame_rejects = self.config, []
+        try:
+            sequence = read_sequence(config, row["sequence"], row["seed"] % 2**31, frame_rejects)
+        except PlanError as exc:
+            return Reject.of(row, "unreadable sequence", str(exc))
+        names = [c.name for c in sequence.cameras]
+        held_out = set(names[len(names) - config.held_out_cameras:]) if config.held_out_cameras else set()
+        if len(held_out) >= len(names):
+            return Reject.of(row, "too few cameras", f"{len(names)} cameras, {len(held_out)} held out")
+        views = {"train": [], "held_out": []}
+        for frame in sequence.frames:
+            pose = scene_pose(self.hands, frame)
+            for camera in sequence.cameras:
+                if camera.name in frame.images:
+                    image = torch.tensor(frame.images[camera.name], dtype=torch.float32) / 255
+                    views["held_out" if camera.name in held_out else "train"].append(View(image, camera_of(camera), pose))
+        if not views["train"]:
+            return Reject.of(row, "no training images", f"{len(frame_rejects)} frames skipped")
+        torch.manual_seed(row["seed"] % 2**31)
+        model = self.build(sequence)
+        fit_hogs(model, views["train"], config.iterations, seed=row["seed"])
+        return {**row, **self.score(model, views), "hogs": model.to_bytes(), "object_name": sequence.object_name,
+                "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
+                "cameras": json.dumps([camera_to_json(c) for c in sequence.cameras]),
+                "hand_model": config.hand_model, "flat_hand_mean": flat_hand_mean(config.source),
+                "num_gaussians": sum(m.num_gaussians for m in model.actors.values()),
+                "train_views": len(views["train"]), "held_out_views": len(views["held_out"]),
+                "skipped_frames": len(frame_rejects)}
+
+    @torch.no_grad()
+    def score(self, model: HOGS, views: dict[str, list[View]]) -> dict:
+        scores = {}
+        for split, key in (("train", "psnr_train"), ("held_out", "psnr_heldout")):
+            renders = [(model.render(v.camera, v.pose)["image"].clamp(0, 1), v.image) for v in views[split]]
+            scores[key] = float(np.mean([psnr(r, t) for r, t in renders])) if renders else float("nan")
+            if split == "held_out":
+                scores["ssim_heldout"] = float(np.mean([float(ssim(r, t)) for r, t in renders])
+                                               ) if renders else float("nan")
+        shown = (views["held_out"] or views["train"])[0]
+        render = model.render(shown.camera, shown.pose)["image"].clamp(0, 1)
+        scores["preview"] = png_bytes((torch.cat([shown.image, render], 1) * 255).round().byte().numpy())
+        return scores
+
+
+class HOGSModelsPipeline(Pipeline[HOGSModelsConfig]):
+    name = "hogsa-models"
+    description = "HOGSA: hand-object sequences -> one fitted hand-object Gaussian splatting model per sequence"
+    config_class = HOGSModelsConfig
+    schema = pa.schema([
+        ("sequence", pa.string()), ("object_name", pa.string()), ("hogs", pa.binary()), ("frames", pa.string()),
+        ("cameras", pa.string()), ("hand_model", pa.string()), ("flat_hand_mean", pa.bool_()),
+        ("num_gaussians", pa.int64()), ("train_views", pa.int32()), ("held_out_views", pa.int32()),
+        ("skipped_frames", pa.int32()), ("psnr_train", pa.float32()), ("psnr_heldout", pa.float32()),
+        ("ssim_heldout", pa.float32()), ("preview", pa.binary()),
+    ])
+    preview_column = "preview"
+    allow_non_finite = frozenset({"psnr_heldout", "ssim_heldout"})  # NaN without held-out cameras
+
+    def plan(self, config: HOGSModelsConfig, datasets) -> list[dict]:
+        from tasks.procedural.hand_object import OBJECTS
+
+        unknown = set(config.sequences) - set(OBJECTS) if config.source == "procedural" else set()
+        if unknown:
+            raise PlanError(f"procedural sequences are named by their stand-in object ({', '.join(OBJECTS)}), "
+                            f"not {', '.join(sorted(unknown))}")
+        if config.source != "procedural" and not Path(config.inputs).exists() and "://" not in config.inputs:
+            raise PlanError(f"inputs {config.inputs!r} does not exist")
+        if len(set(config.sequences)) != len(config.sequences):
+            raise PlanError("sequences: a sequence is named twice")
+        return [{"input_id": name, "sequence": name} for name in config.sequences]
+
+    def stages(self, config: HOGSModelsConfig):
+        return [FitHOGS(config)]
+
+    def demo_config(self, inputs: Path, execution: ExecutionConfig) -> HOGSModelsConfig:
+        return HOGSModelsConfig(sequences=["box"], iterations=150, procedural_size=64, procedural_cameras=6,
+                                procedural_frames=2, gaussians_per_face=1, sh_degree=0, execution=execution,
+                                output={"dataset": "demo-hogsa-models"})
+
+    def dataset_metrics(self, version) -> dict[str, float]:
+        return version.column_means(list(QUALITY_COLUMNS))
