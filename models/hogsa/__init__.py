@@ -1,0 +1,1 @@
+"""HOGSA (Qu et al. 2025) models: mesh-bound Gaussians, pose optimization, the super-resolution module."""
