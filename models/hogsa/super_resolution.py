@@ -10,8 +10,10 @@ L = 5 * L1 + 0.03 * VGG + GAN (DESIGN 5.3); everything else here is our choice:
 - GAN loss: the non-saturating logistic loss of StyleGAN2 (softplus), unconditional on the low-res input.
 - VGG loss: L1 between torchvision VGG-19 features of output and target at relu1_1..relu5_1, weighted
   1/32..1 (pix2pixHD's choice); the VGG weights come from a file (`perceptual_weights`), nothing is downloaded.
+- R1 penalty on the discriminator (StyleGAN2's stabilizer; without it a PatchGAN overpowers the generator
+  within a few hundred steps on small data: measured on the tiny overfit test).
 - sizes: the paper gives none. The default config maps 256 px renders to 512 px (scale 2); `tiny()` is a
-  CPU-test size that turns the VGG term off (it has no weights to load).
+  CPU-test size (not a useful model) that turns the VGG term off (it has no weights to load).
 Images are float tensors (N, 3, H, W) in [0, 1]. Weights and config go through `save_pretrained` /
 `from_pretrained` (a local folder or any fsspec URL, e.g. s3://.../models/srm/v2), safetensors only.
 """

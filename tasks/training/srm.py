@@ -5,9 +5,10 @@ Pairs (low-res input, high-res target), both square: every image is centre-cropp
 - the row's `render` (option `render_column`) when the dataset carries one — a HOGS render paired with its
   ground-truth `image`, as the HOGSA pipeline writes them — resized to image_size / scale; else
 - the target degraded: optional Gaussian blur (`blur_sigma`, px) then antialiased bicubic downsampling by the
-  scale, the usual synthetic stand-in for a coarse render, so any dataset with a PNG column (option
-  `image_column`, default `image`) trains an SRM.
-Images are kept as uint8 (a 512 px dataset in float would not fit in memory) and scaled to [0, 1] per batch.
+  scale — a STAND-IN for a coarse render (a render's blur and artifacts are not a bicubic kernel's), so that any
+  dataset with a PNG column (option `image_column`, default `image`) trains an SRM.
+The paper trains 150k iterations (TrainConfig.steps). Images are kept as uint8 (a 512 px dataset in float
+would not fit in memory) and scaled to [0, 1] per batch.
 
 Adversarial training inside the one-optimizer `train` loop: `SuperResolution.losses` returns generator loss +
 discriminator loss, arranged so that each player's gradient reaches only its own weights; one step then
