@@ -13,7 +13,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # t
 from flows.c_hoi import hoi_annotations  # noqa: E402
 from flows.chorus import chorus_occupancy, chorus_prompts, chorus_test_views, chorus_views  # noqa: E402
 from flows.ho3pairs import ho3pairs  # noqa: E402
-from flows.hogsa import hogsa_models  # noqa: E402
+from flows.hogsa import hogsa, hogsa_models  # noqa: E402
 from flows.ingest import ingest  # noqa: E402
 from flows.synthetic import synthetic  # noqa: E402
 from tasks.c_hoi.annotations import HOIAnnotationsPipeline  # noqa: E402
@@ -22,6 +22,7 @@ from tasks.chorus.occupancy import OccupancyPipeline  # noqa: E402
 from tasks.chorus.prompts import PromptsPipeline  # noqa: E402
 from tasks.chorus.views import ViewsPipeline  # noqa: E402
 from tasks.ho3pairs.pipeline import PairsPipeline  # noqa: E402
+from tasks.hogsa.augment import AugmentPipeline  # noqa: E402
 from tasks.hogsa.hogs_models import HOGSModelsPipeline  # noqa: E402
 from tasks.images.ingest import IngestPipeline  # noqa: E402
 from tasks.synthetic.pipeline import SyntheticPipeline  # noqa: E402
@@ -37,6 +38,7 @@ PIPELINES = {
     OccupancyPipeline.name: (OccupancyPipeline, chorus_occupancy),
     # HOGSA, before HO3Pairs, which can read its renders
     HOGSModelsPipeline.name: (HOGSModelsPipeline, hogsa_models),
+    AugmentPipeline.name: (AugmentPipeline, hogsa),
     # HO3Pairs
     PairsPipeline.name: (PairsPipeline, ho3pairs),
     # C-HOI training data

@@ -24,9 +24,11 @@ from hoi_factory.training import TrainConfig, train
 from tasks.training.c_hoi import CHOITask
 from tasks.training.contentnet import ContentNetTask
 from tasks.training.layoutnet import LayoutNetTask
+from tasks.training.srm import SRMTask
 
 MODEL_PUBLISHED = "hoi.model.published"
-TRAINERS = {LayoutNetTask.name: LayoutNetTask, ContentNetTask.name: ContentNetTask, CHOITask.name: CHOITask}  # what `hoi-factory train` and the flows can train
+# what `hoi-factory train` and the flows can train
+TRAINERS = {task.name: task for task in (LayoutNetTask, ContentNetTask, CHOITask, SRMTask)}
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

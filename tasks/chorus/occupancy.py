@@ -28,7 +28,8 @@ from models.chorus.aggregate import Views, aggregate
 from models.chorus.canonical import Grid, backward_warp, canonical_weights
 from models.render.camera import project
 from tasks.chorus import lexicon
-from tasks.chorus.scenes import canonical_object_voxels, interaction_pose, png, read_png
+from tasks.chorus.scenes import canonical_object_voxels, interaction_pose, png
+from tasks.images.stages import read_png
 
 BODY_PARTS = {"hands": (20, 21, 22, 23), "feet": (7, 8, 10, 11), "head": (12, 15), "torso": (0, 3, 6, 9, 13, 14)}
 VIEW_COLUMNS = ["sample_id", "object_mask", "person_mask", "body_pose", "K", "R", "t", "azimuth", "width", "height",

@@ -152,10 +152,6 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def read_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)))
-
-
 def inside_convex(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Points inside a convex mesh: behind every face plane (faces wound outward)."""
     tri = vertices[faces]

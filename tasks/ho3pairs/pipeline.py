@@ -162,13 +162,11 @@ class PairsPipeline(Pipeline[PairsConfig]):
         ]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> PairsConfig:
-        from tasks.procedural.hand_object import write_hand_object_folder
-
-        # No real diffusion weights offline: the smooth biharmonic fill, and no SDEdit (the tiny random-weight
-        # models give noise; the tests run them).
-        write_hand_object_folder(inputs, count=24, seed=0)
-        return PairsConfig(inputs=str(inputs), inpainter="biharmonic", sdedit_model="none", size=128,
-                           execution=execution, output={"dataset": "demo-ho3pairs"})
+        # Fed by the demo's HOGSA renders, so every pair has its true object-only view. No real diffusion weights
+        # offline: the smooth biharmonic fill, and no SDEdit (the tiny random-weight models give noise; the tests
+        # run them).
+        return PairsConfig(source="hogsa", inputs="demo-hogsa", inpainter="biharmonic", sdedit_model="none",
+                           size=96, execution=execution, output={"dataset": "demo-ho3pairs"})
 
     def dataset_metrics(self, version) -> dict[str, float]:
         return version.column_means(list(QUALITY_COLUMNS))

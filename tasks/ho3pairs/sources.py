@@ -27,7 +27,7 @@ from hoi_factory.config import Settings
 from hoi_factory.optional import require
 from hoi_factory.pipeline import PlanError
 from hoi_factory.stage import MapStage, Reject, Row
-from tasks.images.stages import ReadImage
+from tasks.images.stages import ReadImage, read_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -155,22 +155,14 @@ def plan_hogsa(datasets, ref: str) -> list[dict[str, Any]]:
     return [{**item, "frame_time": None, "hand_box": None} for item in items_from_dataset(datasets.open_ref(ref))]
 
 
-def _png_array(data: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)))
-
-
 class LoadHOGSASample(MapStage):
     """A `hogsa` row (read by ReadParentRows) -> the arrays LoadSample gives: hands = both MANO hands' pixels."""
 
     def process_row(self, row: Row) -> Row:
-        hands = (_png_array(row["left_mask"]) > 127) | (_png_array(row["right_mask"]) > 127)
-        return {**row, "object_class": row["object_name"], "image_array": _png_array(row["image"])[..., :3],
-                "hand_mask_array": hands, "object_mask_array": _png_array(row["object_mask"]) > 127,
-                "object_only_array": _png_array(row["object_only_image"])[..., :3]}
+        hands = (read_png(row["left_mask"]) > 127) | (read_png(row["right_mask"]) > 127)
+        return {**row, "object_class": row["object_name"], "image_array": read_png(row["image"])[..., :3],
+                "hand_mask_array": hands, "object_mask_array": read_png(row["object_mask"]) > 127,
+                "object_only_array": read_png(row["object_only_image"])[..., :3]}
 
 
 class LoadSample(MapStage):

@@ -24,6 +24,10 @@ def png_bytes(image: np.ndarray | Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def read_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
 class ReadImage(MapStage):
     """Reads `row['path']` (any fsspec URL) into `row['pixels']` (H x W x 3 uint8), rejecting bad files."""
 
