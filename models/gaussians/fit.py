@@ -7,8 +7,8 @@ The distance is taken to the vertex's initial incident faces, which equals the d
 the small moves this allows and never underestimates it. Everything else the paper trains is trained too:
 barycentric logits, scale multipliers, SH colours and opacities.
 
-Initial colours: every face starts at the mean colour of the training pixels it covers (a z-buffer of the mesh
-in each training view), which a fit of real images can do just the same; faces never seen start grey.
+Initial colours: every Gaussian starts at the mean colour of the training pixels its centre projects to where
+it is visible (a z-buffer of the mesh per training view), which a fit of real images can do just the same.
 Views with a mask are fitted over the renderer's background colour outside the mask (one instance per model).
 """
 
@@ -24,6 +24,7 @@ import torch
 from models.gaussians.mesh_gaussians import MeshGaussians
 from models.gaussians.render import rasterize_gaussians
 from models.gaussians.ssim import psnr, ssim
+from models.render.camera import project
 from models.render.raster import rasterize
 
 LAMBDA_SSIM, LAMBDA_R = 0.2, 0.5
@@ -40,13 +41,15 @@ class FitView(NamedTuple):
 
 @dataclass
 class LearningRates:
-    """Adam step sizes per parameter group (3DGS's values where one exists; offsets scale with the mesh)."""
-    sh_dc: float = 2.5e-3 * 4  # a quick CPU fit converges faster with 4x 3DGS's SH step
-    sh_rest: float = 2.5e-3 * 4 / 20
+    """Adam step sizes per parameter group: 3DGS's (Kerbl et al. 2023) for SH, opacity, scale, and its position
+    step (times the mesh's bounding-box diagonal) for the vertex offsets; barycentric logits have no 3DGS
+    counterpart."""
+    sh_dc: float = 2.5e-3
+    sh_rest: float = 2.5e-3 / 20
     opacity: float = 0.05
     scale: float = 5e-3
     barycentric: float = 0.01
-    vertex_offset: float = 1e-4  # times the mesh's bounding-box diagonal
+    vertex_offset: float = 1.6e-4
 
 
 @dataclass
@@ -68,10 +71,10 @@ def fit_mesh_gaussians(mesh_vertices, faces, views: Sequence[FitView | tuple], i
     faces = torch.as_tensor(np.asarray(faces), dtype=torch.long)
     background = torch.as_tensor(background, dtype=torch.float32)
     model = MeshGaussians(vertices, faces, per_face, sh_degree)
-    model.set_face_colors(torch.as_tensor(face_colors(vertices.numpy(), faces.numpy(), views), dtype=torch.float32))
+    model.set_colors(initial_colors(model, views))
     model.vertex_offsets.requires_grad_(optimize_vertices)
     targets = [_target(view, background) for view in views]
-    incident = _incident_faces(faces, len(vertices))
+    incident = incident_faces(faces, len(vertices))
     extent = float((vertices.max(0).values - vertices.min(0).values).norm())
     rates = learning_rates
     groups = [(model.vertex_offsets, rates.vertex_offset * extent), (model.barycentric_logits, rates.barycentric),
@@ -121,23 +124,39 @@ def evaluate_views(model: MeshGaussians, views: Sequence[FitView | tuple], backg
     return [p for p, _ in scores], [s for _, s in scores]
 
 
-def face_colors(vertices: np.ndarray, faces: np.ndarray, views: Sequence[FitView]) -> np.ndarray:
-    """(F, 3) in [0, 1]: the mean colour of the (masked) training pixels where each face is the nearest
-    surface; grey for faces no view sees."""
-    sums, counts = np.zeros((len(faces), 3)), np.zeros(len(faces))
+@torch.no_grad()
+def initial_colors(model: MeshGaussians, views: Sequence[FitView]) -> torch.Tensor:
+    """(N, 3) in [0, 1]: each Gaussian's mean colour over the training pixels its centre projects to where
+    it is the visible surface (z-buffer depth within an edge length) and not on a silhouette edge (those
+    pixels are part background); grey for Gaussians no view sees."""
+    vertices, faces = model.canonical_vertices().numpy(), model.faces.numpy()
+    means = model.gaussians()[0].numpy()
+    tolerance = float(np.linalg.norm(vertices[faces[:, 1]] - vertices[faces[:, 0]], axis=1).mean())
+    sums, counts = np.zeros((len(means), 3)), np.zeros(len(means))
     for view in views:
         height, width = view.image.shape[:2]
-        _, face_index = rasterize(vertices @ np.asarray(view.R).T + view.t, faces, np.asarray(view.K), width, height)
-        seen = face_index >= 0 if view.mask is None else (face_index >= 0) & view.mask
-        for channel in range(3):
-            sums[:, channel] += np.bincount(face_index[seen], view.image[..., channel][seen] / 255.0, len(faces))
-        counts += np.bincount(face_index[seen], minlength=len(faces))
-    return np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.5)
+        depth, face_index = rasterize(vertices @ view.R.T + view.t, faces, view.K, width, height)
+        covered = face_index >= 0 if view.mask is None else (face_index >= 0) & view.mask
+        interior = covered.copy()
+        interior[1:] &= covered[:-1]
+        interior[:-1] &= covered[1:]
+        interior[:, 1:] &= covered[:, :-1]
+        interior[:, :-1] &= covered[:, 1:]
+        x, y, z = project(means, view.K, view.R, view.t).T
+        column, row = np.floor(x).astype(int), np.floor(y).astype(int)
+        seen = (z > 0) & (column >= 0) & (column < width) & (row >= 0) & (row < height)
+        seen[seen] &= interior[row[seen], column[seen]] & (depth[row[seen], column[seen]] > z[seen] - tolerance)
+        sums[seen] += view.image[row[seen], column[seen]] / 255.0
+        counts[seen] += 1
+    return torch.as_tensor(np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.5),
+                           dtype=torch.float32)
 
 
 def distance_to_initial_mesh(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor,
-                             incident: torch.Tensor) -> torch.Tensor:
-    """L_R: mean distance from each refined vertex to its initial incident faces (`_incident_faces`)."""
+                             incident: torch.Tensor | None = None) -> torch.Tensor:
+    """L_R: mean distance from each refined vertex (`points`, (V, 3)) to its initial incident faces
+    (`incident_faces(faces, V)`, computed when not given)."""
+    incident = incident_faces(faces, len(vertices)) if incident is None else incident
     triangles = vertices[faces[incident.clamp_min(0)]]  # (V, most incident faces, 3, 3)
     distances = _point_triangle_distance(points[:, None, :].expand(-1, incident.shape[1], -1), *triangles.unbind(2))
     distances = torch.where(incident >= 0, distances, torch.full_like(distances, torch.inf)).min(1).values
@@ -165,7 +184,7 @@ def _point_triangle_distance(p, a, b, c):
     return torch.where(inside, plane, edges)
 
 
-def _incident_faces(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
+def incident_faces(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     """(V, most incident faces) face ids around each vertex, padded with -1."""
     vertex = faces.reshape(-1)
     face = torch.arange(len(faces)).repeat_interleave(3)

@@ -81,11 +81,11 @@ class MeshGaussians(nn.Module):
     def opacities(self) -> torch.Tensor:
         return torch.sigmoid(self.opacity_logits)
 
-    def set_face_colors(self, rgb: torch.Tensor) -> None:
-        """Start every Gaussian of a face at that face's colour ((F, 3) in [0, 1]), view-independent."""
+    def set_colors(self, rgb: torch.Tensor) -> None:
+        """Start every Gaussian at a view-independent colour ((N, 3) in [0, 1])."""
         with torch.no_grad():
             self.sh_rest.zero_()
-            self.sh_dc[:, 0] = rgb_to_sh_dc(rgb.to(self.sh_dc).repeat_interleave(self.per_face, 0))
+            self.sh_dc[:, 0] = rgb_to_sh_dc(rgb.to(self.sh_dc))
 
     def canonical_vertices(self) -> torch.Tensor:
         """The refined canonical mesh: pose these (skinning, rigid transform) and pass them to `gaussians`."""
