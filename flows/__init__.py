@@ -9,6 +9,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The runtime core's log lines (resumes, leases) belong in the flow run's logs too.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "hoi_factory")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # the same code runs outside flows
+# The ephemeral API server starts in 5-10 s on a quiet laptop; on a busy 2-core machine 20 s (the default) is short.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 from flows.c_hoi import hoi_annotations  # noqa: E402
 from flows.chorus import chorus_occupancy, chorus_prompts, chorus_test_views, chorus_views  # noqa: E402
