@@ -71,6 +71,11 @@ def test_prefect_deployments_point_at_real_flows():
     for deployment in deployments:
         assert deployment["entrypoint"] in flows, deployment["entrypoint"]
         assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
+    configs = {f.fn.__module__.replace(".", "/") + ".py:" + f.fn.__name__: cls.config_class
+               for cls, f in PIPELINES.values()}
+    for deployment in deployments:  # a pipeline deployment's parameters are a valid config of that pipeline
+        if deployment["entrypoint"] in configs:
+            configs[deployment["entrypoint"]].model_validate(deployment["parameters"]["config"])
     [trigger] = next(d for d in deployments if d["name"] == "validate-on-publish")["triggers"]
     assert trigger["expect"] == [PUBLISHED_EVENT] and trigger["match"]["prefect.resource.id"] == "hoi.dataset.*"
     [retrain] = next(d for d in deployments if d["name"] == "retrain-layoutnet")["triggers"]
