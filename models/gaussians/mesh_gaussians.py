@@ -51,9 +51,11 @@ class MeshGaussians(nn.Module):
         vertices = torch.as_tensor(vertices, dtype=torch.float32)
         faces = torch.as_tensor(faces, dtype=torch.long)
         if vertices.dim() != 2 or vertices.shape[1] != 3 or faces.dim() != 2 or faces.shape[1] != 3:
-            raise ValueError(f"vertices must be (V, 3) and faces (F, 3), got {tuple(vertices.shape)}, {tuple(faces.shape)}")
+            raise ValueError(f"vertices must be (V, 3) and faces (F, 3), got {tuple(vertices.shape)} and "
+                             f"{tuple(faces.shape)}")
         if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
-            raise ValueError(f"faces index vertices 0..{len(vertices) - 1}, found {int(faces.min())}..{int(faces.max())}")
+            raise ValueError(f"faces must index vertices 0..{len(vertices) - 1}, found "
+                             f"{int(faces.min())}..{int(faces.max())}")
         self.per_face, self.sh_degree = per_face, sh_degree
         count = len(faces) * per_face
         self.register_buffer("rest_vertices", vertices)

@@ -96,7 +96,7 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opac
         # (At most sqrt(2 ln 255) = 3.33 standard deviations, gsplat's bound.)
         extent = torch.sqrt(2 * torch.log((opacities.detach() / ALPHA_THRESHOLD).clamp_min(1.0)))
         half_sizes = extent[:, None] * torch.stack([a, c], -1).detach().sqrt()
-        centre = means2d.detach()
-        visible = (in_front & (extent > 0) & (centre[:, 0] + half_sizes[:, 0] > 0) & (centre[:, 0] - half_sizes[:, 0] < width)
-                   & (centre[:, 1] + half_sizes[:, 1] > 0) & (centre[:, 1] - half_sizes[:, 1] < height))
+        low, high = means2d.detach() - half_sizes, means2d.detach() + half_sizes
+        visible = (in_front & (extent > 0) & (high[:, 0] > 0) & (low[:, 0] < width) & (high[:, 1] > 0)
+                   & (low[:, 1] < height))
     return Splats(means2d, conics, cam[:, 2], half_sizes, visible)

@@ -112,25 +112,33 @@ def _bands(first_row: torch.Tensor, last_row: torch.Tensor, row_width: torch.Ten
     yield top, height
 
 
+@torch.no_grad()
+def _pairs(top: int, bottom: int, first: torch.Tensor, last: torch.Tensor, depths: torch.Tensor, width: int):
+    """The (Gaussian, pixel) pairs of rows [top, bottom), sorted by pixel, then depth: Gaussian and pixel per
+    pair, the distinct pixels, and per pair the index of its pixel among those and of its pixel's first pair."""
+    row0, row1 = first[:, 1].clamp_min(top), last[:, 1].clamp_max(bottom - 1)
+    columns, rows = (last[:, 0] - first[:, 0] + 1).clamp_min(0), (row1 - row0 + 1).clamp_min(0)
+    by_depth = torch.argsort(depths)  # pairs are generated nearest Gaussian first ...
+    per_gaussian = (columns * rows)[by_depth]
+    gaussian = torch.repeat_interleave(by_depth, per_gaussian)
+    # Per pair: minus the index of its Gaussian's first pair, the box's left column, top row and width.
+    box = torch.stack([-(torch.cumsum(per_gaussian, 0) - per_gaussian), first[by_depth, 0], row0[by_depth],
+                       columns[by_depth]], 1).int()
+    local, left, row, span = torch.repeat_interleave(box, per_gaussian, 0).unbind(1)
+    local = local + torch.arange(len(gaussian), dtype=torch.int32, device=depths.device)
+    pixel, order = torch.sort((row + local // span) * width + left + local % span, stable=True)
+    gaussian = gaussian.index_select(0, order)  # ... so a stable sort by pixel keeps depth order
+    pixels, counts = torch.unique_consecutive(pixel, return_counts=True)
+    segment = torch.repeat_interleave(torch.arange(len(pixels), device=depths.device), counts)
+    return gaussian, pixel, pixels.long(), segment, torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+
+
 def _composite_band(top, bottom, first, last, depths, inputs, width):
     """Front-to-back compositing of rows [top, bottom) -> (pixel ids, (pixels, 5) values)."""
-    with torch.no_grad():
-        row0, row1 = first[:, 1].clamp_min(top), last[:, 1].clamp_max(bottom - 1)
-        columns, rows = (last[:, 0] - first[:, 0] + 1).clamp_min(0), (row1 - row0 + 1).clamp_min(0)
-        by_depth = torch.argsort(depths)  # pairs are generated nearest Gaussian first ...
-        per_gaussian = (columns * rows)[by_depth]
-        gaussian = torch.repeat_interleave(by_depth, per_gaussian)
-        local = torch.arange(len(gaussian), device=depths.device) - torch.repeat_interleave(
-            torch.cumsum(per_gaussian, 0) - per_gaussian, per_gaussian)
-        left, row, span = torch.stack([first[:, 0], row0, columns], 1).index_select(0, gaussian).unbind(1)
-        pixel, order = torch.sort((row + local // span) * width + left + local % span, stable=True)
-        gaussian = gaussian.index_select(0, order)  # ... so a stable sort by pixel keeps depth order
-        pixels, counts = torch.unique_consecutive(pixel, return_counts=True)
-        segment = torch.repeat_interleave(torch.arange(len(pixels), device=depths.device), counts)
-        segment_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    gaussian, pixel, pixels, segment, segment_start = _pairs(top, bottom, first, last, depths, width)
     # One gather of every per-Gaussian quantity a pair needs: x, y, conic (3), opacity, colour (3), depth.
-    pairs = torch.cat([inputs[0], inputs[1], inputs[2][:, None], inputs[3], inputs[4][:, None]], 1)
-    pairs = pairs.index_select(0, gaussian)
+    means2d, conics, opacities, colors, z = inputs
+    pairs = torch.cat([means2d, conics, opacities[:, None], colors, z[:, None]], 1).index_select(0, gaussian)
     dx = (pixel % width).to(pairs.dtype) + 0.5 - pairs[:, 0]
     dy = (pixel // width).to(pairs.dtype) + 0.5 - pairs[:, 1]
     power = 0.5 * (pairs[:, 2] * dx * dx + pairs[:, 4] * dy * dy) + pairs[:, 3] * dx * dy
