@@ -10,6 +10,8 @@ barycentric logits, scale multipliers, SH colours and opacities.
 Initial colours: every Gaussian starts at the mean colour of the training pixels its centre projects to where
 it is visible (a z-buffer of the mesh per training view), which a fit of real images can do just the same.
 Views with a mask are fitted over the renderer's background colour outside the mask (one instance per model).
+Views of several frames (a moving object, a skinned hand) are fitted through `deform`, which places the canonical
+mesh in each view's frame; only the canonical mesh and the Gaussians' own parameters are trained.
 """
 
 from __future__ import annotations
@@ -60,18 +62,26 @@ class FitResult:
     losses: list[float] = field(default_factory=list)  # per step
 
 
+Deform = Callable[[int, torch.Tensor], torch.Tensor]
+
+
 def fit_mesh_gaussians(mesh_vertices, faces, views: Sequence[FitView | tuple], iterations: int = 3000,
                        per_face: int = 2, sh_degree: int = 3, background=(0.0, 0.0, 0.0),
                        learning_rates: LearningRates = LearningRates(), optimize_vertices: bool = True,
-                       progress: Callable[[int, int, float], None] | None = None, seed: int = 0) -> FitResult:
-    """Fit `MeshGaussians` on the mesh (vertices (V, 3) in the views' world frame, faces (F, 3)) to the views.
-    `progress(step, iterations, loss)` is called after every step."""
+                       deform: Deform | None = None, progress: Callable[[int, int, float], None] | None = None,
+                       seed: int = 0) -> FitResult:
+    """Fit `MeshGaussians` on the canonical mesh (vertices (V, 3), faces (F, 3)) to the views.
+
+    `deform(view_index, canonical_vertices) -> (V, 3)` places the mesh in a view's world frame, differentiably:
+    the frame's rigid pose for an object, MANO skinning for a hand; by default the mesh is static in the views'
+    world frame. `progress(step, iterations, loss)` is called after every step."""
     views = [_checked(FitView(*view), i) for i, view in enumerate(views)]
+    deform = deform or _static
     vertices = torch.as_tensor(np.asarray(mesh_vertices), dtype=torch.float32)
     faces = torch.as_tensor(np.asarray(faces), dtype=torch.long)
     background = torch.as_tensor(background, dtype=torch.float32)
     model = MeshGaussians(vertices, faces, per_face, sh_degree)
-    model.set_colors(initial_colors(model, views))
+    model.set_colors(initial_colors(model, views, deform))
     model.vertex_offsets.requires_grad_(optimize_vertices)
     targets = [_target(view, background) for view in views]
     incident = incident_faces(faces, len(vertices))
@@ -88,7 +98,7 @@ def fit_mesh_gaussians(mesh_vertices, faces, views: Sequence[FitView | tuple], i
         if step % len(views) == 0:  # every view once per epoch, in a fresh order
             order = torch.randperm(len(views), generator=generator).tolist()
         index = order[step % len(views)]
-        image = render_view(model, views[index], background)
+        image = render_view(model, views[index], background, deform(index, model.canonical_vertices()))
         loss = ((1 - LAMBDA_SSIM) * (image - targets[index]).abs().mean()
                 + LAMBDA_SSIM * (1 - ssim(image, targets[index]))
                 + LAMBDA_R * distance_to_initial_mesh(model.canonical_vertices(), vertices, faces, incident))
@@ -98,7 +108,7 @@ def fit_mesh_gaussians(mesh_vertices, faces, views: Sequence[FitView | tuple], i
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, iterations, losses[-1])
-    psnrs, ssims = evaluate_views(model, views, background)
+    psnrs, ssims = evaluate_views(model, views, background, deform)
     return FitResult(model.eval(), psnrs, ssims, losses)
 
 
@@ -113,27 +123,31 @@ def render_view(model: MeshGaussians, view: FitView, background: torch.Tensor, v
 
 @torch.no_grad()
 def evaluate_views(model: MeshGaussians, views: Sequence[FitView | tuple], background=(0.0, 0.0, 0.0),
-                   vertices: torch.Tensor | None = None, **options) -> tuple[list[float], list[float]]:
+                   deform: Deform | None = None, **options) -> tuple[list[float], list[float]]:
     """PSNR and SSIM of the model's render against each view (masked views over `background`)."""
     background = torch.as_tensor(background, dtype=torch.float32)
+    deform = deform or _static
     scores = []
     for i, view in enumerate(views):
         view = _checked(FitView(*view), i)
+        vertices = deform(i, model.canonical_vertices())
         image, target = render_view(model, view, background, vertices, **options).clamp(0, 1), _target(view, background)
         scores.append((psnr(image, target), float(ssim(image, target))))
     return [p for p, _ in scores], [s for _, s in scores]
 
 
 @torch.no_grad()
-def initial_colors(model: MeshGaussians, views: Sequence[FitView]) -> torch.Tensor:
+def initial_colors(model: MeshGaussians, views: Sequence[FitView], deform: Deform | None = None) -> torch.Tensor:
     """(N, 3) in [0, 1]: each Gaussian's mean colour over the training pixels its centre projects to where
     it is the visible surface (z-buffer depth within an edge length) and not on a silhouette edge (those
     pixels are part background); grey for Gaussians no view sees."""
-    vertices, faces = model.canonical_vertices().numpy(), model.faces.numpy()
-    means = model.gaussians()[0].numpy()
-    tolerance = float(np.linalg.norm(vertices[faces[:, 1]] - vertices[faces[:, 0]], axis=1).mean())
-    sums, counts = np.zeros((len(means), 3)), np.zeros(len(means))
-    for view in views:
+    deform, faces = deform or _static, model.faces.numpy()
+    canonical = model.canonical_vertices().numpy()
+    tolerance = float(np.linalg.norm(canonical[faces[:, 1]] - canonical[faces[:, 0]], axis=1).mean())
+    sums, counts = np.zeros((model.num_gaussians, 3)), np.zeros(model.num_gaussians)
+    for index, view in enumerate(views):
+        posed = deform(index, model.canonical_vertices())
+        vertices, means = posed.numpy(), model.gaussians(posed)[0].numpy()
         height, width = view.image.shape[:2]
         depth, face_index = rasterize(vertices @ view.R.T + view.t, faces, view.K, width, height)
         covered = face_index >= 0 if view.mask is None else (face_index >= 0) & view.mask
@@ -195,6 +209,10 @@ def incident_faces(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     incident = torch.full((num_vertices, int(counts.max()) if len(vertex) else 0), -1, dtype=torch.long)
     incident[vertex, slot] = face
     return incident
+
+
+def _static(index: int, vertices: torch.Tensor) -> torch.Tensor:
+    return vertices
 
 
 def _target(view: FitView, background: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,10 @@ k Gaussians sit on every triangle of a mesh and are rebuilt from the triangle's 
 Because everything is rebuilt from vertices, any deformation of the mesh moves, turns and stretches the
 Gaussians with it: pass MANO-skinned vertices for a hand, rigidly transformed vertices for an object.
 
-Trainable too (as in the paper): per-Gaussian SH colour coefficients and opacity logits, and per-vertex offsets
+Colour: per-Gaussian SH coefficients, evaluated for the view direction expressed in the Gaussian's face frame
+(not the world frame as in 3DGS), so view-dependent appearance moves with the surface in novel poses.
+
+Trainable too (as in the paper): the SH coefficients and opacity logits, and per-vertex offsets
 of the canonical mesh (`canonical_vertices()` = rest vertices + offsets; a fit keeps them near the initial mesh
 with L_R). Weights + config go through `save_pretrained` / `from_pretrained` (folder or fsspec URL, safetensors).
 """
@@ -25,7 +28,7 @@ from torch import nn
 
 from models.gaussians.projection import matrix_to_quaternion
 from models.gaussians.render import rasterize_gaussians
-from models.gaussians.spherical_harmonics import rgb_to_sh_dc
+from models.gaussians.spherical_harmonics import rgb_to_sh_dc, sh_to_rgb
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 NORMAL_SCALE = 0.01  # thickness along the normal, as a fraction of the in-plane scale
@@ -96,6 +99,28 @@ class MeshGaussians(nn.Module):
     def gaussians(self, vertices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """means (N, 3), quats (N, 4) w-x-y-z, scales (N, 3) for the mesh with these (posed) vertices
         (default: the canonical ones). Gaussian i lives on face i // per_face."""
+        means, axes, scales = self._geometry(vertices)
+        return means, self._quaternions(axes), scales
+
+    def colors(self, camera_centre: torch.Tensor, vertices: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 3) RGB seen from `camera_centre` (world). The SH are evaluated in each face's own frame, so that
+        view-dependent colour turns with the surface under any deformation (rigid pose, skinning)."""
+        means, axes, _ = self._geometry(vertices)
+        return self._colors(means, axes, camera_centre)
+
+    def render(self, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+               vertices: torch.Tensor | None = None, background: torch.Tensor | None = None, **options
+               ) -> dict[str, torch.Tensor]:
+        """This model alone in one camera (`rasterize_gaussians`' outputs). To render several models together,
+        concatenate their `gaussians(...)`, `opacities` and `colors(...)` and call `rasterize_gaussians` once."""
+        means, axes, scales = self._geometry(vertices)
+        viewmat = viewmat.to(means)
+        colors = self._colors(means, axes, -viewmat[:3, :3].T @ viewmat[:3, 3])
+        return rasterize_gaussians(means, self._quaternions(axes), scales, self.opacities, colors, viewmat,
+                                   K.to(means), width, height, background, **options)
+
+    def _geometry(self, vertices: torch.Tensor | None):
+        """means (N, 3), face frames (F, 3, 3) (columns: normal, towards v1, their cross product), scales (N, 3)."""
         vertices = self.canonical_vertices() if vertices is None else vertices
         if vertices.shape != self.rest_vertices.shape:
             raise ValueError(f"vertices must be {tuple(self.rest_vertices.shape)}, got {tuple(vertices.shape)}")
@@ -108,21 +133,18 @@ class MeshGaussians(nn.Module):
         to_first = v1 - centroid
         r2 = F.normalize(to_first - (to_first * normal).sum(-1, keepdim=True) * normal, dim=-1)
         r3 = torch.cross(normal, r2, dim=-1)
-        quats = matrix_to_quaternion(torch.stack([normal, r2, r3], -1))  # columns: the Gaussian's axes
         in_plane = torch.stack([to_first.norm(dim=-1), ((v2 - centroid) * r3).sum(-1).abs()], -1).clamp_min(MIN_SCALE)
         planar = in_plane[:, None, :] * self.log_scale_multipliers.exp()  # (F, k, 2)
         thickness = NORMAL_SCALE * planar.min(-1, keepdim=True).values
-        scales = torch.cat([thickness, planar], -1).reshape(-1, 3)
-        return means, quats.repeat_interleave(self.per_face, 0), scales
+        return means, torch.stack([normal, r2, r3], -1), torch.cat([thickness, planar], -1).reshape(-1, 3)
 
-    def render(self, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
-               vertices: torch.Tensor | None = None, background: torch.Tensor | None = None, **options
-               ) -> dict[str, torch.Tensor]:
-        """This model alone in one camera (`rasterize_gaussians`' outputs); to render several models together,
-        concatenate their `gaussians(...)`, `opacities` and `sh` and call `rasterize_gaussians` once."""
-        means, quats, scales = self.gaussians(vertices)
-        return rasterize_gaussians(means, quats, scales, self.opacities, self.sh, viewmat.to(means),
-                                   K.to(means), width, height, background, **options)
+    def _quaternions(self, axes: torch.Tensor) -> torch.Tensor:
+        return matrix_to_quaternion(axes).repeat_interleave(self.per_face, 0)
+
+    def _colors(self, means: torch.Tensor, axes: torch.Tensor, camera_centre: torch.Tensor) -> torch.Tensor:
+        directions = (means - camera_centre).reshape(len(axes), self.per_face, 3)
+        local = torch.einsum("fji,fkj->fki", axes, directions).reshape(-1, 3)  # axes^T d, per face
+        return sh_to_rgb(self.sh, local)
 
     def config(self) -> dict:
         return {"num_vertices": len(self.rest_vertices), "num_faces": len(self.faces), "per_face": self.per_face,
