@@ -69,23 +69,28 @@ def fit_mesh_gaussians(mesh_vertices, faces, views: Sequence[FitView | tuple], i
                        per_face: int = 2, sh_degree: int = 3, background=(0.0, 0.0, 0.0),
                        learning_rates: LearningRates = LearningRates(), optimize_vertices: bool = True,
                        deform: Deform | None = None, progress: Callable[[int, int, float], None] | None = None,
-                       seed: int = 0) -> FitResult:
+                       seed: int = 0, device: str | torch.device = "cpu") -> FitResult:
     """Fit `MeshGaussians` on the canonical mesh (vertices (V, 3), faces (F, 3)) to the views.
 
     `deform(view_index, canonical_vertices) -> (V, 3)` places the mesh in a view's world frame, differentiably:
     the frame's rigid pose for an object, MANO skinning for a hand; by default the mesh is static in the views'
-    world frame. `progress(step, iterations, loss)` is called after every step."""
+    world frame. `progress(step, iterations, loss)` is called after every step. On a CUDA `device` the render
+    uses gsplat when it is installed."""
     views = [_checked(FitView(*view), i) for i, view in enumerate(views)]
+    if not views:
+        raise ValueError("fit_mesh_gaussians needs at least one view")
     deform = deform or _static
-    vertices = torch.as_tensor(np.asarray(mesh_vertices), dtype=torch.float32)
+    initial = torch.as_tensor(np.asarray(mesh_vertices), dtype=torch.float32)
     faces = torch.as_tensor(np.asarray(faces), dtype=torch.long)
-    background = torch.as_tensor(background, dtype=torch.float32)
-    model = MeshGaussians(vertices, faces, per_face, sh_degree)
+    model = MeshGaussians(initial, faces, per_face, sh_degree)
     model.set_colors(initial_colors(model, views, deform))
+    model = model.to(device)
     model.vertex_offsets.requires_grad_(optimize_vertices)
+    background = torch.as_tensor(background, dtype=torch.float32, device=device)
     targets = [_target(view, background) for view in views]
-    incident = incident_faces(faces, len(vertices))
-    extent = float((vertices.max(0).values - vertices.min(0).values).norm())
+    initial, faces = initial.to(device), faces.to(device)
+    incident = incident_faces(faces, len(initial))
+    extent = float((initial.max(0).values - initial.min(0).values).norm())
     rates = learning_rates
     groups = [(model.vertex_offsets, rates.vertex_offset * extent), (model.barycentric_logits, rates.barycentric),
               (model.log_scale_multipliers, rates.scale), (model.opacity_logits, rates.opacity),
@@ -101,7 +106,7 @@ def fit_mesh_gaussians(mesh_vertices, faces, views: Sequence[FitView | tuple], i
         image = render_view(model, views[index], background, deform(index, model.canonical_vertices()))
         loss = ((1 - LAMBDA_SSIM) * (image - targets[index]).abs().mean()
                 + LAMBDA_SSIM * (1 - ssim(image, targets[index]))
-                + LAMBDA_R * distance_to_initial_mesh(model.canonical_vertices(), vertices, faces, incident))
+                + LAMBDA_R * distance_to_initial_mesh(model.canonical_vertices(), initial, faces, incident))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -131,7 +136,8 @@ def evaluate_views(model: MeshGaussians, views: Sequence[FitView | tuple], backg
     for i, view in enumerate(views):
         view = _checked(FitView(*view), i)
         vertices = deform(i, model.canonical_vertices())
-        image, target = render_view(model, view, background, vertices, **options).clamp(0, 1), _target(view, background)
+        image = render_view(model, view, background, vertices, **options).clamp(0, 1)
+        target = _target(view, background.to(image.device))
         scores.append((psnr(image, target), float(ssim(image, target))))
     return [p for p, _ in scores], [s for _, s in scores]
 
@@ -201,12 +207,12 @@ def _point_triangle_distance(p, a, b, c):
 def incident_faces(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     """(V, most incident faces) face ids around each vertex, padded with -1."""
     vertex = faces.reshape(-1)
-    face = torch.arange(len(faces)).repeat_interleave(3)
+    face = torch.arange(len(faces), device=faces.device).repeat_interleave(3)
     order = torch.argsort(vertex, stable=True)
     vertex, face = vertex[order], face[order]
     counts = torch.bincount(vertex, minlength=num_vertices)
-    slot = torch.arange(len(vertex)) - (torch.cumsum(counts, 0) - counts)[vertex]
-    incident = torch.full((num_vertices, int(counts.max()) if len(vertex) else 0), -1, dtype=torch.long)
+    slot = torch.arange(len(vertex), device=faces.device) - (torch.cumsum(counts, 0) - counts)[vertex]
+    incident = torch.full((num_vertices, int(counts.max()) if len(vertex) else 0), -1, device=faces.device)
     incident[vertex, slot] = face
     return incident
 
@@ -216,10 +222,10 @@ def _static(index: int, vertices: torch.Tensor) -> torch.Tensor:
 
 
 def _target(view: FitView, background: torch.Tensor) -> torch.Tensor:
-    image = torch.as_tensor(view.image, dtype=torch.float32) / 255
+    image = torch.as_tensor(view.image, dtype=torch.float32, device=background.device) / 255
     if view.mask is None:
         return image
-    mask = torch.as_tensor(view.mask, dtype=torch.float32)[..., None]
+    mask = torch.as_tensor(view.mask, dtype=torch.float32, device=background.device)[..., None]
     return image * mask + background * (1 - mask)
 
 

@@ -43,9 +43,8 @@ def rasterize_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.
     """
     if colors.dim() not in (2, 3) or colors.shape[0] != len(means) or colors.shape[-1] != 3:
         raise ValueError(f"colors must be (N, 3) or (N, K, 3) with N = {len(means)}, got {tuple(colors.shape)}")
-    if background is None:
-        background = torch.zeros(3, dtype=means.dtype, device=means.device)
-    background = torch.as_tensor(background, dtype=means.dtype, device=means.device)
+    background = torch.as_tensor((0.0, 0.0, 0.0) if background is None else background, dtype=means.dtype,
+                                 device=means.device)
     if backend == "auto":
         backend = "gsplat" if means.is_cuda and importlib.util.find_spec("gsplat") is not None else "torch"
     if backend == "gsplat":
