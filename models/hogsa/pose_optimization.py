@@ -25,9 +25,9 @@ The paper's learning rates (pose 5e-4, translation 3e-5 per step, supplementary)
 200 steps; ours (`LEARNING_RATES`) decay exponentially to 5% over the run.
 
 Last, a guarantee the losses alone cannot give: checked with exact distances, no hand vertex ends deeper inside the
-object than `PENETRATION_TOLERANCE`; a hand that is pushed out along the mean outward direction of its inside vertices
-(a rigid translation, so the grasp keeps its shape), and, should that not clear it, along the object-to-wrist
-direction in doubling steps, which always ends once the hand is beyond the object.
+object than `PENETRATION_TOLERANCE` (5 mm); a hand that breaks it is pushed out along the mean outward direction of its
+inside vertices (a rigid translation, so the grasp keeps its shape), and, should that not clear it, along the
+object-to-wrist direction in doubling steps, which always ends once the hand is beyond the object (`push_out`).
 
 Typical use for one frame (the object's new pose: translation + object_offset, articulation + articulation_delta):
     priors = {s: contact_prior(models[s], hands[s], object_vertices, faces) for s in hands}
@@ -96,7 +96,7 @@ class PoseReport:
     penetration_mean_after: float
     contact_after: float
     projection: float  # metres the final guarantee pushed the hand out (0.0 when not needed)
-    loss_start: float
+    loss_start: float  # the objective at the first and the last iteration (lambda_P as ramped then)
     loss_end: float
     seconds: float
 
@@ -119,11 +119,12 @@ def _random_direction(rng: np.random.Generator) -> np.ndarray:
 
 def perturb(hand_models: Mapping, hands: Mapping[str, Mapping[str, np.ndarray]], object_center: np.ndarray,
             rng: np.random.Generator | int, articulation: float | None = None) -> Perturbation:
-    """The paper's random start for POM. Each hand: angles about x, y, z of random sign and magnitude up to 20
-    degrees, applied about its wrist (composed with global_orient); then its wrist moves 5% of its distance to
-    `object_center` further away, plus up to 6 cm in a random direction. The object: up to 6 cm in a random
-    direction; when `articulation` (the current angle) is given, a change of 0.01 pi to 0.2 pi, opening (+) or
-    closing (-) at random, but never below zero (closed). Deterministic in `rng`."""
+    """The paper's random start for POM. Each hand: angles about x, y and z of random sign and magnitude up to 20
+    degrees (the paper's "[0, 20 degrees]" read as a magnitude: one sign for all would turn every hand the same way),
+    applied about its wrist (composed with global_orient: MANO turns the hand about its wrist); then its wrist (the
+    root joint) moves 5% of its distance to `object_center` further away, plus up to 6 cm in a random direction.
+    The object: up to 6 cm in a random direction; when `articulation` (the current angle) is given, a change of
+    0.01 pi to 0.2 pi, opening (+) or closing (-) at random, but never below zero (closed). Deterministic in `rng`."""
     rng = np.random.default_rng(rng)
     center = np.asarray(object_center, dtype=np.float64)
     moved, rotations, offsets = {}, {}, {}
@@ -191,8 +192,8 @@ def pom_loss(vertices: torch.Tensor, field: ObjectField, prior: torch.Tensor, re
         near = torch.cdist(field.surface_points, vertices).min(1).values < HAND_CENTRIC_RADIUS
     hand_centric = depth_cm.new_zeros(())
     if near.any():
-        offsets = field.surface_points[near][:, None, :] - vertices[regions][None, :, :]
-        hand_centric = (1e4 * (offsets ** 2).sum(-1).min(1).values).mean()
+        offsets_cm = 100.0 * (field.surface_points[near][:, None, :] - vertices[regions][None, :, :])
+        hand_centric = (offsets_cm ** 2).sum(-1).min(1).values.mean()
     return (LAMBDA_CONTACT * contact + LAMBDA_HAND_CENTRIC * hand_centric + penetration_weight * penetration
             + POSE_PRIOR_WEIGHT * (pose_change ** 2).mean())
 
