@@ -6,7 +6,7 @@ Scene: MeshGaussians (2 per face, SH degree 3 with random view-dependent colours
 of the crop, seen from several orbit cameras, so that splats overlap and occlude as on a hand-object crop.
 Backends: the pure-torch CPU rasterizer always; gsplat on CUDA when both are available.
 
-    python -m benchmarks.hogsa_render [--views 8] [--out benchmarks/results/hogsa_render.json]
+    python -m benchmarks.hogsa_render [--views 8] [--threads N] [--out benchmarks/results/hogsa_render.json]
 """
 
 from __future__ import annotations
@@ -69,8 +69,11 @@ def seconds_per_image(gaussians, K, views, backend: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--views", type=int, default=8, help="camera views rendered per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hogsa_render.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     runs = [("torch_cpu", "torch", "cpu")]
     if torch.cuda.is_available() and importlib.util.find_spec("gsplat") is not None:

@@ -71,6 +71,7 @@ class Splats:
 
 def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
             viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Splats:
+    """3D Gaussians (world) -> their 2D splats in the camera `viewmat` (world -> camera), `K`, width x height."""
     rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
     cam = means @ rotation.T + translation
     cov = rotation @ covariances(quats, scales) @ rotation.T
