@@ -74,9 +74,12 @@ def test_grid_interpolates_the_exact_field_and_keeps_a_gradient_beyond_its_box()
     points = np.random.default_rng(2).uniform(mesh.bounds[0] - 0.03, mesh.bounds[1] + 0.03, (3000, 3))
     truth, _, _ = exact.query(points)
     error = np.abs(grid(torch.tensor(points, dtype=torch.float32)).numpy() - truth)
-    print(f"grid {tuple(grid.values.shape)}, spacing {grid.spacing * 1000:.1f} mm: "
-          f"error max {error.max() * 1000:.2f} mm, mean {error.mean() * 1000:.3f} mm")
-    assert error.max() < 0.5 * grid.spacing and error.mean() < 0.05 * grid.spacing
+    near = np.abs(truth) < 0.01  # where contact and penetration are judged
+    print(f"grid {tuple(grid.values.shape)}, spacing {grid.spacing * 1000:.1f} mm: error within 1 cm of the surface "
+          f"max {error[near].max() * 1000:.2f} mm, mean {error[near].mean() * 1000:.3f} mm; "
+          f"anywhere max {error.max() * 1000:.2f} mm")
+    assert error[near].max() < 0.35 * grid.spacing and error[near].mean() < 0.05 * grid.spacing
+    assert error.max() < 0.6 * grid.spacing  # the worst: the kink of the field on the axis, deep inside
     # Far outside the grid the value still grows with the distance, and its gradient points away from the object.
     far = torch.tensor([[0.3, 0.1, 0.05]], requires_grad=True)
     value = grid(far)
