@@ -72,6 +72,17 @@ class TrainingTask(Protocol):
     def evaluate(self, module: torch.nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float]: ...
 
 
+def saved_files(module: torch.nn.Module) -> dict[str, bytes]:
+    """What `module.save_pretrained(folder)` writes, by path relative to the folder: a task's `files`."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        module.save_pretrained(folder)
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+                if p.is_file()}
+
+
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {"param_groups": state["param_groups"], "state": {}}
     for index, values in state["state"].items():

@@ -13,18 +13,16 @@ Configs are data (`LayoutNetConfig`); weights and config go through `save_pretra
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 
-import fsspec
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.layout import splat
+from models.pretrained import load_pretrained, save_pretrained
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 GUIDABLE = {"x": 0, "y": 1, "size": 2}  # coordinates guided generation can fix
 
 
@@ -120,23 +118,14 @@ class LayoutNet(nn.Module):
                         layouts[:, dim] = scheduler.add_noise(value, noise, following.reshape(1))
         return layouts
 
-    def save_pretrained(self, folder: str) -> None:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(folder)
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(f"{root}/{CONFIG_FILE}", json.dumps(asdict(self.config), indent=2).encode())
-        fs.pipe_file(f"{root}/{WEIGHTS_FILE}", safetensors.torch.save(
-            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}))
+    def save_pretrained(self, folder: str, **storage_options) -> None:
+        save_pretrained(self, asdict(self.config), folder, **storage_options)
 
     @classmethod
     def from_pretrained(cls, url: str, **storage_options) -> LayoutNet:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        config = json.loads(fs.cat_file(f"{root}/{CONFIG_FILE}"))
+        config, state = load_pretrained(url, **storage_options)
         model = cls(LayoutNetConfig(**{**config, "channels": tuple(config["channels"])}))
-        model.load_state_dict(safetensors.torch.load(fs.cat_file(f"{root}/{WEIGHTS_FILE}")))
+        model.load_state_dict(state)
         return model.eval()
 
 

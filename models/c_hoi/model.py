@@ -10,10 +10,8 @@ detection, RRM keeps the top 64 pairs and the last stage's RCM scores their verb
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
-import fsspec
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,8 +23,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
 
 from models.c_hoi.relation import MIN_DETECTION_SCORE, TOP_PAIRS, RelationModule, candidate_pairs, pair_masks
+from models.pretrained import load_pretrained, save_pretrained
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_WEIGHTS = (1.0, 0.5, 0.25)
 STAGE_CODER_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
@@ -194,24 +192,13 @@ class CascadeHOI(nn.Module):
         return results
 
     # -- persistence -------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str) -> None:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(folder)
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(f"{root}/{CONFIG_FILE}", json.dumps(asdict(self.config), indent=2).encode())
-        fs.pipe_file(f"{root}/{WEIGHTS_FILE}", safetensors.torch.save(
-            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}))
+    def save_pretrained(self, folder: str, **storage_options) -> None:
+        save_pretrained(self, asdict(self.config), folder, **storage_options)
 
     @classmethod
     def from_pretrained(cls, url: str, **storage_options) -> CascadeHOI:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        config = json.loads(fs.cat_file(f"{root}/{CONFIG_FILE}"))
-        config = CHOIConfig(**{**config, "object_classes": tuple(config["object_classes"]),
-                               "verbs": tuple(config["verbs"])})
-        model = cls(config)
-        model.load_state_dict(safetensors.torch.load(fs.cat_file(f"{root}/{WEIGHTS_FILE}")))
+        config, state = load_pretrained(url, **storage_options)
+        model = cls(CHOIConfig(**{**config, "object_classes": tuple(config["object_classes"]),
+                                  "verbs": tuple(config["verbs"])}))
+        model.load_state_dict(state)
         return model.eval()
-

@@ -21,12 +21,10 @@ Images are float tensors (N, 3, H, W) in [0, 1]. Weights and config go through `
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
 
-import fsspec
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,9 +32,9 @@ from torch import nn
 
 from hoi_factory.optional import require
 from models.metrics import IMAGENET_MEAN, IMAGENET_STD, load_weights
+from models.pretrained import load_pretrained, save_pretrained
 
 log = logging.getLogger(__name__)
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # VGG-19 `features` index of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 -> weight of its feature L1
 VGG_LAYERS = {1: 1 / 32, 6: 1 / 16, 11: 1 / 8, 20: 1 / 4, 29: 1.0}
 
@@ -263,19 +261,11 @@ class SuperResolution(nn.Module):
                 "discriminator": discriminator, "total": generator + discriminator}
 
     def save_pretrained(self, folder: str, **storage_options) -> None:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(folder, **storage_options)
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(f"{root}/{CONFIG_FILE}", json.dumps(asdict(self.config), indent=2).encode())
-        fs.pipe_file(f"{root}/{WEIGHTS_FILE}", safetensors.torch.save(
-            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}))
+        save_pretrained(self, asdict(self.config), folder, **storage_options)
 
     @classmethod
     def from_pretrained(cls, url: str, **storage_options) -> SuperResolution:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        model = cls(SRMConfig(**json.loads(fs.cat_file(f"{root}/{CONFIG_FILE}"))))
-        model.load_state_dict(safetensors.torch.load(fs.cat_file(f"{root}/{WEIGHTS_FILE}")))
+        config, state = load_pretrained(url, **storage_options)
+        model = cls(SRMConfig(**config))
+        model.load_state_dict(state)
         return model.eval()

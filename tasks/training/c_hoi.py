@@ -9,16 +9,15 @@ built from the training data and saved in the model's config. Evaluation: mAP_ro
 from __future__ import annotations
 
 import io
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from hoi_factory.training import saved_files
 from models.c_hoi.evaluation import Triplet, map_role
-from models.c_hoi.model import CONFIG_FILE, WEIGHTS_FILE, CascadeHOI, CHOIConfig
+from models.c_hoi.model import CascadeHOI, CHOIConfig
 from models.c_hoi.relation import cooccurrence
 
 BACKGROUND, PERSON = "__background__", "person"
@@ -89,10 +88,8 @@ class CHOITask:
     def loss(self, module: CascadeHOI, batch: dict, generator: torch.Generator) -> torch.Tensor:
         return sum(module(batch["images"], batch["targets"]).values())
 
-    def files(self, module: CascadeHOI) -> dict[str, bytes]:
-        with tempfile.TemporaryDirectory() as folder:
-            module.save_pretrained(folder)
-            return {name: (Path(folder) / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    def files(self, module) -> dict[str, bytes]:
+        return saved_files(module)
 
     @torch.no_grad()
     def evaluate(self, module: CascadeHOI, data: dict) -> dict[str, float]:

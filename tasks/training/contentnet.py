@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hoi_factory.training import saved_files
 from models.contentnet import ContentNet
 from models.layout import splat
 from tasks.training.augment import augment_objects
@@ -32,11 +31,8 @@ class ContentNetTask:
         objects = augment_objects(batch["objects"], batch["sdedited"], batch["has_sdedit"], generator)
         return module.loss(batch["hoi"], objects, batch["layouts"], batch["prompts"], generator)
 
-    def files(self, module: ContentNet) -> dict[str, bytes]:
-        with tempfile.TemporaryDirectory() as folder:
-            module.save_pretrained(folder)
-            return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
-                    if p.is_file()}
+    def files(self, module) -> dict[str, bytes]:
+        return saved_files(module)
 
     def evaluate(self, module: ContentNet, data: dict) -> dict[str, float]:
         """L1 (0-255) of generated HOI images to the true ones, inside the hand's splat and outside it (where

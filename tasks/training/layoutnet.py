@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from hoi_factory.training import saved_files
 from models.layout import splat
-from models.layoutnet import CONFIG_FILE, WEIGHTS_FILE, LayoutNet, LayoutNetConfig
+from models.layoutnet import LayoutNet, LayoutNetConfig
 from tasks.training.augment import augment_objects
 
 EVALUATED = 32  # pairs scored by `evaluate`
@@ -97,10 +96,8 @@ class LayoutNetTask:
         objects = augment_objects(batch["objects"], batch["sdedited"], batch["has_sdedit"], generator)
         return module.loss(objects, batch["layouts"], generator)
 
-    def files(self, module: LayoutNet) -> dict[str, bytes]:
-        with tempfile.TemporaryDirectory() as folder:
-            module.save_pretrained(folder)
-            return {name: (Path(folder) / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    def files(self, module) -> dict[str, bytes]:
+        return saved_files(module)
 
     def evaluate(self, module: LayoutNet, data: dict[str, torch.Tensor]) -> dict[str, float]:
         generator = torch.Generator().manual_seed(0)

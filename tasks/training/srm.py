@@ -21,9 +21,7 @@ Evaluation: PSNR and SSIM of the SRM output against the target, beside the same 
 from __future__ import annotations
 
 import io
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +31,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from hoi_factory.training import saved_files
 from models.hogsa.super_resolution import SRMConfig, SuperResolution, bicubic
 
 DATA_OPTIONS = {"image_column": "image", "render_column": "render"}  # options that are not SRMConfig fields
@@ -111,10 +110,8 @@ class SRMTask:
              ) -> torch.Tensor:
         return module.losses(to_unit(batch["low"]), to_unit(batch["high"]))["total"]
 
-    def files(self, module: SuperResolution) -> dict[str, bytes]:
-        with tempfile.TemporaryDirectory() as folder:
-            module.save_pretrained(folder)
-            return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+    def files(self, module) -> dict[str, bytes]:
+        return saved_files(module)
 
     def evaluate(self, module: SuperResolution, data: dict[str, torch.Tensor]) -> dict[str, float]:
         """Mean PSNR (dB) and SSIM over the first EVALUATED examples, the SRM's and bicubic upsampling's."""
