@@ -152,7 +152,7 @@ def initial_colors(model: MeshGaussians, views: Sequence[FitView], deform: Defor
     tolerance = float(np.linalg.norm(canonical[faces[:, 1]] - canonical[faces[:, 0]], axis=1).mean())
     sums, counts = np.zeros((model.num_gaussians, 3)), np.zeros(model.num_gaussians)
     for index, view in enumerate(views):
-        posed = deform(index, model.canonical_vertices())
+        posed = deform(index, model.canonical_vertices()).cpu()
         vertices, means = posed.numpy(), model.gaussians(posed)[0].numpy()
         height, width = view.image.shape[:2]
         depth, face_index = rasterize(vertices @ view.R.T + view.t, faces, view.K, width, height)

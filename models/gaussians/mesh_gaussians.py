@@ -79,7 +79,7 @@ class MeshGaussians(nn.Module):
 
     @property
     def sh(self) -> torch.Tensor:
-        """(N, (degree + 1)^2, 3) SH coefficients, the `colors` argument of `rasterize_gaussians`."""
+        """(N, (degree + 1)^2, 3) SH coefficients, for directions in each face's frame (see `colors`)."""
         return torch.cat([self.sh_dc, self.sh_rest], 1)
 
     @property

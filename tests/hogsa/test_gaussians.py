@@ -1,7 +1,8 @@
-"""HOGS Gaussians against independent computations: the tiled torch rasterizer against a dense per-pixel
-reference (scipy rotations, autograd Jacobian, a literal front-to-back loop), gradients by finite differences,
-spherical harmonics by their orthonormality, gsplat against torch (on CUDA), mesh-bound Gaussians under rigid
-motion, save/load, SSIM against scikit-image, and a fit on procedural multi-view renders of a textured mesh."""
+"""HOGS Gaussians against independent computations: the torch rasterizer (pixel-paired, in bands of rows)
+against a dense per-pixel reference (scipy rotations, autograd Jacobian, a literal front-to-back loop), gradients
+by finite differences, spherical harmonics by their orthonormality, gsplat against torch (on CUDA), mesh-bound
+Gaussians on their faces and under rigid motion, save/load, L_R against brute force, SSIM against scikit-image,
+and fits on procedural multi-view renders of a textured mesh (held-out views; a per-view rigid deformation)."""
 
 from __future__ import annotations
 
