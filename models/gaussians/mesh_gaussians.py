@@ -13,15 +13,14 @@ Colour: per-Gaussian SH coefficients, evaluated for the view direction expressed
 
 Trainable too (as in the paper): the SH coefficients and opacity logits, and per-vertex offsets
 of the canonical mesh (`canonical_vertices()` = rest vertices + offsets; a fit keeps them near the initial mesh
-with L_R). Weights + config go through `save_pretrained` / `from_pretrained` (folder or fsspec URL, safetensors).
+with L_R). Weights + config go through `save_pretrained` / `from_pretrained` (models/pretrained.py: a folder or
+any fsspec URL, safetensors).
 """
 
 from __future__ import annotations
 
-import json
 import math
 
-import fsspec
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,8 +28,8 @@ from torch import nn
 from models.gaussians.projection import matrix_to_quaternion
 from models.gaussians.render import rasterize_gaussians
 from models.gaussians.spherical_harmonics import rgb_to_sh_dc, sh_to_rgb
+from models.pretrained import load_pretrained, save_pretrained
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 NORMAL_SCALE = 0.01  # thickness along the normal, as a fraction of the in-plane scale
 MIN_SCALE = 1e-7  # metres: keeps degenerate (zero-area) faces from producing zero or NaN scales
 # Initial barycentric positions of the k Gaussians of a face: the centroid for k = 1, else halfway from the
@@ -151,21 +150,12 @@ class MeshGaussians(nn.Module):
                 "sh_degree": self.sh_degree}
 
     def save_pretrained(self, folder: str, **storage_options) -> None:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(folder, **storage_options)
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(f"{root}/{CONFIG_FILE}", json.dumps(self.config(), indent=2).encode())
-        fs.pipe_file(f"{root}/{WEIGHTS_FILE}", safetensors.torch.save(
-            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}))
+        save_pretrained(self, self.config(), folder, **storage_options)
 
     @classmethod
     def from_pretrained(cls, url: str, **storage_options) -> MeshGaussians:
-        import safetensors.torch
-
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        config = json.loads(fs.cat_file(f"{root}/{CONFIG_FILE}"))
+        config, state = load_pretrained(url, **storage_options)
         model = cls(torch.zeros(config["num_vertices"], 3), torch.zeros(config["num_faces"], 3, dtype=torch.long),
                     config["per_face"], config["sh_degree"])
-        model.load_state_dict(safetensors.torch.load(fs.cat_file(f"{root}/{WEIGHTS_FILE}")))
+        model.load_state_dict(state)
         return model
