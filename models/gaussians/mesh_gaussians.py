@@ -107,16 +107,21 @@ class MeshGaussians(nn.Module):
         means, axes, _ = self._geometry(vertices)
         return self._colors(means, axes, camera_centre)
 
+    def splats(self, camera_centre: torch.Tensor, vertices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """means, quats, scales, opacities and colors (seen from `camera_centre`): the arguments of
+        `rasterize_gaussians`. To render several models together, concatenate theirs and rasterize once."""
+        means, axes, scales = self._geometry(vertices)
+        return {"means": means, "quats": self._quaternions(axes), "scales": scales, "opacities": self.opacities,
+                "colors": self._colors(means, axes, camera_centre.to(means))}
+
     def render(self, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
                vertices: torch.Tensor | None = None, background: torch.Tensor | None = None, **options
                ) -> dict[str, torch.Tensor]:
-        """This model alone in one camera (`rasterize_gaussians`' outputs). To render several models together,
-        concatenate their `gaussians(...)`, `opacities` and `colors(...)` and call `rasterize_gaussians` once."""
-        means, axes, scales = self._geometry(vertices)
-        viewmat = viewmat.to(means)
-        colors = self._colors(means, axes, -viewmat[:3, :3].T @ viewmat[:3, 3])
-        return rasterize_gaussians(means, self._quaternions(axes), scales, self.opacities, colors, viewmat,
-                                   K.to(means), width, height, background, **options)
+        """This model alone in one camera (`rasterize_gaussians`' outputs)."""
+        viewmat = viewmat.to(self.rest_vertices)
+        splats = self.splats(-viewmat[:3, :3].T @ viewmat[:3, 3], vertices)
+        return rasterize_gaussians(**splats, viewmat=viewmat, K=K.to(viewmat), width=width, height=height,
+                                   background=background, **options)
 
     def _geometry(self, vertices: torch.Tensor | None):
         """means (N, 3), face frames (F, 3, 3) (columns: normal, towards v1, their cross product), scales (N, 3)."""
