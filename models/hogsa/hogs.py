@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from models.gaussians.fit import distance_to_initial_mesh
 from models.gaussians.mesh_gaussians import MeshGaussians
 from models.gaussians.render import rasterize_gaussians
 
@@ -94,35 +95,35 @@ class HOGS(nn.Module):
             canonical = torch.where(self.object_part[:, None], moved, canonical)
         return canonical @ pose.object_rotation.to(canonical).T + pose.object_translation.to(canonical)
 
-    def gaussians(self, pose: ScenePose, actors=ACTORS) -> dict[str, torch.Tensor]:
-        """means, quats, scales, opacities, sh and `actor` (the index in ACTORS) of every Gaussian drawn."""
+    def splats(self, pose: ScenePose, camera_centre: torch.Tensor, actors=ACTORS) -> dict[str, torch.Tensor]:
+        """The rasterizer's arguments (means, quats, scales, opacities, colours seen from `camera_centre`) of
+        every Gaussian drawn, and `actor`: its index in ACTORS."""
         parts = []
         for actor in actors:
             if actor in HANDS and actor not in pose.hand_transforms:
                 continue  # that hand is not in this frame
-            model = self.actors[actor]
-            means, quats, scales = model.gaussians(self.posed_vertices(actor, pose))
-            parts.append(dict(means=means, quats=quats, scales=scales, opacities=model.opacities, sh=model.sh,
-                              actor=torch.full((len(means),), ACTORS.index(actor))))
+            splats = self.actors[actor].splats(camera_centre, self.posed_vertices(actor, pose))
+            parts.append({**splats, "actor": torch.full((len(splats["means"]),), ACTORS.index(actor))})
         return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
     def render(self, camera: Camera, pose: ScenePose, actors=ACTORS, labels: bool = False,
                background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """image (H, W, 3) over `background` (black), alpha, depth; with `labels`, also `coverage` (H, W, 3):
         how much of each pixel each actor (left, right, object) covers."""
-        g = self.gaussians(pose, actors)
-        common = dict(means=g["means"], quats=g["quats"], scales=g["scales"], opacities=g["opacities"],
-                      viewmat=camera.viewmat.to(g["means"]), K=camera.K.to(g["means"]), width=camera.width,
+        viewmat = camera.viewmat
+        splats = self.splats(pose, -viewmat[:3, :3].T @ viewmat[:3, 3], actors)
+        actor, colors = splats.pop("actor"), splats.pop("colors")
+        common = dict(**splats, viewmat=viewmat.to(colors), K=camera.K.to(colors), width=camera.width,
                       height=camera.height)
-        out = rasterize_gaussians(colors=g["sh"], background=background, **common)
+        out = rasterize_gaussians(colors=colors, background=background, **common)
         if labels:
-            out["coverage"] = rasterize_gaussians(colors=LABEL_COLOURS.to(g["means"])[g["actor"]], **common)["image"]
+            out["coverage"] = rasterize_gaussians(colors=LABEL_COLOURS.to(colors)[actor], **common)["image"]
         return out
 
     def regularization(self) -> torch.Tensor:
-        """L_R (appendix Eq. 9): mean distance of the canonical vertices from the initial meshes. The distance to
-        a vertex's own initial position bounds the distance to the initial surface from above."""
-        return torch.stack([model.vertex_offsets.norm(dim=-1).mean() for model in self.actors.values()]).mean()
+        """L_R (appendix Eq. 9): mean distance of the canonical vertices from the initial meshes."""
+        return torch.stack([distance_to_initial_mesh(model.canonical_vertices(), model.rest_vertices, model.faces)
+                            for model in self.actors.values()]).mean()
 
     # -- persistence -----------------------------------------------------------------------------------------
     def config(self) -> dict:
