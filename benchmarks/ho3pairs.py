@@ -36,7 +36,8 @@ def bare_loop(folder: Path, config: PairsConfig) -> tuple[float, int]:
     inpainter = load_diffusion(config.inpainting_model, "inpainting", best_device())
     editor = load_diffusion(config.sdedit_model, "image-to-image", best_device())
     sampling = Sampling(config.steps, config.guidance_scale, config.size)
-    crop, layout = CropAroundInteraction(config.size), ExtractLayout()  # the same functions, called directly
+    # the pipeline's own stages, called directly
+    crop, layout = CropAroundInteraction(config.size), ExtractLayout(config.min_layout_iou)
     boxes = json.loads((folder / "hand_boxes.json").read_text())
     crops = []
     for path in sorted((folder / "images").iterdir()):

@@ -106,7 +106,8 @@ def _palm_from_mask(mask: np.ndarray) -> tuple[float, float, float]:
     return float(cx), float(cy), float(nearest)
 
 
-def layout_from_mask(hand_mask: np.ndarray, hand_box: tuple[float, float, float, float] | None = None) -> Extraction:
+def layout_from_mask(hand_mask: np.ndarray, hand_box: tuple[float, float, float, float] | None = None,
+                     min_iou: float = MIN_SPLAT_IOU) -> Extraction:
     """A hand (+ forearm) mask on a square image -> its layout, or the reason there is none.
 
     The paper's rule: centre = centre of the hand box, palm radius = max(box w, h) / 2, direction = the mean
@@ -131,6 +132,6 @@ def layout_from_mask(hand_mask: np.ndarray, hand_box: tuple[float, float, float,
     layout = np.array([2 * cx / width - 1, 2 * cy / height - 1, math.sqrt(4 * radius / width), *direction],
                       dtype=np.float32)
     overlap = iou(splat_mask(layout, width), mask)
-    if overlap < MIN_SPLAT_IOU:
+    if overlap < min_iou:
         return Extraction(None, "layout does not fit the hand mask", overlap)
     return Extraction(layout, None, overlap)

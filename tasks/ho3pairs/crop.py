@@ -67,8 +67,11 @@ class ExtractLayout(MapStage):
 
     batch_size = 32
 
+    def __init__(self, min_iou: float):
+        self.min_iou = min_iou
+
     def process_row(self, row: Row) -> Row | Reject:
-        extraction = layout_from_mask(row["hand_mask_array"], row.get("hand_box_crop"))
+        extraction = layout_from_mask(row["hand_mask_array"], row.get("hand_box_crop"), self.min_iou)
         if extraction.layout is None:
             return Reject.of(row, extraction.reason, f"splat IoU {extraction.iou:.2f}")
         return {**row, "layout": extraction.layout.tolist(), "layout_iou": extraction.iou}

@@ -22,7 +22,7 @@ from hoi_factory.parents import ReadParentRows
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Row
 from models.diffusion import Sampling
-from models.layout import splat_mask
+from models.layout import MIN_SPLAT_IOU, splat_mask
 from tasks.ho3pairs.checks import HandRemoved, MeasureObjectImage
 from tasks.ho3pairs.crop import PADDING, CropAroundInteraction, ExtractLayout
 from tasks.ho3pairs.hands import SegmentHands
@@ -67,6 +67,8 @@ class PairsConfig(RunConfig):
     guidance_scale: float = Field(7.5, ge=0, le=50)
     sdedit_strength: float = Field(0.05, gt=0, le=1, description="share of the diffusion process SDEdit noises to")
     gpus: float = Field(0.0, ge=0, le=8, description="GPUs per inpainting / SDEdit worker")
+    min_layout_iou: float = Field(MIN_SPLAT_IOU, ge=0, le=1, description="reject layouts whose splat overlaps "
+                                  "the hand mask less (the paper: 0.5; MANO hands without forearm fit worse)")
     max_hand_residue: float = Field(0.5, ge=0, le=1, description="sanity filter: repainted pixels still hand-like")
     max_seam_score: float = Field(3.0, gt=0, description="sanity filter: boundary gradient / gradient elsewhere")
 
@@ -152,7 +154,7 @@ class PairsPipeline(Pipeline[PairsConfig]):
             *load,
             SegmentHands(config.hand_segmentation, config.hand_landmarker),
             CropAroundInteraction(config.size, config.crop_padding),
-            ExtractLayout(),
+            ExtractLayout(config.min_layout_iou),
             InpaintHands(config.inpainter, config.inpainting_model, sampling, config.gpus, config.repaint_jump_length,
                          config.repaint_resamples),
             SDEdit(config.sdedit_model, config.sdedit_strength, sampling, config.gpus),
@@ -162,11 +164,15 @@ class PairsPipeline(Pipeline[PairsConfig]):
         ]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> PairsConfig:
-        # Fed by the demo's HOGSA renders, so every pair has its true object-only view. No real diffusion weights
-        # offline: the smooth biharmonic fill, and no SDEdit (the tiny random-weight models give noise; the tests
-        # run them).
-        return PairsConfig(source="hogsa", inputs="demo-hogsa", inpainter="biharmonic", sdedit_model="none",
-                           size=96, execution=execution, output={"dataset": "demo-ho3pairs"})
+        from tasks.procedural.hand_object import write_hand_object_folder
+
+        # Stand-in single-hand scenes with a forearm, as the layout assumes, each with its true object-only view
+        # (HOGSA's renders are bimanual MANO hands without forearms: `source=hogsa min_layout_iou=...`). No real
+        # diffusion weights offline: the smooth biharmonic fill, and no SDEdit (the tiny random-weight models give
+        # noise; the tests run them).
+        write_hand_object_folder(inputs, count=24, seed=0)
+        return PairsConfig(inputs=str(inputs), inpainter="biharmonic", sdedit_model="none", size=128,
+                           execution=execution, output={"dataset": "demo-ho3pairs"})
 
     def dataset_metrics(self, version) -> dict[str, float]:
         return version.column_means(list(QUALITY_COLUMNS))

@@ -88,10 +88,14 @@ def test_pose_optimization_never_leaves_a_hand_inside_the_object(augmented):
 def test_ho3pairs_reads_hogsa_renders_with_their_true_object_only_view(augmented):
     from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 
+    # Two MANO hands without forearms fit the one-hand lollipop layout loosely: accept any overlap here.
     pairs = run_pipeline(PairsPipeline(), PairsConfig(
         source="hogsa", inputs="augmented", inpainter="biharmonic", sdedit_model="none", size=64,
-        max_hand_residue=1.0, max_seam_score=100.0, execution=LOCAL, output={"dataset": "pairs"})).dataset
+        min_layout_iou=0.0, max_hand_residue=1.0, max_seam_score=100.0, execution=LOCAL,
+        output={"dataset": "pairs"})).dataset
     assert pairs.manifest.parents == [augmented.ref]
-    rows = pairs.to_arrow(["psnr", "object_class"]).to_pylist()
-    assert len(rows) + len(pairs.rejects()) == len(augmented)
-    assert all(r["object_class"] == "bottle" and np.isfinite(r["psnr"]) for r in rows)
+    rows = pairs.to_arrow(["psnr", "psnr_inpainted", "object_class", "hand_mask"]).to_pylist()
+    assert len(rows) == len(augmented), pairs.rejects().to_pylist()
+    for row in rows:  # every pair is scored against HOGSA's object-only render of the same view
+        assert row["object_class"] == "bottle" and np.isfinite(row["psnr"]) and np.isfinite(row["psnr_inpainted"])
+        assert (read_png(row["hand_mask"]) > 127).sum() >= 50
