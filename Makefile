@@ -32,3 +32,5 @@ bench: install
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.chorus_aggregation
 	$(BIN)/python -m benchmarks.ho3pairs
+	$(BIN)/python -m benchmarks.hogsa_render
+	$(BIN)/python -m benchmarks.hogsa

@@ -1,0 +1,86 @@
+"""HOGSA augmentation speed: milliseconds per augmented 224 x 224 image through the `hogsa` pipeline's stages
+(novel pose, HOGS render of hands + object and of the object alone, compositing, crop, annotations), with pose
+optimization (POM, 200 iterations per hand) excluded and included, for ~10k and ~50k Gaussians, against the
+paper's 0.06 s per augmented image (RTX 4090, POM not counted there).
+
+Scene: the procedural stand-in bimanual grasp of a ball, the ball's mesh an icosphere whose size and the number
+of Gaussians per face set the count (the hands keep MANO's 1538 faces each). The models are built, not fitted:
+speed does not depend on the colours.
+
+    python -m benchmarks.hogsa [--samples 4] [--out benchmarks/results/hogsa.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import trimesh
+
+from benchmarks.results_table import show_and_save
+from tasks.hogsa.augment import AugmentConfig, CompositeAndAnnotate, NovelPose, RenderNovelView
+from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig
+from tasks.hogsa.posing import camera_to_json, frame_to_json
+from tasks.procedural.hand_sequences import procedural_sequence
+
+PAPER_SECONDS_PER_IMAGE = 0.06
+SIZE = 224
+SCENES = {"10k": (2, 3), "50k": (4, 6)}  # name -> (icosphere subdivisions, Gaussians per face)
+
+
+def model_row(subdivisions: int, per_face: int) -> tuple[dict, int]:
+    """A `hogsa-models` row (what the pipeline's workers read) and its Gaussian count."""
+    sequence = procedural_sequence(0, "ball", frames=1, cameras=1, width=32, height=32)
+    sequence.object_mesh = trimesh.creation.icosphere(subdivisions, 0.08)
+    stage = FitHOGS(HOGSModelsConfig(sequences=["ball"], gaussians_per_face=per_face, sh_degree=1))
+    stage.setup()
+    model = stage.build(sequence)
+    row = {"sequence": "ball", "object_name": "ball", "hogs": model.to_bytes(), "hand_model": "standin",
+           "flat_hand_mean": False, "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
+           "cameras": json.dumps([camera_to_json(c) for c in sequence.cameras])}
+    return row, sum(m.num_gaussians for m in model.actors.values())
+
+
+def seconds_per_image(row: dict, pose_optimization: bool, samples: int) -> float:
+    config = AugmentConfig(pose_optimization=pose_optimization, render_size=SIZE, crop_size=SIZE)
+    stages = [NovelPose(config), RenderNovelView(config), CompositeAndAnnotate(config)]
+    for stage in stages:
+        stage.setup()
+
+    def augment(seed: int) -> None:
+        item = {**row, "sample_id": f"s{seed}", "input_id": "ball", "seed": seed}
+        for stage in stages:
+            item = stage.process_row(item)
+
+    augment(0)  # warm-up: hand models loaded, the HOGS blob decoded
+    started = time.perf_counter()
+    for seed in range(1, samples + 1):
+        augment(seed)
+    return (time.perf_counter() - started) / samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=4, help="augmented images per measurement")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hogsa.json"))
+    args = parser.parse_args()
+
+    per_image, gaussians = {}, {}
+    for name, (subdivisions, per_face) in SCENES.items():
+        row, gaussians[name] = model_row(subdivisions, per_face)
+        for pom, label in ((False, "without_pom"), (True, "with_pom")):
+            per_image[f"{name}_{label}"] = seconds_per_image(row, pom, args.samples)
+    show_and_save(f"HOGSA augmentation, {SIZE}x{SIZE}, CPU torch renderer, {args.samples} images per run",
+                  "images/s", {k: v * args.samples for k, v in per_image.items()},
+                  {k: 1 / v for k, v in per_image.items()},
+                  {f"{k}_vs_paper_0.06s": v / PAPER_SECONDS_PER_IMAGE for k, v in per_image.items()}, args.out,
+                  benchmark="hogsa", gaussians=gaussians, samples=args.samples,
+                  milliseconds_per_image={k: 1000 * v for k, v in per_image.items()},
+                  paper_seconds_per_image=PAPER_SECONDS_PER_IMAGE, torch_threads=torch.get_num_threads())
+
+
+if __name__ == "__main__":
+    main()
