@@ -47,12 +47,13 @@ def initialize_colours(model: HOGS, views: list[View]) -> None:
             faces.append(model.actors[actor].faces + offset)
             owners += [(actor, len(model.actors[actor].faces))]
             offset += len(posed)
-        world = torch.cat(vertices).double().numpy()
+        world = torch.cat(vertices).detach().cpu().double().numpy()
         camera = view.camera
         cam = world @ camera.R.double().numpy().T + camera.t.double().numpy()
-        _, face_index = rasterize(cam, torch.cat(faces).numpy(), camera.K.double().numpy(), camera.width, camera.height)
+        _, face_index = rasterize(cam, torch.cat(faces).cpu().numpy(), camera.K.double().numpy(), camera.width,
+                                  camera.height)
         seen = face_index >= 0
-        hit, colours = torch.from_numpy(face_index[seen]), view.image[torch.from_numpy(seen)]
+        hit, colours = torch.from_numpy(face_index[seen]), view.image.cpu()[torch.from_numpy(seen)]
         start = 0
         for actor, count in owners:
             mine = (hit >= start) & (hit < start + count)
@@ -71,7 +72,7 @@ def fit_hogs(model: HOGS, views: list[View], iterations: int, seed: int = 0, rat
         raise ValueError("fit_hogs needs at least one view with an image")
     initialize_colours(model, views)
     optimizer = torch.optim.Adam([
-        {"params": [m.vertex_offsets], "lr": rates.vertex_offset * float(np.ptp(m.rest_vertices.numpy(), 0).max())}
+        {"params": [m.vertex_offsets], "lr": rates.vertex_offset * float(np.ptp(m.rest_vertices.cpu().numpy(), 0).max())}
         for m in model.actors.values()] + [
         {"params": [getattr(m, name) for m in model.actors.values()], "lr": lr}
         for name, lr in (("barycentric_logits", rates.barycentric), ("log_scale_multipliers", rates.scale),

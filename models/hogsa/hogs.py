@@ -103,7 +103,8 @@ class HOGS(nn.Module):
             if actor in HANDS and actor not in pose.hand_transforms:
                 continue  # that hand is not in this frame
             splats = self.actors[actor].splats(camera_centre, self.posed_vertices(actor, pose))
-            parts.append({**splats, "actor": torch.full((len(splats["means"]),), ACTORS.index(actor))})
+            parts.append({**splats, "actor": torch.full((len(splats["means"]),), ACTORS.index(actor),
+                                                        device=splats["means"].device)})
         return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
     def render(self, camera: Camera, pose: ScenePose, actors=ACTORS, labels: bool = False,

@@ -79,8 +79,12 @@ class NovelPose(MapStage):
 
     def __init__(self, config: AugmentConfig):
         self.config = config
+        self.resources = Resources(num_cpus=1, num_gpus=config.gpus)
         self._hands: dict[tuple[str, bool], dict] = {}
         self._model: tuple[str, HOGS] | None = None
+
+    def setup(self) -> None:
+        self.device = "cuda" if self.config.gpus and torch.cuda.is_available() else "cpu"
 
     def hands(self, row: Row) -> dict:
         key = (row["hand_model"], bool(row["flat_hand_mean"]))
@@ -90,7 +94,7 @@ class NovelPose(MapStage):
 
     def model(self, row: Row) -> HOGS:
         if self._model is None or self._model[0] != row["input_id"]:  # items of one sequence come together
-            self._model = (row["input_id"], HOGS.from_bytes(row["hogs"]))
+            self._model = (row["input_id"], HOGS.from_bytes(row["hogs"]).to(self.device))
         return self._model[1]
 
     def process_row(self, row: Row) -> Row | Reject:
@@ -108,11 +112,11 @@ class NovelPose(MapStage):
 
     def optimize(self, row: Row, source: Frame, rng: np.random.Generator) -> tuple[Frame, dict[str, float]]:
         hands, model = self.hands(row), self.model(row)
-        faces = model.actors["object"].faces.numpy()
+        faces = model.actors["object"].faces.cpu().numpy()
 
         def object_world(frame: Frame) -> np.ndarray:
             with torch.no_grad():
-                return model.posed_vertices("object", scene_pose(hands, frame)).double().numpy()
+                return model.posed_vertices("object", scene_pose(hands, frame)).cpu().double().numpy()
 
         start = {side: _params(pose) for side, pose in source.hands.items()}
         before = object_world(source)
@@ -144,14 +148,15 @@ class RenderNovelView(MapStage):
     def process_row(self, row: Row) -> Row:
         model, frame = row["hogs_model"], row["novel_frame"]
         pose = scene_pose(row["hand_models"], frame)
-        centre = model.posed_vertices("object", pose).mean(0).double().numpy()
+        centre = model.posed_vertices("object", pose).mean(0).cpu().double().numpy()
         camera = novel_camera(centre, self.config, np.random.default_rng(row["seed"] + 1))
         view = camera_of(camera)
         scene = model.render(view, pose, labels=True)
         alone = model.render(view, pose, actors=("object",))
-        return {**row, "camera": camera, "render": scene["image"].clamp(0, 1).numpy(), "alpha": scene["alpha"].numpy(),
-                "coverage": scene["coverage"].numpy(), "object_render": alone["image"].clamp(0, 1).numpy(),
-                "object_alpha": alone["alpha"].numpy()}
+        arrays = {key: value.clamp(0, 1).cpu().numpy() for key, value in (
+            ("render", scene["image"]), ("alpha", scene["alpha"]), ("coverage", scene["coverage"]),
+            ("object_render", alone["image"]), ("object_alpha", alone["alpha"]))}
+        return {**row, **arrays, "camera": camera}
 
 
 class SuperResolve(MapStage):

@@ -121,12 +121,12 @@ class FitHOGS(MapStage):
             pose = scene_pose(self.hands, frame)
             for camera in sequence.cameras:
                 if camera.name in frame.images:
-                    image = torch.tensor(frame.images[camera.name], dtype=torch.float32) / 255
+                    image = torch.tensor(frame.images[camera.name], dtype=torch.float32, device=self.device) / 255
                     views["held_out" if camera.name in held_out else "train"].append(View(image, camera_of(camera), pose))
         if not views["train"]:
             return Reject.of(row, "no training images", f"{len(frame_rejects)} frames skipped")
         torch.manual_seed(row["seed"] % 2**31)
-        model = self.build(sequence)
+        model = self.build(sequence).to(self.device)
         fit_hogs(model, views["train"], config.iterations, seed=row["seed"])
         return {**row, **self.score(model, views), "hogs": model.to_bytes(), "object_name": sequence.object_name,
                 "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
@@ -147,7 +147,7 @@ class FitHOGS(MapStage):
                                                ) if renders else float("nan")
         shown = (views["held_out"] or views["train"])[0]
         render = model.render(shown.camera, shown.pose)["image"].clamp(0, 1)
-        scores["preview"] = png_bytes((torch.cat([shown.image, render], 1) * 255).round().byte().numpy())
+        scores["preview"] = png_bytes((torch.cat([shown.image, render], 1) * 255).round().byte().cpu().numpy())
         return scores
 
 
