@@ -5,7 +5,7 @@
   region. NaN when the two models cannot tell the HOI image's own hand apart (nothing to measure).
 - `seam_score`: mean gradient on the outline of the repainted region over the mean gradient just outside it;
   a pasted patch has a seam (>> 1), a smooth fill does not.
-- with a hand segmenter (mediapipe), the detector runs on the object-only image too.
+- with a hand segmenter (mediapipe, detectron2), the detector runs on the object-only image too.
 - quality, when the true object-only view is known: PSNR and SSIM of the crop, PSNR inside the repainted region.
 """
 
@@ -75,11 +75,11 @@ class MeasureObjectImage(MapStage):
 
     batch_size = 8
 
-    def __init__(self, backend: str, landmarker: str | None):
-        self.backend, self.landmarker = backend, landmarker
+    def __init__(self, backend: str, model: str | None):
+        self.backend, self.model = backend, model
 
     def setup(self) -> None:
-        self.detector = make_segmenter(self.backend, self.landmarker)
+        self.detector = make_segmenter(self.backend, self.model)
 
     def process_row(self, row: Row) -> Row:
         region, obj = row["inpaint_mask_array"], row["object_array"]

@@ -4,7 +4,10 @@ Backends:
 - `provided`: the masks that came with the input (folders, HOI4D, HOGSA renders); never guesses.
 - `mediapipe`: MediaPipe Tasks' hand landmarker with the user's `.task` file; the 21 landmarks become a
   hand + forearm mask (`mask_from_landmarks`).
-detectron2-based segmenters are not wired in: detectron2 has no wheels for current torch (see the README).
+- `detectron2`: any detectron2 instance-segmentation model of hands (e.g. a Mask R-CNN trained on EgoHands or
+  100DOH) from a folder holding its `config.yaml` and `model.safetensors`; detectron2 has no wheels for current
+  torch (build it: infra/Dockerfile WITH_DETECTRON2=true). Weights load through safetensors, never detectron2's
+  pickle-based checkpointer.
 The same segmenter doubles as the sanity filter's hand detector on the object-only image.
 """
 
@@ -72,12 +75,52 @@ class MediaPipeHands:
                 for hand in found.hand_landmarks]
 
 
-def make_segmenter(backend: str, landmarker: str | None):
+class Detectron2Hands:
+    """A detectron2 hand segmenter: the instances of class `hand_class` scoring at least `min_score`."""
+
+    def __init__(self, folder: str, hand_class: int = 0, min_score: float = 0.5):
+        root = Path(folder or "")
+        for name in ("config.yaml", "model.safetensors"):
+            if not (root / name).is_file():
+                raise ValueError(f"hand_segmentation=detectron2 needs detectron2_hand_model: a folder with config.yaml and "
+                                 f"model.safetensors; {str(root / name)!r} is not a file")
+        require("detectron2", "detectron2", "detectron2 hand segmentation (build it: infra/Dockerfile "
+                "WITH_DETECTRON2=true)")
+        import safetensors.torch
+        import torch
+        from detectron2.config import get_cfg
+        from detectron2.data import transforms
+        from detectron2.modeling import build_model
+
+        cfg = get_cfg()
+        cfg.merge_from_file(str(root / "config.yaml"))
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build_model(cfg).eval()
+        self.model.load_state_dict(safetensors.torch.load_file(str(root / "model.safetensors"),
+                                                               device=cfg.MODEL.DEVICE))
+        self.resize = transforms.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.bgr = cfg.INPUT.FORMAT == "BGR"
+        self.hand_class, self.min_score, self.torch = hand_class, min_score, torch
+
+    def masks(self, image: np.ndarray) -> list[np.ndarray]:
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image[:, :, ::-1] if self.bgr else image)
+        tensor = self.torch.as_tensor(np.ascontiguousarray(resized).transpose(2, 0, 1).astype("float32"))
+        with self.torch.no_grad():
+            instances = self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
+        keep = (instances.pred_classes == self.hand_class) & (instances.scores >= self.min_score)
+        return list(instances.pred_masks[keep].numpy())
+
+
+def make_segmenter(backend: str, model: str | None):
+    """None for `provided`; `model` is the mediapipe `.task` file or the detectron2 folder."""
     if backend == "provided":
         return None
     if backend == "mediapipe":
-        return MediaPipeHands(landmarker or "")
-    raise ValueError(f"unknown hand segmentation backend {backend!r} (provided, mediapipe)")
+        return MediaPipeHands(model or "")
+    if backend == "detectron2":
+        return Detectron2Hands(model or "")
+    raise ValueError(f"unknown hand segmentation backend {backend!r} (provided, mediapipe, detectron2)")
 
 
 class SegmentHands(MapStage):
@@ -85,11 +128,11 @@ class SegmentHands(MapStage):
 
     batch_size = 8
 
-    def __init__(self, backend: str, landmarker: str | None):
-        self.backend, self.landmarker = backend, landmarker
+    def __init__(self, backend: str, model: str | None):
+        self.backend, self.model = backend, model
 
     def setup(self) -> None:
-        self.segmenter = make_segmenter(self.backend, self.landmarker)
+        self.segmenter = make_segmenter(self.backend, self.model)
 
     def process_row(self, row: Row) -> Row | Reject:
         if self.segmenter is None:

@@ -51,9 +51,11 @@ class PairsConfig(RunConfig):
     frame_rate: float = Field(1.0, gt=0, le=120, description="video: frames sampled per second")
     hoi4d_hand_colours: list[tuple[int, int, int]] = Field(
         default_factory=list, description="hoi4d: RGB colours of hand pixels in 2Dseg masks (your release's palette)")
-    hand_segmentation: Literal["provided", "mediapipe"] = Field("provided", description="masks from the input, "
-                                                                "or MediaPipe's hand landmarker")
+    hand_segmentation: Literal["provided", "mediapipe", "detectron2"] = Field(
+        "provided", description="masks from the input, MediaPipe's hand landmarker, or a detectron2 segmenter")
     hand_landmarker: str | None = Field(None, description="mediapipe: path of a hand_landmarker.task file")
+    detectron2_hand_model: str | None = Field(None, description="detectron2: folder with config.yaml and "
+                                              "model.safetensors of a hand instance-segmentation model")
     size: int = Field(256, ge=32, le=2048, description="side of the square crops, pixels")
     crop_padding: float = Field(PADDING, ge=0, le=5, description="crop side = (1 + padding) x hand+object box")
     inpainter: Literal["diffusers", "repaint", "biharmonic"] = Field("diffusers")
@@ -72,10 +74,15 @@ class PairsConfig(RunConfig):
     max_hand_residue: float = Field(0.5, ge=0, le=1, description="sanity filter: repainted pixels still hand-like")
     max_seam_score: float = Field(3.0, gt=0, description="sanity filter: boundary gradient / gradient elsewhere")
 
+    @property
+    def segmenter_model(self) -> str | None:
+        return self.detectron2_hand_model if self.hand_segmentation == "detectron2" else self.hand_landmarker
+
     @model_validator(mode="after")
     def _consistent(self) -> PairsConfig:
         if self.source == "video" and self.hand_segmentation == "provided":
-            raise ValueError("videos carry no hand masks: use hand_segmentation=mediapipe with source=video")
+            raise ValueError("videos carry no hand masks: use hand_segmentation=mediapipe or detectron2 with "
+                             "source=video")
         if self.inpainter == "repaint" and self.inpainting_model == SD_INPAINTING:
             raise ValueError("inpainter=repaint needs inpainting_model: an unconditional pixel-space DDPM "
                              "(hub id or folder in the DDPMPipeline layout), not a latent inpainting pipeline")
@@ -152,13 +159,13 @@ class PairsPipeline(Pipeline[PairsConfig]):
                 else [LoadSample(config.hoi4d_hand_colours)])
         return [
             *load,
-            SegmentHands(config.hand_segmentation, config.hand_landmarker),
+            SegmentHands(config.hand_segmentation, config.segmenter_model),
             CropAroundInteraction(config.size, config.crop_padding),
             ExtractLayout(config.min_layout_iou),
             InpaintHands(config.inpainter, config.inpainting_model, sampling, config.gpus, config.repaint_jump_length,
                          config.repaint_resamples),
             SDEdit(config.sdedit_model, config.sdedit_strength, sampling, config.gpus),
-            MeasureObjectImage(config.hand_segmentation, config.hand_landmarker),
+            MeasureObjectImage(config.hand_segmentation, config.segmenter_model),
             HandRemoved(config.max_hand_residue, config.max_seam_score),
             EncodePair(),
         ]

@@ -180,9 +180,16 @@ def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_sto
     (folder / "hand_boxes.json").write_text('{"scene-00000": [10, 10, 5, 20]}')
     with pytest.raises(PlanError, match="hand_boxes.json must map image stems to hand boxes"):
         run_pipeline(PairsPipeline(), PairsConfig(inputs=str(folder), execution=LOCAL))
+    from tasks.ho3pairs.hands import make_segmenter
+
     with pytest.raises(ValueError, match="hand_landmarker"):
-        from tasks.ho3pairs.hands import make_segmenter
         make_segmenter("mediapipe", None)
+    with pytest.raises(ValueError, match="needs detectron2_hand_model: a folder with config.yaml"):
+        make_segmenter("detectron2", str(tmp_path))
+    (tmp_path / "config.yaml").write_text("MODEL: {}\n")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ImportError, match="detectron2"):  # not installable here: a clear message, not a crash
+        make_segmenter("detectron2", str(tmp_path))
 
 
 def test_mediapipe_landmarks_become_a_hand_and_forearm_mask():
