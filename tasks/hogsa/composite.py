@@ -100,10 +100,16 @@ class Crop:
 
 
 def crop_around(mask: np.ndarray, size: int, padding: float = CROP_PADDING) -> Crop | None:
-    """The square crop around a mask's pixels (None when it is empty)."""
+    """The square crop around a mask's pixels (None when it is empty), slid inside the image where it fits so
+    that it shows no border."""
     rows, cols = np.nonzero(mask)
     if not len(rows):
         return None
     x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
     side = (1 + padding) * max(x1 - x0, y1 - y0)
-    return Crop((x0 + x1 - side) / 2, (y0 + y1 - side) / 2, float(side), size)
+
+    def start(low: float, high: float, extent: int) -> float:
+        centred = (low + high - side) / 2
+        return float(np.clip(centred, 0, extent - side)) if side <= extent else (extent - side) / 2
+
+    return Crop(start(x0, x1, mask.shape[1]), start(y0, y1, mask.shape[0]), float(side), size)
