@@ -37,7 +37,7 @@ from tasks.images.stages import png_bytes, read_png
 
 f32 = pa.list_(pa.float32())
 POM_COLUMNS = ("penetration_before", "penetration_after", "contact_before", "contact_after")
-MODEL_COLUMNS = ["sequence", "object_name", "hogs", "frames", "cameras", "hand_model", "flat_hand_mean"]
+MODEL_COLUMNS = ["sequence", "object_name", "hogs", "frames", "hand_model", "flat_hand_mean"]
 
 
 class AugmentConfig(RunConfig):

@@ -60,8 +60,3 @@ def frame_from_json(data: dict) -> Frame:
 def camera_to_json(view: CameraView) -> dict:
     return {"name": view.name, "K": np.asarray(view.K, float).tolist(), "R": np.asarray(view.R, float).tolist(),
             "t": np.asarray(view.t, float).tolist(), "width": int(view.width), "height": int(view.height)}
-
-
-def camera_from_json(data: dict) -> CameraView:
-    return CameraView(data["name"], np.asarray(data["K"]), np.asarray(data["R"]), np.asarray(data["t"]),
-                      int(data["width"]), int(data["height"]))
