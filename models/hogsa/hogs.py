@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.gaussians.fit import distance_to_initial_mesh
+from models.gaussians.fit import distance_to_initial_mesh, incident_faces
 from models.gaussians.mesh_gaussians import MeshGaussians
 from models.gaussians.render import rasterize_gaussians
 
@@ -76,6 +76,9 @@ class HOGS(nn.Module):
         self.actors["object"] = MeshGaussians(object_vertices, object_faces, per_face, sh_degree)
         for side in HANDS:
             self.register_buffer(f"{side}_lbs_weights", torch.as_tensor(lbs_weights[side], dtype=torch.float32))
+        for actor, model in self.actors.items():  # L_R's faces around each vertex, found once, not every step
+            self.register_buffer(f"{actor}_incident", incident_faces(model.faces, len(model.rest_vertices)),
+                                 persistent=False)
         part = torch.zeros(len(object_vertices), dtype=torch.bool) if object_part is None else object_part.bool()
         self.register_buffer("object_part", part)
         self.register_buffer("articulation_axis", torch.zeros(2, 3) if articulation_axis is None
@@ -123,8 +126,9 @@ class HOGS(nn.Module):
 
     def regularization(self) -> torch.Tensor:
         """L_R (appendix Eq. 9): mean distance of the canonical vertices from the initial meshes."""
-        return torch.stack([distance_to_initial_mesh(model.canonical_vertices(), model.rest_vertices, model.faces)
-                            for model in self.actors.values()]).mean()
+        return torch.stack([distance_to_initial_mesh(model.canonical_vertices(), model.rest_vertices, model.faces,
+                                                     getattr(self, f"{actor}_incident"))
+                            for actor, model in self.actors.items()]).mean()
 
     # -- persistence -----------------------------------------------------------------------------------------
     def config(self) -> dict:

@@ -92,9 +92,11 @@ class Detectron2Hands:
         from detectron2.data import transforms
         from detectron2.modeling import build_model
 
+        from models.diffusion import best_device
+
         cfg = get_cfg()
         cfg.merge_from_file(str(root / "config.yaml"))
-        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg.MODEL.DEVICE = best_device()
         self.model = build_model(cfg).eval()
         self.model.load_state_dict(safetensors.torch.load_file(str(root / "model.safetensors"),
                                                                device=cfg.MODEL.DEVICE))

@@ -25,6 +25,7 @@ from hoi_factory.config import ExecutionConfig, RunConfig, Settings
 from hoi_factory.parents import ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Reject, Resources, Row
+from models.diffusion import best_device
 from models.hand import load_hands
 from models.hogsa import pose_optimization as pom
 from models.hogsa.hogs import ACTORS, HANDS, HOGS
@@ -84,7 +85,7 @@ class NovelPose(MapStage):
         self._model: tuple[str, HOGS] | None = None
 
     def setup(self) -> None:
-        self.device = "cuda" if self.config.gpus and torch.cuda.is_available() else "cpu"
+        self.device = best_device() if self.config.gpus else "cpu"
 
     def hands(self, row: Row) -> dict:
         key = (row["hand_model"], bool(row["flat_hand_mean"]))

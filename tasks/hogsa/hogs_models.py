@@ -21,6 +21,7 @@ from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Reject, Resources, Row
 from models.gaussians.ssim import psnr, ssim
+from models.diffusion import best_device
 from models.hand import load_hands
 from models.hogsa.fit import View, fit_hogs
 from models.hogsa.hogs import HANDS, HOGS
@@ -92,7 +93,7 @@ class FitHOGS(MapStage):
 
     def setup(self) -> None:
         self.hands = load_hands(self.config.hand_model, flat_hand_mean=flat_hand_mean(self.config.source))
-        self.device = "cuda" if self.config.gpus and torch.cuda.is_available() else "cpu"
+        self.device = best_device() if self.config.gpus else "cpu"
 
     def build(self, sequence: Sequence) -> HOGS:
         rest = {side: self.hands[side].shaped_template(torch.as_tensor(sequence_betas(sequence.frames, side),
@@ -125,7 +126,6 @@ class FitHOGS(MapStage):
                     views["held_out" if camera.name in held_out else "train"].append(View(image, camera_of(camera), pose))
         if not views["train"]:
             return Reject.of(row, "no training images", f"{len(frame_rejects)} frames skipped")
-        torch.manual_seed(row["seed"] % 2**31)
         model = self.build(sequence).to(self.device)
         fit_hogs(model, views["train"], config.iterations, seed=row["seed"])
         return {**row, **self.score(model, views), "hogs": model.to_bytes(), "object_name": sequence.object_name,
