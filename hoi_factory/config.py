@@ -68,10 +68,21 @@ class ExecutionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    executor: Literal["local", "ray"] = "ray"
-    workers: int = Field(2, ge=1, description="Ray actors per stage group")
+    executor: Literal["auto", "local", "ray"] = Field(
+        "auto", description="auto: in-process for small plans (<= local_max_items), Ray otherwise")
+    local_max_items: int = Field(64, ge=0, description="the largest plan `auto` runs in-process")
+    workers: int = Field(2, ge=1, description="Ray actors per CPU stage group")
+    accelerator_workers: int | None = Field(
+        None, ge=1, description="Ray actors per GPU (or custom-resource) stage group; default: as many as fit")
     shard_size: int = Field(64, ge=1, description="samples per Parquet shard (the unit of resume)")
     batch_retries: int = Field(1, ge=0, description="retries of a failed batch before samples are tried one by one")
+    max_error_fraction: float = Field(
+        0.01, ge=0, le=1, description="errors (exceptions, not rejects) allowed, as a fraction of the inputs")
+    max_errors_floor: int = Field(
+        2, ge=0, description="errors always allowed, however small the run (the budget is the larger of the two)")
+
+    def error_budget(self, num_inputs: int) -> int:
+        return max(self.max_errors_floor, int(self.max_error_fraction * num_inputs))
 
 
 class OutputConfig(BaseModel):

@@ -28,12 +28,12 @@ from hoi_factory.stage import Reject
 from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import DEFAULT_LEASE_TTL, Lease, VersionedArea, VersionedStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 AREA = "datasets"
 ID_COLUMNS = [("sample_id", pa.string()), ("input_id", pa.string()), ("seed", pa.int64())]
 REJECTS_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("input_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-     ("detail", pa.string())]
+     ("detail", pa.string()), ("kind", pa.string())]  # kind: "reject" (a stage's decision) or "error"
 )
 
 
@@ -46,6 +46,8 @@ class ShardRecord(BaseModel):
     rejects: int
     rejects_sha256: str
     inputs: int
+    errors: int = 0  # samples a stage failed on with an exception (in `rejects_file` with kind "error")
+    first_errors: list[dict] = Field(default_factory=list)  # a few of them, with their tracebacks
     stages: dict[str, dict] = Field(default_factory=dict)
     worker: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
@@ -66,6 +68,9 @@ class DatasetManifest(BaseModel):
     num_inputs: int
     num_samples: int
     num_rejects: int
+    num_errors: int = 0
+    errors: list[dict] = Field(default_factory=list)  # the first errors, with their tracebacks
+    code: dict[str, str] = Field(default_factory=dict)  # package version, pipeline source hash, git commit
     columns: dict[str, str]
     shards: list[ShardRecord]
     funnel: list[dict]
@@ -167,12 +172,12 @@ class ShardSink:
         for file in self.store.list_files(*self.parts("_completions")):
             if file.endswith(".json"):
                 record = ShardRecord.model_validate(self.store.read_json(*self.parts("_completions", file)))
-                if record.fingerprint == self.fingerprint:
+                if record.fingerprint == self.fingerprint and not record.errors:  # errored shards are redone
                     records[record.index] = record
         return records
 
     def write(self, index: int, table: pa.Table, rejects: pa.Table, inputs: int, stages: dict, worker: dict,
-              seconds: float = 0.0) -> ShardRecord:
+              seconds: float = 0.0, errors: int = 0, first_errors: list[dict] | None = None) -> ShardRecord:
         """Shard data, then rejects, then the completion record: a shard without its record is redone."""
         name = shard_name(index)
         data = _parquet_bytes(table.cast(self.schema))
@@ -182,7 +187,8 @@ class ShardSink:
         record = ShardRecord(
             index=index, file=f"data/{name}.parquet", rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest(),
             rejects_file=f"rejects/{name}.parquet", rejects=rejects.num_rows,
-            rejects_sha256=hashlib.sha256(reject_data).hexdigest(), inputs=inputs, stages=stages, worker=worker,
+            rejects_sha256=hashlib.sha256(reject_data).hexdigest(), inputs=inputs, errors=errors,
+            first_errors=first_errors or [], stages=stages, worker=worker,
             seconds=round(seconds, 4), fingerprint=self.fingerprint,
         )
         self.store.write_json(record.model_dump(), *self.parts("_completions", f"{name}.json"))
@@ -199,13 +205,14 @@ def funnel(records: list[ShardRecord], num_inputs: int) -> tuple[list[dict], dic
             if stage not in totals:
                 order.append(stage)
                 totals[stage] = Counter()
-            totals[stage].update({"rows_in": stats["rows_in"], "rows_out": stats["rows_out"], "seconds": stats["seconds"]})
+            totals[stage].update({"rows_in": stats["rows_in"], "rows_out": stats["rows_out"],
+                                  "errors": stats.get("errors", 0), "seconds": stats["seconds"]})
             for reason, count in stats["rejected"].items():
                 reasons[f"{stage}: {reason}"] += count
     steps = [{"stage": "inputs", "rows_out": num_inputs}]
     for stage in order:
         steps.append({"stage": stage, "rows_in": totals[stage]["rows_in"], "rows_out": totals[stage]["rows_out"],
-                      "seconds": round(totals[stage]["seconds"], 3)})
+                      "errors": totals[stage]["errors"], "seconds": round(totals[stage]["seconds"], 3)})
     return steps, dict(reasons)
 
 
@@ -316,7 +323,8 @@ class DatasetWriter:
         manifest = DatasetManifest(
             name=self.lease.name, version=self.lease.version, created=datetime.now(timezone.utc).isoformat(),
             fingerprint=self.lease.fingerprint, num_samples=sum(r.rows for r in records),
-            num_rejects=sum(r.rejects for r in records), columns=column_types(self.sink.schema),
+            num_rejects=sum(r.rejects - r.errors for r in records), num_errors=sum(r.errors for r in records),
+            errors=[e for r in records for e in r.first_errors][:10], columns=column_types(self.sink.schema),
             shards=records, funnel=steps, reject_reasons=reasons, **fields,
         )
         version = DatasetVersion(self.area.store, manifest)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hoi_factory.config import Settings
-from hoi_factory.datasets import ID_COLUMNS, DatasetStore, DatasetVersion
+from hoi_factory.context import StageContext
+from hoi_factory.datasets import ID_COLUMNS, DatasetVersion
 from hoi_factory.stage import Reject, Row, Stage
-from hoi_factory.storage import Store
+
+PARENT_KEYS = frozenset({"parent", "parent_shard", "parent_row"})  # what items_from_dataset adds to an item
 
 def items_from_dataset(version: DatasetVersion) -> list[dict[str, Any]]:
     """One work item per sample of a published version: its id becomes the child's input id."""
@@ -27,15 +28,17 @@ def parents_of(items: list[dict[str, Any]]) -> list[str]:
 
 
 class ReadParentRows(Stage):
-    """Adds each item's parent sample columns (all, or `columns`) to the row; the row's own keys win."""
+    """Adds each item's parent sample `columns` to the row; the row's own keys win."""
 
     batch_size = 64
+    needs = PARENT_KEYS
 
-    def __init__(self, columns: list[str] | None = None):
+    def __init__(self, columns: list[str]):
         self.columns = columns
+        self.makes = frozenset(columns)
 
-    def setup(self) -> None:
-        self.datasets = DatasetStore(Store.from_settings(Settings()))
+    def setup(self, context: StageContext) -> None:
+        self.datasets = context.datasets
         self._versions: dict[str, DatasetVersion] = {}
         self._cached: tuple[tuple[str, int], list[Row]] | None = None
 
@@ -43,8 +46,7 @@ class ReadParentRows(Stage):
         if self._cached is None or self._cached[0] != (ref, shard):
             if ref not in self._versions:
                 self._versions[ref] = self.datasets.open_ref(ref)
-            columns = None if self.columns is None else ["sample_id", *self.columns]
-            self._cached = ((ref, shard), self._versions[ref].read_shard(shard, columns).to_pylist())
+            self._cached = ((ref, shard), self._versions[ref].read_shard(shard, ["sample_id", *self.columns]).to_pylist())
         return self._cached[1]
 
     def process(self, batch: list[Row]) -> list[Row | Reject]:

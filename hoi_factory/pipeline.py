@@ -3,6 +3,10 @@
 The driver only plans (light work items: paths, ids, parameters) and cuts the plan into shards; workers
 load the heavy data, run the stages and write their shard into the store themselves, so no dataset ever
 passes through the driver. A shard is the unit of resume.
+
+The stage chain is cut into *stage groups*: consecutive stages with equal resources. Each group runs in
+its own worker pool (hoi_factory.executors), and a shard travels from group to group as a `ShardWork`
+(its live rows, rejects, errors and stats); the last group's worker writes it.
 """
 
 from __future__ import annotations
@@ -11,30 +15,37 @@ import os
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
 
 from hoi_factory import ids
-from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.config import ExecutionConfig, RunConfig, Settings
+from hoi_factory.context import StageContext, device_for
 from hoi_factory.datasets import (
+    ID_COLUMNS,
     REJECTS_SCHEMA,
-    DatasetStore,
     ShardRecord,
     ShardSink,
     drop_non_finite,
     rows_to_table,
 )
-from hoi_factory.stage import Resources, Stage, run_stages
+from hoi_factory.stage import Resources, Stage, StageError, StageOutput, StageStats, run_stages
 
 C = TypeVar("C", bound=RunConfig)
 OUTPUT_CHECKS = "output checks"  # the funnel step after the stages: schema fit, finite floats
+PLANNED_KEYS = frozenset({*dict(ID_COLUMNS), "index"})  # keys every planned item gets (see assign_ids)
+ERRORS_KEPT_PER_SHARD = 3  # errors recorded with their tracebacks in a shard's record
 
 
 class PlanError(ValueError):
     """The inputs of a run cannot be planned (missing folder, unknown parent dataset...)."""
+
+
+class ColumnError(PlanError):
+    """A stage chain that cannot work: a stage needs a key nothing makes, or a schema column nobody makes."""
 
 
 class Pipeline(Generic[C]):
@@ -44,17 +55,18 @@ class Pipeline(Generic[C]):
     description: ClassVar[str]
     config_class: ClassVar[type[RunConfig]]
     schema: ClassVar[pa.Schema]
+    item_keys: ClassVar[frozenset[str]] = frozenset({"input_id"})  # keys every item of `plan` carries
     preview_column: ClassVar[str | None] = None  # a PNG bytes column shown in sample grids
     allow_non_finite: ClassVar[frozenset[str]] = frozenset()  # float columns where NaN/inf are meaningful
 
-    def plan(self, config: C, datasets: DatasetStore) -> list[dict[str, Any]]:
+    def plan(self, config: C, context: StageContext) -> list[dict[str, Any]]:
         """Light, JSON-able work items, each with an `input_id` (and an `index` when one input gives many)."""
         raise NotImplementedError
 
     def stages(self, config: C) -> list[Stage]:
         raise NotImplementedError
 
-    def parents(self, config: C) -> list[str]:
+    def parents(self, config: C, context: StageContext) -> list[str]:
         """Dataset versions (`name/version`) this run reads besides those its items point at (which count
         by themselves, see hoi_factory.parents): its lineage."""
         return []
@@ -73,19 +85,49 @@ class Pipeline(Generic[C]):
         return {}
 
 
+def check_columns(pipeline: Pipeline, stages: list[Stage]) -> None:
+    """The declared columns must chain: every key a stage needs is planned or made before it, and every
+    schema column is made by some stage. Raises ColumnError naming the stage and the key."""
+    available = set(PLANNED_KEYS | pipeline.item_keys)
+    for position, stage in enumerate(stages):
+        missing = sorted(stage.needs - available)
+        if missing:
+            raise ColumnError(
+                f"{pipeline.name}: stage {position + 1} ({stage.name}) needs row key(s) {missing} that neither "
+                f"the plan nor an earlier stage makes (available: {sorted(available)})")
+        available |= stage.makes
+    unmade = [f.name for f in pipeline.schema if f.name not in available]
+    if unmade:
+        raise ColumnError(f"{pipeline.name}: schema column(s) {unmade} are made by no stage "
+                          f"(the stages make: {sorted(available)})")
+
+
+def stage_groups(stages: list[Stage]) -> list[range]:
+    """Consecutive stages with equal resources, as ranges of stage positions: one worker pool each."""
+    groups: list[range] = []
+    start = 0
+    for position in range(1, len(stages) + 1):
+        if position == len(stages) or stages[position].resources != stages[start].resources:
+            groups.append(range(start, position))
+            start = position
+    return groups
+
+
 @dataclass
 class ShardJob:
     index: int
     items: list[dict[str, Any]]
 
 
-def assign_ids(items: list[dict[str, Any]], config_hash: str) -> list[dict[str, Any]]:
-    """Give every item its deterministic sample id and seed; refuse duplicates, which would alias samples."""
+def assign_ids(items: list[dict[str, Any]], config_hash: str,
+               item_keys: frozenset[str] = frozenset({"input_id"})) -> list[dict[str, Any]]:
+    """Give every item its deterministic sample id and seed; refuse duplicates, which would alias samples,
+    and items without the keys the pipeline declares."""
     seen: set[str] = set()
     assigned = []
     for item in items:
-        if "input_id" not in item:
-            raise PlanError(f"work item {item!r} has no input_id")
+        if missing := item_keys - item.keys():
+            raise PlanError(f"work item {item!r} lacks {sorted(missing)}")
         index = int(item.get("index", 0))
         sid = ids.sample_id(config_hash, str(item["input_id"]), index)
         if sid in seen:
@@ -112,41 +154,80 @@ def worker_info() -> dict[str, Any]:
     return info
 
 
-class ShardRunner:
-    """Runs a pipeline's stages over shards and writes them. Built once per worker; `setup` loads the stages."""
+@dataclass
+class ShardWork:
+    """A shard on its way through the stage groups."""
 
-    def __init__(self, pipeline: Pipeline, config: RunConfig, sink: ShardSink):
+    index: int
+    inputs: int
+    output: StageOutput
+    seconds: float = 0.0
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, job: ShardJob) -> ShardWork:
+        return cls(job.index, len(job.items), StageOutput(rows=[dict(item) for item in job.items]))
+
+
+class StageGroupRunner:
+    """Runs one stage group of a pipeline over shards; built once per worker. `finish` writes a shard that
+    has been through every group."""
+
+    def __init__(self, pipeline: Pipeline, config: RunConfig, settings: Settings, group: range, sink: ShardSink):
         self.pipeline = pipeline
         self.config = config
+        self.settings = settings
+        self.group = group
         self.sink = sink
         self.stages: list[Stage] | None = None
 
-    @property
-    def resources(self) -> Resources:
-        return Resources.largest([s.resources for s in self.pipeline.stages(self.config)])
+    def setup(self, worker_id: str = "local") -> None:
+        stages = self.pipeline.stages(self.config)[self.group.start : self.group.stop]
+        context = StageContext(self.settings, device_for(stages[0].resources.num_gpus if stages else 0.0), worker_id)
+        for stage in stages:
+            stage.setup(context)
+        self.stages = stages
 
-    def setup(self) -> None:
-        self.stages = self.pipeline.stages(self.config)
-        for stage in self.stages:
-            stage.setup()
-
-    def run(self, job: ShardJob) -> ShardRecord:
+    def run(self, work: ShardWork) -> ShardWork:
         if self.stages is None:
             self.setup()
         started = time.perf_counter()
-        output = run_stages(self.stages, [dict(item) for item in job.items], self.config.execution.batch_retries)
+        run_stages(self.stages, work.output.rows, self.config.execution.batch_retries, work.output)
+        work.seconds += time.perf_counter() - started
+        work.workers.append(worker_info())
+        return work
+
+    def finish(self, work: ShardWork) -> ShardRecord:
+        """Output checks (schema fit, finite floats), then the shard's files and completion record."""
+        started = time.perf_counter()
+        output = work.output
         table, misfits = rows_to_table(output.rows, self.sink.schema)
         table, non_finite = drop_non_finite(table, self.pipeline.allow_non_finite)
-        checked_out = misfits + non_finite
-        rejects = [(stage, r) for stage, r in output.rejects] + [(OUTPUT_CHECKS, r) for r in checked_out]
+        errors = output.errors + [StageError(r.sample_id, r.input_id, OUTPUT_CHECKS, r.detail) for r in misfits]
+        rejects = [*output.rejects, *((OUTPUT_CHECKS, r) for r in non_finite)]
         reject_table = pa.Table.from_pylist(
-            [{"sample_id": r.sample_id, "input_id": r.input_id, "stage": stage, "reason": r.reason, "detail": r.detail}
-             for stage, r in rejects],
+            [{"sample_id": r.sample_id, "input_id": r.input_id, "stage": stage, "reason": r.reason,
+              "detail": r.detail, "kind": "reject"} for stage, r in rejects]
+            + [{"sample_id": e.sample_id, "input_id": e.input_id, "stage": e.stage, "reason": "error",
+                "detail": e.error, "kind": "error"} for e in errors],
             schema=REJECTS_SCHEMA,
         )
         stats = {name: s.to_dict() for name, s in output.stats.items()}
-        if checked_out:
-            stats[OUTPUT_CHECKS] = {"rows_in": len(output.rows), "rows_out": table.num_rows, "seconds": 0.0,
-                                    "rejected": dict(Counter(r.reason for r in checked_out))}
-        return self.sink.write(job.index, table, reject_table, len(job.items), stats, worker_info(),
-                               time.perf_counter() - started)
+        if misfits or non_finite:
+            stats[OUTPUT_CHECKS] = StageStats(
+                rows_in=len(output.rows), rows_out=table.num_rows, errors=len(misfits),
+                rejected=Counter(r.reason for r in non_finite)).to_dict()
+        seconds = work.seconds + time.perf_counter() - started
+        return self.sink.write(work.index, table, reject_table, work.inputs, stats,
+                               {"groups": work.workers, **worker_info()}, seconds,
+                               errors=len(errors), first_errors=[e.to_dict() for e in errors[:ERRORS_KEPT_PER_SHARD]])
+
+
+def group_runners(pipeline: Pipeline, config: RunConfig, settings: Settings, sink: ShardSink,
+                  stages: list[Stage]) -> list[StageGroupRunner]:
+    """One runner per stage group, in chain order (any of them can write a finished shard)."""
+    return [StageGroupRunner(pipeline, config, settings, group, sink) for group in stage_groups(stages) or [range(0)]]
+
+
+def group_resources(stages: list[Stage], group: range) -> Resources:
+    return stages[group.start].resources if len(group) else Resources()

@@ -7,24 +7,28 @@ ids and seeds, and the manifest is written only when every shard is there.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from hoi_factory import ids
+from hoi_factory.code_identity import code_identity
 from hoi_factory.config import RunConfig, Settings, validate_run_config
+from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore, DatasetVersion, ShardRecord
 from hoi_factory.executors import make_executor
 from hoi_factory.parents import parents_of
-from hoi_factory.pipeline import Pipeline, ShardRunner, assign_ids, cut_shards
+from hoi_factory.pipeline import Pipeline, assign_ids, check_columns, cut_shards, group_runners
 from hoi_factory.report import write_report
-from hoi_factory.storage import Store, check_name
+from hoi_factory.storage import check_name
 from hoi_factory.versions import VersionBusy
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (shards done, shards in all)
+
+
+class ErrorBudgetExceeded(RuntimeError):
+    """Too many samples failed with an exception: the run publishes nothing."""
 
 
 @dataclass
@@ -36,36 +40,43 @@ class RunResult:
     executor: str = ""
 
 
-def code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        package = version("hoi-factory")
-    except PackageNotFoundError:
-        package = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{package}+{commit}" if commit else package
-
-
 def _choose_version(datasets: DatasetStore, name: str, fingerprint: str) -> str:
     return datasets.area.find_resumable(name, fingerprint) or datasets.area.next_version(name)
 
 
+def _budget_message(where: str, records: list[ShardRecord], num_inputs: int, budget: int) -> str:
+    errors = sum(r.errors for r in records)
+    by_stage: dict[str, int] = {}
+    for record in records:
+        for stage, stats in record.stages.items():
+            if stats.get("errors"):
+                by_stage[stage] = by_stage.get(stage, 0) + stats["errors"]
+    lines = [f"{where}: {errors} of {num_inputs} inputs failed with an error so far (the budget is {budget}: "
+             "execution.max_error_fraction / max_errors_floor); nothing was published",
+             "errors by stage: " + ", ".join(f"{stage} {count}" for stage, count in by_stage.items())]
+    for error in [e for r in records for e in r.first_errors][:3]:
+        lines.append(f"--- {error['stage']} on sample {error['sample_id']} (input {error['input_id']}): "
+                     f"{error['error']}\n{error['traceback'].rstrip()}")
+    return "\n".join(lines)
+
+
 def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | None = None,
                  progress: Progress | None = None) -> RunResult:
+    """Plan, check and run `pipeline` into a dataset version with the run's `settings` (default: from the
+    environment); every stage and the plan get them through a StageContext, never by reading it again."""
     config = validate_run_config(pipeline.config_class, config)
     settings = settings or Settings()
     started = time.perf_counter()
-    datasets = DatasetStore(Store.from_settings(settings))
+    context = StageContext(settings)
+    datasets = context.datasets
     name = config.output.dataset or check_name(pipeline.name, "dataset name")  # output names are checked by config
 
+    stages = pipeline.stages(config)
+    check_columns(pipeline, stages)
     config_hash = config.config_hash()
-    items = assign_ids(pipeline.plan(config, datasets), config_hash)
-    fingerprint = f"{config_hash}-{ids.fingerprint(items)}"
+    items = assign_ids(pipeline.plan(config, context), config_hash, pipeline.item_keys)
+    code = code_identity(type(pipeline).__module__)
+    fingerprint = f"{config_hash}-{ids.fingerprint({'items': items, 'code': code['source']})}"
 
     published = datasets.area.find_published(name, fingerprint)
     if published and config.output.version in (None, published):
@@ -79,35 +90,39 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         if config.output.version:
             raise
         writer = datasets.begin(name, datasets.area.next_version(name), fingerprint, pipeline.schema)
+    where = f"{name}/{writer.lease.version}"
 
     jobs = cut_shards(items, config.execution.shard_size)
     done: dict[int, ShardRecord] = writer.sink.done_shards()
     pending = [job for job in jobs if job.index not in done]
     resumed = len(done)
     if resumed:
-        log.info("resuming %s/%s: %d of %d shards already written", name, writer.lease.version, resumed, len(jobs))
+        log.info("resuming %s: %d of %d shards already written", where, resumed, len(jobs))
     if progress:
         progress(len(done), len(jobs))
+    budget = config.execution.error_budget(len(items))
 
     def on_done(record: ShardRecord) -> None:
         writer.lease.check()
         done[record.index] = record
+        if sum(r.errors for r in done.values()) > budget:  # already failed: stop spending compute
+            raise ErrorBudgetExceeded(_budget_message(where, list(done.values()), len(items), budget))
         if progress:
             progress(len(done), len(jobs))
 
-    executor = make_executor(config.execution, settings)
-    runner = ShardRunner(pipeline, config, writer.sink)
+    executor = make_executor(config.execution, settings, len(items))
     try:
-        executor.execute(runner, pending, on_done)
+        executor.execute(group_runners(pipeline, config, settings, writer.sink, stages), stages, pending, on_done)
         missing = sorted(set(job.index for job in jobs) - set(done))
         if missing:
-            raise RuntimeError(f"{name}/{writer.lease.version}: shards {missing} did not finish; re-run to resume")
+            raise RuntimeError(f"{where}: shards {missing} did not finish; re-run to resume")
         dataset = writer.commit(
             list(done.values()),
             before_manifest=lambda version: write_report(version, pipeline),
             pipeline=pipeline.name, config=config.content_dict(), config_hash=config_hash,
-            code_version=code_version(), num_inputs=len(items),
-            parents=sorted(set(parents_of(items)) | set(pipeline.parents(config))),
+            code_version=f"{code['package']}+{code['git']}" if code["git"] else code["package"], code=code,
+            num_inputs=len(items),
+            parents=sorted(set(parents_of(items)) | set(pipeline.parents(config, context))),
             run={"executor": executor.describe(), "seconds": round(time.perf_counter() - started, 3),
                  "shards_resumed": resumed, "run_id": writer.lease.run_id},
         )

@@ -1,42 +1,47 @@
 """The stage contract: what every unit of pipeline work looks like, whatever executes it.
 
-A stage declares its resources and batch size, loads what it needs once per worker in `setup()`, and turns
-a batch of rows (dicts) into a batch of rows. It may drop a row by returning a `Reject` with a reason
-instead of it. Stages never know whether they run in-process or on a Ray actor.
+A stage declares its resources, its batch size and its columns (`needs`: the row keys it reads, `makes`:
+the keys it adds), loads what it needs once per worker in `setup(context)`, and turns a batch of rows
+(dicts) into a batch of rows. It drops a row by returning a `Reject` with a reason instead of it: that is a
+decision, and rejects are data. An exception is not a decision: it is an error, counted apart, and a run
+whose errors exceed its budget fails and publishes nothing (hoi_factory.run).
 
 `run_stages` is the one place that applies stages to rows: it retries a failed batch, then isolates the
-bad samples one by one so a single broken input is rejected with its error and the rest go on, and it
-counts rows in, rows out and reject reasons per stage (the funnel).
+failing samples one by one so the others go on, and counts rows in, rows out, reject reasons and errors
+per stage (the funnel).
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hoi_factory.context import StageContext
 
 Row = dict[str, Any]
 
 MAX_REASON_LENGTH = 300
+MAX_TRACEBACK_LENGTH = 4000
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage needs. Executors size actors from the largest need of a stage group."""
+    """What one worker of a stage needs. Consecutive stages with equal needs share a worker pool.
+
+    `custom` names other Ray resources (e.g. `(("accelerator", 1.0),)`), for accelerators Ray does not
+    count as GPUs."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    gpu_memory_gb: float | None = None
+    custom: tuple[tuple[str, float], ...] = ()
 
-    @staticmethod
-    def largest(resources: list[Resources]) -> Resources:
-        gpu_memory = [r.gpu_memory_gb for r in resources if r.gpu_memory_gb is not None]
-        return Resources(
-            num_cpus=max((r.num_cpus for r in resources), default=1.0),
-            num_gpus=max((r.num_gpus for r in resources), default=0.0),
-            gpu_memory_gb=max(gpu_memory) if gpu_memory else None,
-        )
+    @property
+    def accelerated(self) -> bool:
+        return self.num_gpus > 0 or bool(self.custom)
 
 
 @dataclass(frozen=True)
@@ -53,17 +58,43 @@ class Reject:
         return cls(row["sample_id"], row.get("input_id", ""), reason, detail[:MAX_REASON_LENGTH])
 
 
-class Stage:
-    """Base class: override `process` (batch in, batch out) and, if needed, `setup`."""
+@dataclass(frozen=True)
+class StageError:
+    """A sample a stage failed on with an exception: a bug or a broken dependency, never a filter decision."""
 
-    resources: ClassVar[Resources] = Resources()
-    batch_size: ClassVar[int] = 16
+    sample_id: str
+    input_id: str
+    stage: str
+    error: str  # the exception's type and message
+    traceback: str = ""
+
+    @classmethod
+    def of(cls, row: Row, stage: str, exc: BaseException) -> StageError:
+        text = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_LENGTH:]
+        message = f"{type(exc).__name__}: {exc}"[:MAX_REASON_LENGTH]
+        return cls(str(row.get("sample_id", "")), str(row.get("input_id", "")), stage, message, text)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"sample_id": self.sample_id, "input_id": self.input_id, "stage": self.stage, "error": self.error,
+                "traceback": self.traceback}
+
+
+class Stage:
+    """Base class: override `process` (batch in, batch out) and, if needed, `setup`.
+
+    Declare `needs` (row keys read) and `makes` (row keys added) as class attributes, or set them in
+    `__init__` when they depend on the stage's arguments; the pipeline checks the chain before any work."""
+
+    resources: Resources = Resources()
+    batch_size: int = 16
+    needs: frozenset[str] = frozenset()
+    makes: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
         return type(self).__name__
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
         """Load models and other heavy state; called once per worker before any batch."""
 
     def process(self, batch: list[Row]) -> list[Row | Reject]:
@@ -71,18 +102,19 @@ class Stage:
 
 
 class MapStage(Stage):
-    """A stage that handles rows one at a time: override `process_row`. An exception rejects that row only."""
+    """A stage that handles rows one at a time: override `process_row`. An exception is an error for
+    that row only; the other rows of the batch go on."""
 
     def process_row(self, row: Row) -> Row | Reject:
         raise NotImplementedError
 
-    def process(self, batch: list[Row]) -> list[Row | Reject]:
-        results: list[Row | Reject] = []
+    def process(self, batch: list[Row]) -> list[Row | Reject | StageError]:
+        results: list[Row | Reject | StageError] = []
         for row in batch:
             try:
                 results.append(self.process_row(row))
-            except Exception as exc:  # a broken sample, not a broken stage
-                results.append(Reject.of(row, f"{self.name} error: {type(exc).__name__}", str(exc)))
+            except Exception as exc:
+                results.append(StageError.of(row, self.name, exc))
         return results
 
 
@@ -100,52 +132,76 @@ class Filter(Stage):
 class StageStats:
     rows_in: int = 0
     rows_out: int = 0
+    errors: int = 0
     seconds: float = 0.0
     rejected: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict:
-        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "seconds": round(self.seconds, 4),
-                "rejected": dict(self.rejected)}
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "errors": self.errors,
+                "seconds": round(self.seconds, 4), "rejected": dict(self.rejected)}
 
 
 @dataclass
 class StageOutput:
+    """Rows through some stages: those still alive, rejects and errors (by stage), per-stage stats."""
+
     rows: list[Row]
-    rejects: list[tuple[str, Reject]]  # (stage name, reject)
-    stats: dict[str, StageStats]
+    rejects: list[tuple[str, Reject]] = field(default_factory=list)  # (stage name, reject)
+    errors: list[StageError] = field(default_factory=list)
+    stats: dict[str, StageStats] = field(default_factory=dict)
 
 
-def _apply(stage: Stage, batch: list[Row], retries: int) -> list[Row | Reject]:
+def _checked(stage: Stage, batch: list[Row], results: list) -> list[Row | Reject | StageError]:
+    """A stage's results, with broken contract turned into errors: a result per row, declared keys made."""
+    if not isinstance(results, list) or len(results) != len(batch):
+        raise TypeError(f"{stage.name}.process returned {type(results).__name__} of "
+                        f"{len(results) if isinstance(results, list) else '?'} results for {len(batch)} rows")
+    checked: list[Row | Reject | StageError] = []
+    for row, result in zip(batch, results):
+        if isinstance(result, dict) and (missing := stage.makes - result.keys()):
+            result = StageError.of(row, stage.name, KeyError(f"{stage.name} declares it makes {sorted(missing)} "
+                                                             "but did not"))
+        elif not isinstance(result, (dict, Reject, StageError)):
+            result = StageError.of(row, stage.name, TypeError(f"{stage.name} returned a {type(result).__name__}"))
+        checked.append(result)
+    return checked
+
+
+def _apply(stage: Stage, batch: list[Row], retries: int) -> list[Row | Reject | StageError]:
     error: Exception | None = None
     for _ in range(retries + 1):
         try:
-            return stage.process(batch)
+            return _checked(stage, batch, stage.process(batch))
         except Exception as exc:
             error = exc
     if len(batch) == 1:
-        return [Reject.of(batch[0], f"{stage.name} error: {type(error).__name__}", str(error))]
+        return [StageError.of(batch[0], stage.name, error)]
     # The batch keeps failing: find the sample(s) at fault so the others survive.
     return [result for row in batch for result in _apply(stage, [row], retries)]
 
 
-def run_stages(stages: list[Stage], rows: list[Row], retries: int = 1) -> StageOutput:
-    """Push rows through the stages in order, batch by batch, collecting rejects and per-stage stats."""
-    stats = {stage.name: StageStats() for stage in stages}
-    rejects: list[tuple[str, Reject]] = []
+def run_stages(stages: list[Stage], rows: list[Row], retries: int = 1,
+               output: StageOutput | None = None) -> StageOutput:
+    """Push rows through the stages in order, batch by batch, collecting rejects, errors and per-stage
+    stats (added to `output` when given: a shard carries one StageOutput through several stage groups)."""
+    output = output or StageOutput(rows=[])
     for stage in stages:
-        stage_stats = stats[stage.name]
+        stage_stats = output.stats.setdefault(stage.name, StageStats())
         started = time.perf_counter()
         kept: list[Row] = []
         for start in range(0, len(rows), stage.batch_size):
-            batch = rows[start : start + stage.batch_size]
-            for result in _apply(stage, batch, retries):
+            for result in _apply(stage, rows[start : start + stage.batch_size], retries):
                 if isinstance(result, Reject):
-                    rejects.append((stage.name, result))
+                    output.rejects.append((stage.name, result))
                     stage_stats.rejected[result.reason] += 1
+                elif isinstance(result, StageError):
+                    output.errors.append(result)
+                    stage_stats.errors += 1
                 else:
                     kept.append(result)
         stage_stats.rows_in += len(rows)
         stage_stats.rows_out += len(kept)
         stage_stats.seconds += time.perf_counter() - started
         rows = kept
-    return StageOutput(rows, rejects, stats)
+    output.rows = rows
+    return output

@@ -14,9 +14,10 @@ from hoi_factory.stage import MapStage, Row
 
 
 def busy_wait(seconds: float) -> None:
-    """Spin on the CPU (not sleep) so the cost is real compute that workers must share cores for."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    """Spend `seconds` of this process's CPU time (not wall time): two workers sharing one core take twice
+    as long, so measured scaling is real parallelism."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
         pass
 
 
@@ -34,6 +35,7 @@ class FixedCostWork(MapStage):
     """Spends `work_ms` per row, then draws the row's values from its seed."""
 
     batch_size = 4
+    makes = frozenset({"values", "total"})
 
     def __init__(self, work_ms: float, values: int):
         self.work_seconds = work_ms / 1000
@@ -51,7 +53,7 @@ class SyntheticPipeline(Pipeline[SyntheticConfig]):
     config_class = SyntheticConfig
     schema = pa.schema([("values", pa.list_(pa.float32())), ("total", pa.float64())])
 
-    def plan(self, config: SyntheticConfig, datasets) -> list[dict]:
+    def plan(self, config: SyntheticConfig, context) -> list[dict]:
         return [{"input_id": "synthetic", "index": i} for i in range(config.count)]
 
     def stages(self, config: SyntheticConfig):
