@@ -1,21 +1,21 @@
-"""The `hoi-factory` command line."""
+"""The `hoi-factory` command line.
+
+Imports are lazy: `--help` and a command's argument parsing import neither Prefect nor Ray nor any pipeline,
+and a run's inputs are checked before Prefect or Ray start.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.runner import USER_ERRORS
-from hoi_factory.config import Settings, load_run_config
-from hoi_factory.datasets import DatasetStore
-from hoi_factory.model_store import ModelStore
-from hoi_factory.storage import Store
+if TYPE_CHECKING:
+    from hoi_factory.storage import Store
 
 app = typer.Typer(help="hoi-factory: hand-object and human-object interaction datasets, made at scale.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,17 +26,39 @@ app.add_typer(models_app, name="models")
 console = Console()
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int | None = None) -> None:
+    """Print the message; exit 2 for a user error, 1 for a run that failed."""
+    if code is None:
+        from hoi_factory.errors import USER_ERRORS
+
+        code = 1 if isinstance(message, BaseException) and not isinstance(message, USER_ERRORS) else 2
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the user asked for, and runs failed by stage errors: shown as their message."""
+    from hoi_factory.errors import NOT_RETRIED
+
+    return NOT_RETRIED
+
+
+def _settings():
+    from hoi_factory.config import Settings
+
+    return Settings()
+
+
 def _store() -> Store:
-    return Store.from_settings(Settings())
+    from hoi_factory.storage import Store
+
+    return Store.from_settings(_settings())
 
 
 def _with_progress(run):
     """Run `run()` with a rich progress bar fed by the flows' shard progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from flows import progress
 
     bars: dict[str, Any] = {}
@@ -75,16 +97,20 @@ def run(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. execution.workers=2"),
 ) -> None:
     """Run one pipeline into a new dataset version (or resume an interrupted one)."""
-    from flows import PIPELINES
+    from flows.registry import PIPELINES, pipeline_class, pipeline_flow
 
     if pipeline not in PIPELINES:
         _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(PIPELINES))}")
-    pipeline_class, flow = PIPELINES[pipeline]
+    from hoi_factory.config import load_run_config
+    from hoi_factory.run import check_run
+
+    cls = pipeline_class(pipeline)
     try:
-        run_config = load_run_config(pipeline_class.config_class, config, overrides or [])
-        result = _with_progress(lambda: flow(run_config))
-    except USER_ERRORS as exc:
-        _fail(str(exc))
+        run_config = load_run_config(cls.config_class, config, overrides or [])
+        check_run(cls(), run_config, _settings())  # before Prefect or Ray start: plain messages, no traceback
+        result = _with_progress(lambda: pipeline_flow(pipeline)(run_config))
+    except _user_errors() as exc:
+        _fail(exc)
     _print_results([result])
 
 
@@ -96,6 +122,7 @@ def train(
 ) -> None:
     """Train a model on dataset versions and publish it to the model store (resumes a killed run)."""
     from flows.training import TRAINERS, train_model
+    from hoi_factory.config import load_run_config
     from hoi_factory.training import TrainConfig
 
     if trainer not in TRAINERS:
@@ -103,40 +130,42 @@ def train(
     try:
         config = load_run_config(TrainConfig, config_file, overrides or [])
         result = _with_progress(lambda: train_model(trainer, config))
-    except USER_ERRORS as exc:
-        _fail(str(exc))
+    except _user_errors() as exc:
+        _fail(exc)
     console.print(f"[green]✓[/] {result['model']}/{result['version']}: {result['url']}")
 
 
 @app.command()
 def pipelines() -> None:
     """List the pipelines `run` knows."""
-    from flows import PIPELINES
+    from flows.registry import PIPELINES, pipeline_class
 
-    for name, (pipeline_class, _) in sorted(PIPELINES.items()):
-        console.print(f"[bold]{name}[/]: {pipeline_class.description}")
+    for name in sorted(PIPELINES):
+        console.print(f"[bold]{name}[/]: {pipeline_class(name).description}")
 
 
 @app.command()
 def demo(
-    executor: str = typer.Option("ray", help="ray or local"),
+    executor: str = typer.Option("auto", help="auto (in-process for small plans), ray or local"),
     workers: int = typer.Option(2, min=1),
 ) -> None:
     """Run every pipeline at small scale on the embedded defaults and say what was made."""
     from flows.demo import demo as demo_flow
 
-    settings = Settings()
+    settings = _settings()
     console.print(f"store: [bold]{settings.store_url}[/]  (set HOI_STORE_URL to change)")
     try:
         results = _with_progress(lambda: demo_flow(executor=executor, workers=workers))
-    except USER_ERRORS as exc:
-        _fail(str(exc))
+    except _user_errors() as exc:
+        _fail(exc)
     _print_results(results)
 
 
 @datasets_app.command("ls")
 def datasets_ls() -> None:
     """Every dataset and its published versions."""
+    from hoi_factory.datasets import DatasetStore
+
     store = DatasetStore(_store())
     table = _table(f"datasets in {store.store.url}", "name", "versions", "latest", "samples")
     for name in store.names():
@@ -148,10 +177,12 @@ def datasets_ls() -> None:
 @datasets_app.command("show")
 def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """A version's manifest: counts, funnel, lineage, shards."""
+    from hoi_factory.datasets import DatasetStore
+
     try:
         version = DatasetStore(_store()).open_ref(ref)
-    except USER_ERRORS as exc:
-        _fail(str(exc))
+    except _user_errors() as exc:
+        _fail(exc)
     m = version.manifest
     console.print(f"[bold]{version.ref}[/]  {m.num_samples} samples, {m.num_rejects} rejected, "
                   f"{len(m.shards)} shards, made {m.created} by {m.pipeline} ({m.code_version})")
@@ -169,10 +200,12 @@ def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -
 @datasets_app.command("validate")
 def datasets_validate(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """Check every shard against the manifest (presence, checksums, rows, schema). Exit 1 on problems."""
+    from hoi_factory.datasets import DatasetStore
+
     try:
         version = DatasetStore(_store()).open_ref(ref)
-    except USER_ERRORS as exc:
-        _fail(str(exc))
+    except _user_errors() as exc:
+        _fail(exc)
     problems = version.validate()
     for problem in problems:
         console.print(f"[red]✗[/] {problem}")
@@ -184,6 +217,8 @@ def datasets_validate(ref: str = typer.Argument(..., help="name or name/version"
 @models_app.command("ls")
 def models_ls() -> None:
     """Every model and its published versions."""
+    from hoi_factory.model_store import ModelStore
+
     store = ModelStore(_store())
     table = _table(f"models in {store.store.url}", "name", "versions", "latest")
     for name in store.names():
@@ -194,10 +229,12 @@ def models_ls() -> None:
 @models_app.command("show")
 def models_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """A model version: files, metrics, the datasets it was trained on."""
+    from hoi_factory.model_store import ModelStore
+
     try:
         model = ModelStore(_store()).open_ref(ref)
-    except USER_ERRORS as exc:
-        _fail(str(exc))
+    except _user_errors() as exc:
+        _fail(exc)
     m = model.manifest
     console.print(f"[bold]{m.name}/{m.version}[/]  made {m.created}\nurl: {model.url}")
     console.print(f"trained on: {', '.join(m.datasets) or '-'}")
@@ -211,7 +248,7 @@ def status(runs: int = typer.Option(10, min=0, help="recent flow runs to show"))
     """Where the factory points, recent flow runs, the Ray cluster, and what is in the store."""
     from flows.status import ray_cluster, recent_flow_runs
 
-    settings = Settings()
+    settings = _settings()
     console.print(f"store:   {settings.store_url}")
     console.print(f"prefect: {settings.prefect_api_url or 'ephemeral (no server; set PREFECT_API_URL)'}")
     if settings.ray_address:

@@ -25,16 +25,16 @@ def demo_input_folder(settings: Settings) -> Path:
 
 @flow(name="demo", description="every pipeline at small scale on procedural stand-in inputs")
 def demo(executor: Literal["local", "ray"] = "ray", workers: int = 2) -> list[dict[str, Any]]:
-    from flows import PIPELINES
+    from flows.registry import PIPELINES, pipeline_class, pipeline_flow
 
     logger = get_run_logger()
     execution = ExecutionConfig(executor=executor, workers=workers, shard_size=16)
     inputs = demo_input_folder(Settings())
     results = []
-    for name, (pipeline_class, pipeline_flow) in PIPELINES.items():
-        config = pipeline_class().demo_config(inputs / name, execution)
+    for name in PIPELINES:
+        config = pipeline_class(name)().demo_config(inputs / name, execution)
         if config is None:
             continue
         logger.info("demo: %s, stand-in inputs under %s", name, inputs / name)
-        results.append(pipeline_flow(config))
+        results.append(pipeline_flow(name)(config))
     return results

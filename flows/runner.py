@@ -18,19 +18,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from flows import progress
-from hoi_factory.config import ConfigError, RunConfig, Settings
+from hoi_factory.config import RunConfig, Settings
 from hoi_factory.datasets import DatasetVersion
-from hoi_factory.pipeline import Pipeline, PlanError
-from hoi_factory.storage import StoreError
+from hoi_factory.errors import NOT_RETRIED
+from hoi_factory.pipeline import Pipeline
 from hoi_factory.run import RunResult, run_pipeline
 
 PUBLISHED_EVENT = "hoi.dataset.published"
-# Errors in what the user asked for: retrying cannot help, so they fail at once with their message.
-USER_ERRORS = (ConfigError, PlanError, StoreError)
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
-    return not isinstance(state.result(raise_on_failure=False), USER_ERRORS)
+    """Retry what may pass next time (a lost worker, a store outage); not what would fail the same way."""
+    return not isinstance(state.result(raise_on_failure=False), NOT_RETRIED)
 
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)

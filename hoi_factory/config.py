@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 class Settings(BaseSettings):
     """Where the factory reads and writes. Every field comes from the environment (or a `.env` file)."""
 
-    model_config = SettingsConfigDict(env_prefix="HOI_", env_file=".env", extra="ignore")
+    # populate_by_name: code building explicit settings names fields (s3_endpoint_url=...), the environment aliases
+    model_config = SettingsConfigDict(env_prefix="HOI_", env_file=".env", extra="ignore", populate_by_name=True)
 
     store_url: str = Field("./hoi-store", description="Root of the dataset and model store: a folder or s3://bucket/prefix")
     ray_address: str | None = Field(

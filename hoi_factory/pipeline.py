@@ -66,6 +66,11 @@ class Pipeline(Generic[C]):
     def stages(self, config: C) -> list[Stage]:
         raise NotImplementedError
 
+    def check_inputs(self, config: C, context: StageContext) -> None:
+        """Raise PlanError / StoreError naming the input at fault (a missing folder, an unknown parent dataset)
+        before anything starts. By default: plan and discard; override when planning is expensive."""
+        self.plan(config, context)
+
     def parents(self, config: C, context: StageContext) -> list[str]:
         """Dataset versions (`name/version`) this run reads besides those its items point at (which count
         by themselves, see hoi_factory.parents): its lineage."""

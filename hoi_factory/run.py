@@ -60,6 +60,14 @@ def _budget_message(where: str, records: list[ShardRecord], num_inputs: int, bud
     return "\n".join(lines)
 
 
+def check_run(pipeline: Pipeline, config: RunConfig, settings: Settings) -> None:
+    """What can be checked before Prefect, Ray or any stage starts: the config, the stage chain's declared
+    columns and the inputs (folders, parent datasets). Raises the user error naming the fault."""
+    config = validate_run_config(pipeline.config_class, config)
+    check_columns(pipeline, pipeline.stages(config))
+    pipeline.check_inputs(config, StageContext(settings))
+
+
 def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | None = None,
                  progress: Progress | None = None) -> RunResult:
     """Plan, check and run `pipeline` into a dataset version with the run's `settings` (default: from the
@@ -67,12 +75,11 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
     config = validate_run_config(pipeline.config_class, config)
     settings = settings or Settings()
     started = time.perf_counter()
+    stages = pipeline.stages(config)
+    check_columns(pipeline, stages)  # before the store is touched or anything planned
     context = StageContext(settings)
     datasets = context.datasets
     name = config.output.dataset or check_name(pipeline.name, "dataset name")  # output names are checked by config
-
-    stages = pipeline.stages(config)
-    check_columns(pipeline, stages)
     config_hash = config.config_hash()
     items = assign_ids(pipeline.plan(config, context), config_hash, pipeline.item_keys)
     code = code_identity(type(pipeline).__module__)

@@ -73,7 +73,9 @@ def image_folder(tmp_path):
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024**2)
+    # One unit of "accelerator": the synthetic pipeline's stand-in for a GPU (tasks/synthetic/pipeline.py).
+    ray.init(num_cpus=2, resources={"accelerator": 1}, include_dashboard=False, log_to_driver=False,
+             object_store_memory=300 * 1024**2)
     yield ray
     ray.shutdown()
 

@@ -81,13 +81,13 @@ def test_models_and_status(local_store_env):
 
 
 def test_demo_makes_every_pipelines_demo_dataset_and_says_where(local_store_env, prefect_harness):
-    from flows import PIPELINES
+    from flows.registry import PIPELINES, pipeline_class
 
     first = cli("demo", "--executor", "local")
     assert first.exit_code == 0, first.output
     store = Store.from_settings(Settings())
     made = DatasetStore(store).names()
-    in_demo = [name for name, (cls, _) in PIPELINES.items() if cls.demo_config is not Pipeline.demo_config]
+    in_demo = [name for name in PIPELINES if pipeline_class(name).demo_config is not Pipeline.demo_config]
     assert made and len(made) == len(in_demo) >= 1
     for name in made:
         version = DatasetStore(store).open(name)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import PIPELINES
+from flows.registry import PIPELINES, pipeline_class, pipeline_flow
 from flows.runner import PUBLISHED_EVENT
 from hoi_factory.config import Settings
 
@@ -67,12 +67,12 @@ def test_prefect_deployments_point_at_real_flows():
     from flows.training import retrain_on_publish, train_model
 
     flows = {flow.fn.__module__.replace(".", "/") + ".py:" + flow.fn.__name__
-             for flow in [*(f for _, f in PIPELINES.values()), validate_dataset, train_model, retrain_on_publish]}
+             for flow in [*map(pipeline_flow, PIPELINES), validate_dataset, train_model, retrain_on_publish]}
     for deployment in deployments:
         assert deployment["entrypoint"] in flows, deployment["entrypoint"]
         assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
-    configs = {f.fn.__module__.replace(".", "/") + ".py:" + f.fn.__name__: cls.config_class
-               for cls, f in PIPELINES.values()}
+    configs = {f"{flow.replace('.', '/').replace(':', '.py:', 1)}": pipeline_class(name).config_class
+               for name, (_, flow) in PIPELINES.items()}
     for deployment in deployments:  # a pipeline deployment's parameters are a valid config of that pipeline
         if deployment["entrypoint"] in configs:
             configs[deployment["entrypoint"]].model_validate(deployment["parameters"]["config"])

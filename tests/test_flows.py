@@ -7,7 +7,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 import pytest
 
-from flows import ingest, synthetic
+from flows.ingest import ingest
+from flows.synthetic import synthetic
 from flows.maintenance import DatasetInvalid, validate_dataset
 from flows.runner import PUBLISHED_EVENT
 from hoi_factory.config import Settings

@@ -1,4 +1,5 @@
-"""The stage contract: retries, isolation of bad samples, filters and their counted reasons."""
+"""The stage contract: retries, isolation of failing samples as errors (not rejects), filters and their counted
+reasons, declared keys enforced."""
 
 import pyarrow as pa
 
@@ -53,29 +54,31 @@ class SquareRows(MapStage):
         return {**row, "sq": row["x"] ** 2}
 
 
-def test_a_bad_sample_is_isolated_and_rejected_while_the_rest_go_on():
+def test_a_failing_sample_is_isolated_as_an_error_while_the_rest_go_on():
     stage = ExplodesOnSeven()
     out = run_stages([stage], rows(10), retries=1)
     assert sorted(r["x"] for r in out.rows) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
     assert all(r["y"] == 2 * r["x"] for r in out.rows)
-    [(stage_name, reject)] = out.rejects
-    assert (stage_name, reject.sample_id, reject.input_id) == ("ExplodesOnSeven", "s7", "in7")
-    assert reject.reason == "ExplodesOnSeven error: ValueError" and "cannot decode sample 7" in reject.detail
-    assert out.stats["ExplodesOnSeven"].rejected == {"ExplodesOnSeven error: ValueError": 1}
+    assert out.rejects == []  # an exception is not a filter's decision
+    [error] = out.errors
+    assert (error.stage, error.sample_id, error.input_id) == ("ExplodesOnSeven", "s7", "in7")
+    assert error.error == "ValueError: cannot decode sample 7"
+    assert "Traceback" in error.traceback and "raise ValueError" in error.traceback
+    assert out.stats["ExplodesOnSeven"].errors == 1 and not out.stats["ExplodesOnSeven"].rejected
 
 
 def test_a_failed_batch_is_retried_and_nothing_is_lost():
     out = run_stages([FlakyOnce()], rows(10), retries=1)
-    assert [r["x"] for r in out.rows] == list(range(10)) and out.rejects == []
+    assert [r["x"] for r in out.rows] == list(range(10)) and out.rejects == [] and out.errors == []
 
 
 def test_without_retries_a_transient_fault_falls_back_to_single_samples():
     out = run_stages([FlakyOnce()], rows(3), retries=0)
     # The batch fails (first sight of s0); alone, s0 works, while s1 and s2 fail at their first sight and, with
-    # no retries left, are rejected with the error: accounted for, never silently lost.
+    # no retries left, are counted as errors: accounted for, never silently lost.
     assert [r["x"] for r in out.rows] == [0]
-    assert [(r.sample_id, r.reason) for _, r in out.rejects] == [("s1", "FlakyOnce error: ConnectionError"),
-                                                                 ("s2", "FlakyOnce error: ConnectionError")]
+    assert [(e.sample_id, e.error) for e in out.errors] == [("s1", "ConnectionError: transient"),
+                                                            ("s2", "ConnectionError: transient")]
 
 
 def test_filters_and_map_stages_count_reasons_in_a_funnel():
@@ -85,6 +88,31 @@ def test_filters_and_map_stages_count_reasons_in_a_funnel():
     assert (out.stats["OddFilter"].rows_in, out.stats["OddFilter"].rows_out) == (10, 5)
     assert out.stats["SquareRows"].rejected == {"four is not welcome": 1}
     assert len(out.rejects) == 6
+
+
+class ForgetsItsKey(MapStage):
+    makes = frozenset({"y"})
+
+    def process_row(self, row):
+        return row if row["x"] == 3 else {**row, "y": 1}
+
+
+class ReturnsNothing(Stage):
+    def process(self, batch):
+        return []
+
+
+def test_a_row_without_a_declared_key_is_an_error_not_a_silent_null():
+    out = run_stages([ForgetsItsKey()], rows(5))
+    assert [r["x"] for r in out.rows] == [0, 1, 2, 4]
+    [error] = out.errors
+    assert error.sample_id == "s3" and "declares it makes ['y'] but did not" in error.error
+
+
+def test_a_stage_that_loses_rows_fails_every_row_as_an_error():
+    out = run_stages([ReturnsNothing()], rows(3), retries=0)
+    assert out.rows == [] and [e.sample_id for e in out.errors] == ["s0", "s1", "s2"]
+    assert "returned list of 0 results for 1 rows" in out.errors[0].error  # isolated, still losing it
 
 
 def test_rows_that_do_not_fit_the_schema_are_rejected_not_fatal():

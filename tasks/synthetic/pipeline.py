@@ -1,4 +1,9 @@
-"""The synthetic pipeline: `count` samples, each costing `work_ms` of CPU and holding seeded random values."""
+"""The synthetic pipeline: `count` samples, each costing `work_ms` of CPU and holding seeded random values.
+
+With `accelerator_ms > 0` a second stage follows that waits that long per sample while holding one unit of
+the Ray resource `accelerator` and no CPU: a stand-in for a GPU model, so the executor's pools (CPU work
+overlapping accelerator work) can be tested and benchmarked on a machine without a GPU.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from pydantic import Field
 
 from hoi_factory.config import RunConfig
 from hoi_factory.pipeline import Pipeline
-from hoi_factory.stage import MapStage, Row
+from hoi_factory.stage import MapStage, Resources, Row
 
 
 def busy_wait(seconds: float) -> None:
@@ -29,6 +34,8 @@ class SyntheticConfig(RunConfig):
     count: int = Field(64, ge=1, le=10_000_000, description="samples to make")
     work_ms: float = Field(10.0, ge=0, le=60_000, description="CPU milliseconds spent per sample")
     values: int = Field(8, ge=1, le=4096, description="seeded random values per sample")
+    accelerator_ms: float = Field(0.0, ge=0, le=60_000, description=(
+        "if > 0: a second stage waiting this long per sample on one unit of the Ray resource 'accelerator'"))
 
 
 class FixedCostWork(MapStage):
@@ -47,6 +54,25 @@ class FixedCostWork(MapStage):
         return {**row, "values": values.tolist(), "total": float(values.sum())}
 
 
+ACCELERATOR = "accelerator"  # the custom Ray resource AcceleratorWork holds
+
+
+class AcceleratorWork(MapStage):
+    """Waits `wait_ms` per row without using the CPU (like a kernel on an accelerator), then marks the row."""
+
+    batch_size = 4
+    needs = frozenset({"total"})
+    makes = frozenset({"accelerated"})
+    resources = Resources(num_cpus=0.5, custom=((ACCELERATOR, 1.0),))
+
+    def __init__(self, wait_ms: float):
+        self.wait_seconds = wait_ms / 1000
+
+    def process_row(self, row: Row) -> Row:
+        time.sleep(self.wait_seconds)
+        return {**row, "accelerated": True}
+
+
 class SyntheticPipeline(Pipeline[SyntheticConfig]):
     name = "synthetic"
     description = "calibration samples with a fixed CPU cost each (benchmarks, fault tests)"
@@ -57,4 +83,5 @@ class SyntheticPipeline(Pipeline[SyntheticConfig]):
         return [{"input_id": "synthetic", "index": i} for i in range(config.count)]
 
     def stages(self, config: SyntheticConfig):
-        return [FixedCostWork(config.work_ms, config.values)]
+        work = [FixedCostWork(config.work_ms, config.values)]
+        return [*work, AcceleratorWork(config.accelerator_ms)] if config.accelerator_ms else work
