@@ -66,6 +66,10 @@ class Pipeline(Generic[C]):
     def stages(self, config: C) -> list[Stage]:
         raise NotImplementedError
 
+    def planned_keys(self, config: C) -> frozenset[str]:
+        """The keys every planned item carries with this config: `item_keys`, unless they depend on it."""
+        return self.item_keys
+
     def check_inputs(self, config: C, context: StageContext) -> None:
         """Raise PlanError / StoreError naming the input at fault (a missing folder, an unknown parent dataset)
         before anything starts. By default: plan and discard; override when planning is expensive."""
@@ -90,10 +94,11 @@ class Pipeline(Generic[C]):
         return {}
 
 
-def check_columns(pipeline: Pipeline, stages: list[Stage]) -> None:
-    """The declared columns must chain: every key a stage needs is planned or made before it, and every
-    schema column is made by some stage. Raises ColumnError naming the stage and the key."""
-    available = set(PLANNED_KEYS | pipeline.item_keys)
+def check_columns(pipeline: Pipeline, stages: list[Stage], config: RunConfig | None = None) -> None:
+    """The declared columns must chain: every key a stage needs is planned (with `config`, when given) or made
+    before it, and every schema column is made by some stage. Raises ColumnError naming the stage and the key."""
+    planned = pipeline.item_keys if config is None else pipeline.planned_keys(config)
+    available = set(PLANNED_KEYS | planned)
     for position, stage in enumerate(stages):
         missing = sorted(stage.needs - available)
         if missing:

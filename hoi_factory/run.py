@@ -64,7 +64,7 @@ def check_run(pipeline: Pipeline, config: RunConfig, settings: Settings) -> None
     """What can be checked before Prefect, Ray or any stage starts: the config, the stage chain's declared
     columns and the inputs (folders, parent datasets). Raises the user error naming the fault."""
     config = validate_run_config(pipeline.config_class, config)
-    check_columns(pipeline, pipeline.stages(config))
+    check_columns(pipeline, pipeline.stages(config), config)
     pipeline.check_inputs(config, StageContext(settings))
 
 
@@ -76,12 +76,12 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
     settings = settings or Settings()
     started = time.perf_counter()
     stages = pipeline.stages(config)
-    check_columns(pipeline, stages)  # before the store is touched or anything planned
+    check_columns(pipeline, stages, config)  # before the store is touched or anything planned
     context = StageContext(settings)
     datasets = context.datasets
     name = config.output.dataset or check_name(pipeline.name, "dataset name")  # output names are checked by config
     config_hash = config.config_hash()
-    items = assign_ids(pipeline.plan(config, context), config_hash, pipeline.item_keys)
+    items = assign_ids(pipeline.plan(config, context), config_hash, pipeline.planned_keys(config))
     code = code_identity(type(pipeline).__module__)
     fingerprint = f"{config_hash}-{ids.fingerprint({'items': items, 'code': code['source']})}"
 

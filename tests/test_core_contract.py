@@ -255,8 +255,9 @@ def test_every_registered_pipeline_declares_a_chain_that_holds(tmp_path):
     for name in PIPELINES:
         pipeline = pipeline_class(name)()
         config = pipeline.demo_config(tmp_path / name, ExecutionConfig(executor="local"))
+        assert pipeline.name == name
         if config is not None:
-            check_columns(pipeline, pipeline.stages(config))
+            check_columns(pipeline, pipeline.stages(config), config)
 
 
 # -- stage groups and per-pool execution -----------------------------------------------------------------

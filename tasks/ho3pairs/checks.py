@@ -17,8 +17,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from hoi_factory.context import StageContext
 from hoi_factory.stage import Filter, MapStage, Row
-from tasks.ho3pairs.hands import make_segmenter
+from tasks.ho3pairs.hands import make_segmenter, segmenter_resources
 
 RING = 9  # px: the ring around the repainted region that stands for "not hand"
 MIN_SEPARABLE = 0.6  # the colour test must call at least this share of the HOI image's hand pixels hand-like
@@ -74,12 +75,16 @@ class MeasureObjectImage(MapStage):
     """Records residue, seam, a detector's hand count and the quality figures; drops nothing."""
 
     batch_size = 8
+    needs = frozenset({"image_array", "hand_mask_array", "object_array", "inpaint_mask_array"})
+    makes = frozenset({"hand_residue", "seam_score", "hands_detected", "psnr", "ssim", "psnr_inpainted",
+                       "psnr_sdedit"})
 
-    def __init__(self, backend: str, model: str | None):
+    def __init__(self, backend: str, model: str | None, gpus: float = 0.0):
         self.backend, self.model = backend, model
+        self.resources = segmenter_resources(backend, gpus)
 
-    def setup(self) -> None:
-        self.detector = make_segmenter(self.backend, self.model)
+    def setup(self, context: StageContext) -> None:
+        self.detector = make_segmenter(self.backend, self.model, context.device)
 
     def process_row(self, row: Row) -> Row:
         region, obj = row["inpaint_mask_array"], row["object_array"]
@@ -96,6 +101,8 @@ class MeasureObjectImage(MapStage):
 
 class HandRemoved(Filter):
     """Drops object-only images where the hand is still there, or where the repainted patch shows a seam."""
+
+    needs = frozenset({"hands_detected", "hand_residue", "seam_score"})
 
     def __init__(self, max_hand_residue: float, max_seam_score: float):
         self.max_hand_residue, self.max_seam_score = max_hand_residue, max_seam_score

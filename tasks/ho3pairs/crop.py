@@ -40,6 +40,8 @@ class CropAroundInteraction(MapStage):
     """Crops the image, the masks and the true object-only view (if any) to the same square."""
 
     batch_size = 16
+    needs = frozenset({"image_array", "hand_mask_array"})
+    makes = frozenset({"image_array", "hand_mask_array", "crop_box", "hand_box_crop"})
 
     def __init__(self, size: int, padding: float = PADDING):
         self.size, self.padding = size, padding
@@ -66,6 +68,8 @@ class ExtractLayout(MapStage):
     poor fit) rejects."""
 
     batch_size = 32
+    needs = frozenset({"hand_mask_array"})
+    makes = frozenset({"layout", "layout_iou"})
 
     def __init__(self, min_iou: float):
         self.min_iou = min_iou

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from hoi_factory.context import StageContext
 from hoi_factory.optional import require
-from hoi_factory.stage import MapStage, Reject, Row
+from hoi_factory.stage import MapStage, Reject, Resources, Row
 
 WRIST, MIDDLE_MCP = 0, 9
 FOREARM_LENGTH = 2.5  # in wrist-to-middle-knuckle lengths, pointing away from the fingers
@@ -78,7 +79,7 @@ class MediaPipeHands:
 class Detectron2Hands:
     """A detectron2 hand segmenter: the instances of class `hand_class` scoring at least `min_score`."""
 
-    def __init__(self, folder: str, hand_class: int = 0, min_score: float = 0.5):
+    def __init__(self, folder: str, device: str = "cpu", hand_class: int = 0, min_score: float = 0.5):
         root = Path(folder or "")
         for name in ("config.yaml", "model.safetensors"):
             if not (root / name).is_file():
@@ -92,11 +93,9 @@ class Detectron2Hands:
         from detectron2.data import transforms
         from detectron2.modeling import build_model
 
-        from models.diffusion import best_device
-
         cfg = get_cfg()
         cfg.merge_from_file(str(root / "config.yaml"))
-        cfg.MODEL.DEVICE = best_device()
+        cfg.MODEL.DEVICE = device
         self.model = build_model(cfg).eval()
         self.model.load_state_dict(safetensors.torch.load_file(str(root / "model.safetensors"),
                                                                device=cfg.MODEL.DEVICE))
@@ -114,15 +113,21 @@ class Detectron2Hands:
         return list(instances.pred_masks[keep].numpy())
 
 
-def make_segmenter(backend: str, model: str | None):
-    """None for `provided`; `model` is the mediapipe `.task` file or the detectron2 folder."""
+def make_segmenter(backend: str, model: str | None, device: str = "cpu"):
+    """None for `provided`; `model` is the mediapipe `.task` file or the detectron2 folder, which runs on
+    `device` (MediaPipe picks its own)."""
     if backend == "provided":
         return None
     if backend == "mediapipe":
         return MediaPipeHands(model or "")
     if backend == "detectron2":
-        return Detectron2Hands(model or "")
+        return Detectron2Hands(model or "", device)
     raise ValueError(f"unknown hand segmentation backend {backend!r} (provided, mediapipe, detectron2)")
+
+
+def segmenter_resources(backend: str, gpus: float) -> Resources:
+    """detectron2 runs on the GPUs it is given; `provided` and MediaPipe need none."""
+    return Resources(num_cpus=1.0, num_gpus=gpus if backend == "detectron2" else 0.0)
 
 
 class SegmentHands(MapStage):
@@ -130,15 +135,19 @@ class SegmentHands(MapStage):
 
     batch_size = 8
 
-    def __init__(self, backend: str, model: str | None):
+    def __init__(self, backend: str, model: str | None, gpus: float = 0.0):
         self.backend, self.model = backend, model
+        self.resources = segmenter_resources(backend, gpus)
+        # `provided` only checks the loader's mask is there; a segmenter replaces it.
+        self.needs = frozenset({"hand_mask_array"} if backend == "provided" else {"image_array"})
+        self.makes = frozenset() if backend == "provided" else frozenset({"hand_mask_array"})
 
-    def setup(self) -> None:
-        self.segmenter = make_segmenter(self.backend, self.model)
+    def setup(self, context: StageContext) -> None:
+        self.segmenter = make_segmenter(self.backend, self.model, context.device)
 
     def process_row(self, row: Row) -> Row | Reject:
         if self.segmenter is None:
-            if row.get("hand_mask_array") is None:
+            if row["hand_mask_array"] is None:
                 return Reject.of(row, "no hand mask provided")
             return row
         masks = self.segmenter.masks(row["image_array"])

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from hoi_factory.context import StageContext
 from hoi_factory.stage import Resources, Row, Stage
-from models.diffusion import Sampling, best_device, inpaint, load_diffusion, repaint, sdedit
+from models.diffusion import Sampling, inpaint, load_diffusion, repaint, sdedit
 
 MASK_GROWTH = 7  # DESIGN 5.2: the hand mask is grown with a 7x7 kernel before inpainting
 NO_MODEL = "none"
@@ -31,6 +32,8 @@ class InpaintHands(Stage):
     """`object_array`: the crop with the hand repainted; `inpaint_mask_array`: the region repainted."""
 
     batch_size = 4
+    needs = frozenset({"image_array", "hand_mask_array", "seed"})
+    makes = frozenset({"object_array", "inpaint_mask_array"})
 
     def __init__(self, inpainter: str, model: str, sampling: Sampling, gpus: float, repaint_jump_length: int = 10,
                  repaint_resamples: int = 10):
@@ -38,9 +41,9 @@ class InpaintHands(Stage):
         self.jump_length, self.resamples = repaint_jump_length, repaint_resamples
         self.resources = Resources(num_cpus=1.0, num_gpus=gpus if inpainter != "biharmonic" else 0.0)
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
         task = {"diffusers": "inpainting", "repaint": "repaint"}.get(self.inpainter)
-        self.pipeline = load_diffusion(self.model, task, best_device()) if task else None
+        self.pipeline = load_diffusion(self.model, task, context.device) if task else None
 
     def process(self, batch: list[Row]) -> list[Row]:
         masks = [grow(row["hand_mask_array"]) for row in batch]
@@ -63,13 +66,18 @@ class SDEdit(Stage):
     """`sdedit_array`: the object-only image noised to `strength` of the diffusion process and denoised."""
 
     batch_size = 4
+    makes = frozenset({"sdedit_array"})  # None without a model
 
     def __init__(self, model: str, strength: float, sampling: Sampling, gpus: float):
         self.model, self.strength, self.sampling = model, strength, sampling
         self.resources = Resources(num_cpus=1.0, num_gpus=gpus if model != NO_MODEL else 0.0)
+        self.needs = frozenset({"object_array", "seed"}) if model != NO_MODEL else frozenset()
 
-    def setup(self) -> None:
-        self.pipeline = load_diffusion(self.model, "image-to-image", best_device()) if self.model != NO_MODEL else None
+    def setup(self, context: StageContext) -> None:
+        if self.model != NO_MODEL:
+            self.pipeline = load_diffusion(self.model, "image-to-image", context.device)
+        else:
+            self.pipeline = None
 
     def process(self, batch: list[Row]) -> list[Row]:
         if self.pipeline is None:

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from scipy import ndimage
 
 from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.context import StageContext
 from hoi_factory.parents import ReadParentRows
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Row
@@ -29,6 +30,7 @@ from tasks.ho3pairs.hands import SegmentHands
 from tasks.ho3pairs.inpaint import InpaintHands, SDEdit
 from tasks.ho3pairs.sources import (
     HOGSA_COLUMNS,
+    SOURCE_ITEM_KEYS,
     LoadHOGSASample,
     LoadSample,
     plan_folder,
@@ -68,7 +70,7 @@ class PairsConfig(RunConfig):
     steps: int = Field(50, ge=1, le=1000, description="denoising steps (SDEdit runs strength x steps of them)")
     guidance_scale: float = Field(7.5, ge=0, le=50)
     sdedit_strength: float = Field(0.05, gt=0, le=1, description="share of the diffusion process SDEdit noises to")
-    gpus: float = Field(0.0, ge=0, le=8, description="GPUs per inpainting / SDEdit worker")
+    gpus: float = Field(0.0, ge=0, le=8, description="GPUs per inpainting / SDEdit (and detectron2) worker")
     min_layout_iou: float = Field(MIN_SPLAT_IOU, ge=0, le=1, description="reject layouts whose splat overlaps "
                                   "the hand mask less (the paper: 0.5; MANO hands without forearm fit worse)")
     max_hand_residue: float = Field(0.5, ge=0, le=1, description="sanity filter: repainted pixels still hand-like")
@@ -97,6 +99,9 @@ def _png_or_empty(array: np.ndarray | None) -> bytes:
 
 class EncodePair(MapStage):
     batch_size = 32
+    needs = frozenset({"image_array", "object_array", "hand_mask_array", "inpaint_mask_array"})
+    makes = frozenset({"hoi_image", "object_image", "sdedit_image", "hand_mask", "inpaint_mask", "object_mask",
+                       "true_object_image", "size"})
 
     def process_row(self, row: Row) -> Row:
         return {**row, "hoi_image": png_bytes(row["image_array"]), "object_image": png_bytes(row["object_array"]),
@@ -141,31 +146,37 @@ class PairsPipeline(Pipeline[PairsConfig]):
     ])
     preview_column = "hoi_image"
     allow_non_finite = frozenset(QUALITY_COLUMNS) | {"frame_time"}  # NaN: not measurable for that sample
+    item_keys = frozenset.intersection(*SOURCE_ITEM_KEYS.values()) | {"source"}  # what every source's items carry
 
-    def plan(self, config: PairsConfig, datasets) -> list[dict]:
-        if config.source == "folder":
-            items = plan_folder(config.inputs, config.object_class)
-        elif config.source == "hogsa":
-            items = plan_hogsa(datasets, config.inputs)
+    def planned_keys(self, config: PairsConfig) -> frozenset[str]:
+        """Hogsa items point at parent rows, the other sources' at files."""
+        return SOURCE_ITEM_KEYS[config.source] | {"source"}
+
+    def plan(self, config: PairsConfig, context: StageContext) -> list[dict]:
+        options = context.storage_options(config.inputs)
+        if config.source == "hogsa":
+            items = plan_hogsa(context.datasets, config.inputs)
+        elif config.source == "folder":
+            items = plan_folder(config.inputs, config.object_class, options)
         elif config.source == "hoi4d":
-            items = plan_hoi4d(config.inputs)
+            items = plan_hoi4d(config.inputs, options)
         else:
-            items = plan_video(config.inputs, config.frame_rate, config.object_class)
+            items = plan_video(config.inputs, config.frame_rate, config.object_class, options)
         return [{**item, "source": config.source} for item in items]
 
     def stages(self, config: PairsConfig):
         sampling = Sampling(config.steps, config.guidance_scale, config.size)
         load = ([ReadParentRows(HOGSA_COLUMNS), LoadHOGSASample()] if config.source == "hogsa"
-                else [LoadSample(config.hoi4d_hand_colours)])
+                else [LoadSample(config.source, config.hoi4d_hand_colours)])
         return [
             *load,
-            SegmentHands(config.hand_segmentation, config.segmenter_model),
+            SegmentHands(config.hand_segmentation, config.segmenter_model, config.gpus),
             CropAroundInteraction(config.size, config.crop_padding),
             ExtractLayout(config.min_layout_iou),
             InpaintHands(config.inpainter, config.inpainting_model, sampling, config.gpus, config.repaint_jump_length,
                          config.repaint_resamples),
             SDEdit(config.sdedit_model, config.sdedit_strength, sampling, config.gpus),
-            MeasureObjectImage(config.hand_segmentation, config.segmenter_model),
+            MeasureObjectImage(config.hand_segmentation, config.segmenter_model, config.gpus),
             HandRemoved(config.max_hand_residue, config.max_seam_score),
             EncodePair(),
         ]

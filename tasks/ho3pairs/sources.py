@@ -11,6 +11,9 @@
   so hands come from a detector.
 - `hogsa`: a `hogsa` dataset version (name or name/version in `inputs`): composites with exact hand and object
   masks and the true object-only render of the same view.
+
+The planning helpers take the fsspec options of the inputs (`StageContext.storage_options`); the loading stages
+get them in `setup`.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from hoi_factory.config import Settings
+from hoi_factory.context import StageContext
 from hoi_factory.optional import require
+from hoi_factory.parents import PARENT_KEYS
 from hoi_factory.pipeline import PlanError
 from hoi_factory.stage import MapStage, Reject, Row
 from tasks.images.stages import ReadImage, read_png
@@ -36,8 +40,18 @@ HOI4D_CLASSES = ["", "toy car", "mug", "laptop", "storage furniture", "bottle", 
                  "", "pliers", "kettle", "knife", "trash can", "", "", "lamp", "stapler", "", "chair"]
 
 
-def _filesystem(url: str):
-    fs, root = fsspec.core.url_to_fs(url, **Settings().storage_options(url))
+# The keys of each source's work items (the pipeline adds `source`); LoadSample reads `image` or `video`.
+SOURCE_ITEM_KEYS = {
+    "folder": frozenset({"input_id", "image", "hand_mask", "object_mask", "object_only", "object_class", "hand_box",
+                         "frame_time"}),
+    "hoi4d": frozenset({"input_id", "image", "hoi4d_mask", "object_only", "object_class", "frame_time"}),
+    "video": frozenset({"input_id", "video", "frame_time", "object_class", "object_only"}),
+    "hogsa": frozenset({"input_id", "frame_time", "hand_box"}) | PARENT_KEYS,
+}
+
+
+def _filesystem(url: str, storage_options: dict[str, Any]):
+    fs, root = fsspec.core.url_to_fs(url, **storage_options)
     if not fs.isdir(root):
         raise PlanError(f"input folder {url!r} does not exist or is not a folder")
     return fs, root.rstrip("/")
@@ -74,8 +88,8 @@ def _json_map(fs, root: str, url: str, name: str, valid, what: str) -> dict:
     return mapping
 
 
-def plan_folder(url: str, object_class: str) -> list[dict[str, Any]]:
-    fs, root = _filesystem(url)
+def plan_folder(url: str, object_class: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    fs, root = _filesystem(url, storage_options)
     images = _listing(fs, root, "images", IMAGE_SUFFIXES)
     if not images:
         raise PlanError(f"{url!r} has no images/ folder with images in it (see the folder layout in the docs)")
@@ -93,8 +107,8 @@ def plan_folder(url: str, object_class: str) -> list[dict[str, Any]]:
             for stem, relative in images.items()]
 
 
-def plan_hoi4d(url: str) -> list[dict[str, Any]]:
-    fs, root = _filesystem(url)
+def plan_hoi4d(url: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    fs, root = _filesystem(url, storage_options)
     items = []
     for stem, relative in _listing(fs, root, "", (".jpg", ".png")).items():
         parts = relative.split("/")
@@ -112,9 +126,10 @@ def plan_hoi4d(url: str) -> list[dict[str, Any]]:
     return items
 
 
-def plan_video(url: str, frame_rate: float, object_class: str) -> list[dict[str, Any]]:
+def plan_video(url: str, frame_rate: float, object_class: str, storage_options: dict[str, Any]
+               ) -> list[dict[str, Any]]:
     av = require("av", "video", "video inputs")
-    fs, root = _filesystem(url)
+    fs, root = _filesystem(url, storage_options)
     items = []
     for relative in _listing(fs, root, "", VIDEO_SUFFIXES).values():
         try:
@@ -134,19 +149,24 @@ def plan_video(url: str, frame_rate: float, object_class: str) -> list[dict[str,
     return items
 
 
-def read_video_frame(url: str, time: float) -> np.ndarray:
+class NoFrameError(LookupError):
+    """The video ends before the time asked for (its duration in the header was longer than its frames)."""
+
+
+def read_video_frame(url: str, time: float, storage_options: dict[str, Any]) -> np.ndarray:
     """The first frame at or after `time` seconds, RGB uint8."""
     av = require("av", "video", "video inputs")
-    with fsspec.open(url, "rb", **Settings().storage_options(url)) as handle, av.open(handle) as container:
+    with fsspec.open(url, "rb", **storage_options) as handle, av.open(handle) as container:
         stream = container.streams.video[0]
         container.seek(int(time / stream.time_base), stream=stream, backward=True)
         for frame in container.decode(stream):
             if frame.pts is None or frame.pts * stream.time_base >= time - 0.5 * float(1 / stream.average_rate):
                 return frame.to_ndarray(format="rgb24")
-    raise ValueError(f"no frame at {time:.3f} s")
+    raise NoFrameError(f"no frame at {time:.3f} s")
 
 
 HOGSA_COLUMNS = ["image", "object_only_image", "left_mask", "right_mask", "object_mask", "object_name"]
+LOADED_KEYS = frozenset({"image_array", "hand_mask_array", "object_mask_array", "object_only_array"})
 
 
 def plan_hogsa(datasets, ref: str) -> list[dict[str, Any]]:
@@ -156,35 +176,69 @@ def plan_hogsa(datasets, ref: str) -> list[dict[str, Any]]:
 
 
 class LoadHOGSASample(MapStage):
-    """A `hogsa` row (read by ReadParentRows) -> the arrays LoadSample gives: hands = both MANO hands' pixels."""
+    """A `hogsa` row (read by ReadParentRows) -> the arrays LoadSample gives: hands = both MANO hands' pixels.
 
-    def process_row(self, row: Row) -> Row:
-        hands = (read_png(row["left_mask"]) > 127) | (read_png(row["right_mask"]) > 127)
-        return {**row, "object_class": row["object_name"], "image_array": read_png(row["image"])[..., :3],
-                "hand_mask_array": hands, "object_mask_array": read_png(row["object_mask"]) > 127,
-                "object_only_array": read_png(row["object_only_image"])[..., :3]}
+    An undecodable PNG, or a mask or view whose size differs from the image, rejects the sample."""
+
+    needs = frozenset(HOGSA_COLUMNS)
+    makes = LOADED_KEYS | {"object_class"}
+
+    def process_row(self, row: Row) -> Row | Reject:
+        decoded = {}
+        for key in ("image", "object_only_image", "left_mask", "right_mask", "object_mask"):
+            try:
+                decoded[key] = read_png(row[key])
+            except (OSError, ValueError):  # PIL: not an image (UnidentifiedImageError is an OSError), truncated data
+                return Reject.of(row, "unreadable parent image", key)
+        image, truth = decoded["image"][..., :3], decoded["object_only_image"][..., :3]
+        for key in ("object_only_image", "left_mask", "right_mask", "object_mask"):
+            if decoded[key].shape[:2] != image.shape[:2]:
+                return Reject.of(row, "parent image sizes differ",
+                                 f"{key} {decoded[key].shape[:2]} vs {image.shape[:2]}")
+        hands = (decoded["left_mask"] > 127) | (decoded["right_mask"] > 127)
+        return {**row, "object_class": row["object_name"], "image_array": image, "hand_mask_array": hands,
+                "object_mask_array": decoded["object_mask"] > 127, "object_only_array": truth}
 
 
 class LoadSample(MapStage):
     """A work item -> `image_array`, and the masks / true object-only view the source provides.
 
-    Missing or unreadable files and masks whose size differs from the image reject the sample, with the reason.
+    Missing or unreadable files, video frames past the end and masks whose size differs from the image reject
+    the sample, with the reason.
     """
 
     batch_size = 8
+    makes = LOADED_KEYS
 
-    def __init__(self, hand_colours: list[tuple[int, int, int]]):
+    def __init__(self, source: str, hand_colours: list[tuple[int, int, int]]):
+        self.video = source == "video"
+        self.needs = frozenset({"video", "frame_time"}) if self.video else frozenset({"image"})
         self.read_image = ReadImage()
         self.hand_colours = np.asarray(hand_colours, dtype=np.uint8).reshape(-1, 3)
+
+    def setup(self, context: StageContext) -> None:
+        self.read_image.setup(context)
+        self.storage_options = context.storage_options
 
     def _image(self, row: Row, url: str) -> np.ndarray | Reject:
         result = self.read_image.process_row({**row, "path": url})
         return result if isinstance(result, Reject) else result["pixels"]
 
+    def _frame(self, row: Row) -> np.ndarray | Reject:
+        av = require("av", "video", "video inputs")
+        try:
+            return read_video_frame(row["video"], row["frame_time"], self.storage_options(row["video"]))
+        except FileNotFoundError:  # gone since it was planned
+            return Reject.of(row, "missing file", row["video"])
+        except NoFrameError as exc:  # the header's duration promised more frames than the file holds
+            return Reject.of(row, "no frame at that time", str(exc))
+        except (av.FFmpegError, IndexError) as exc:  # damaged past the header the plan read
+            return Reject.of(row, "unreadable video", f"{type(exc).__name__}: {exc}")
+
     def process_row(self, row: Row) -> Row | Reject:
         if row.get("unreadable"):
             return Reject.of(row, "unreadable video", row["unreadable"])
-        image = read_video_frame(row["video"], row["frame_time"]) if row.get("video") else self._image(row, row["image"])
+        image = self._frame(row) if self.video else self._image(row, row["image"])
         if isinstance(image, Reject):
             return image
         loaded = {"image_array": image, "hand_mask_array": None, "object_mask_array": None, "object_only_array": None}

@@ -1,6 +1,7 @@
 """HO3Pairs end to end on procedural hand–object scenes, whose true object-only image is known."""
 
 import io
+import itertools
 import json
 import math
 
@@ -8,14 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hoi_factory.config import ConfigError, ExecutionConfig
-from hoi_factory.pipeline import PlanError
+from hoi_factory.config import ConfigError, ExecutionConfig, Settings
+from hoi_factory.context import StageContext
+from hoi_factory.pipeline import PlanError, check_columns
 from hoi_factory.run import run_pipeline
+from hoi_factory.stage import Reject
 from models.diffusion import sdedit_steps
 from tasks.ho3pairs.checks import hand_residue, seam_score
 from tasks.ho3pairs.crop import crop_resize, square_box
 from tasks.ho3pairs.inpaint import grow
-from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
+from tasks.ho3pairs.pipeline import SD_INPAINTING, PairsConfig, PairsPipeline
+from tasks.ho3pairs.sources import SOURCE_ITEM_KEYS, LoadHOGSASample, LoadSample
+from tasks.images.stages import png_bytes
 from tasks.procedural.hand_object import render_hand_object, write_hand_object_folder
 
 LOCAL = ExecutionConfig(executor="local", shard_size=8)
@@ -43,6 +48,7 @@ def test_pairs_from_procedural_scenes_keep_every_input_accounted_for(scenes, loc
                                                         size=128, execution=LOCAL)).dataset
     manifest = dataset.manifest
     assert manifest.num_inputs == 12 + len(expected) == manifest.num_samples + manifest.num_rejects
+    assert manifest.num_errors == 0  # every bad input is a reject with its reason, not an error
     rejects = {r["input_id"]: r["reason"] for r in dataset.rejects().to_pylist()}
     for path, reason in expected.items():
         assert rejects[path] == reason
@@ -103,6 +109,7 @@ def test_tiny_diffusers_inpainting_and_sdedit_run_batched_on_ray(scenes, local_s
     dataset = run_pipeline(PairsPipeline(), config).dataset
     assert dataset.manifest.run["executor"].startswith("ray")
     assert dataset.manifest.num_samples + dataset.manifest.num_rejects == dataset.manifest.num_inputs
+    assert dataset.manifest.num_errors == 0
     rows = dataset.to_arrow().to_pylist()
     assert rows and {r["input_id"] for r in rows}.isdisjoint(r["input_id"] for r in dataset.rejects().to_pylist())
     for row in rows:
@@ -135,7 +142,7 @@ def test_hoi4d_layout_reads_colour_masks_and_the_class_folder(tmp_path, local_st
     config = PairsConfig(source="hoi4d", inputs=str(tmp_path / "hoi4d"), hoi4d_hand_colours=[(128, 0, 0)],
                          inpainter="biharmonic", sdedit_model="none", size=96, max_seam_score=1e9, execution=LOCAL)
     dataset = run_pipeline(PairsPipeline(), config).dataset
-    assert dataset.manifest.num_inputs == 3
+    assert dataset.manifest.num_inputs == 3 and dataset.manifest.num_errors == 0
     assert {r["reason"] for r in dataset.rejects().to_pylist()} >= {"no hand mask provided"}
     for row in dataset.to_arrow().to_pylist():
         assert row["object_class"] == "mug" and row["source"] == "hoi4d"
@@ -156,13 +163,22 @@ def test_videos_are_sampled_at_the_frame_rate(tmp_path):
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     (folder / "broken.mp4").write_bytes(b"not a video")
-    items = plan_video(str(folder), frame_rate=2.0, object_class="cup")
+    items = plan_video(str(folder), frame_rate=2.0, object_class="cup", storage_options={})
+    assert all(SOURCE_ITEM_KEYS["video"] <= item.keys() for item in items)  # what the pipeline declares
     clip = [item for item in items if item["input_id"] == "clip.mp4"]
     assert [item["frame_time"] for item in clip] == pytest.approx([0, 0.5, 1.0, 1.5, 2.0, 2.5])
     for item in clip:
-        grey = read_video_frame(item["video"], item["frame_time"]).mean()
+        grey = read_video_frame(item["video"], item["frame_time"], {}).mean()
         assert abs(grey - 8 * round(item["frame_time"] * 10)) < 3  # the frame at that time, not a neighbour
     assert [item.get("unreadable") is not None for item in items if item["input_id"] == "broken.mp4"] == [True]
+
+    # Bad videos are rejects with their reason: unreadable at planning, or a frame past the end.
+    load = LoadSample("video", [])
+    load.setup(StageContext(Settings(store_url=str(tmp_path / "store"))))
+    broken = next(item for item in items if item["input_id"] == "broken.mp4")
+    past_end = {**clip[0], "frame_time": 10.0}
+    results = [load.process_row({**item, "sample_id": "s"}) for item in (broken, past_end)]
+    assert [r.reason if isinstance(r, Reject) else r for r in results] == ["unreadable video", "no frame at that time"]
 
 
 def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_store_env):
@@ -221,3 +237,35 @@ def test_repaint_inpainting_keeps_known_pixels(scenes, local_store_env):
         hoi, obj = decode(row["hoi_image"]), decode(row["object_image"])
         region = decode(row["inpaint_mask"]) > 127
         assert (obj[~region] == hoi[~region]).all() and (obj[region] != hoi[region]).any()
+
+
+def test_corrupt_or_mismatched_hogsa_renders_are_rejected_with_the_reason():
+    image, mask = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 255
+    row = {"sample_id": "s", "input_id": "i", "image": png_bytes(image), "object_only_image": png_bytes(image),
+           "left_mask": png_bytes(mask), "right_mask": png_bytes(mask), "object_mask": png_bytes(mask),
+           "object_name": "mug"}
+    loaded = LoadHOGSASample().process_row(row)
+    assert loaded["hand_mask_array"].sum() == 64 and loaded["object_class"] == "mug"
+    corrupt = LoadHOGSASample().process_row({**row, "left_mask": b"not a png"})
+    assert (corrupt.reason, corrupt.detail) == ("unreadable parent image", "left_mask")
+    smaller = LoadHOGSASample().process_row({**row, "object_mask": png_bytes(mask[:-4])})
+    assert smaller.reason == "parent image sizes differ"
+
+
+def test_every_config_variant_declares_a_chain_that_holds(tmp_path):
+    pipeline = PairsPipeline()
+    configs = [PairsConfig(inputs=str(tmp_path)),
+               pipeline.demo_config(tmp_path / "demo", ExecutionConfig(executor="local"))]
+    for source, inpainter, segmentation, sdedit_model in itertools.product(
+            ("folder", "hoi4d", "video", "hogsa"), ("diffusers", "repaint", "biharmonic"),
+            ("provided", "mediapipe", "detectron2"), ("none", "tiny")):
+        if source == "video" and segmentation == "provided":
+            continue  # refused by the config: videos carry no masks
+        configs.append(PairsConfig(
+            source=source, inputs=str(tmp_path), inpainter=inpainter, hand_segmentation=segmentation,
+            inpainting_model="tiny" if inpainter == "repaint" else SD_INPAINTING, sdedit_model=sdedit_model,
+            hoi4d_hand_colours=[(128, 0, 0)], gpus=1.0 if sdedit_model == "tiny" else 0.0))
+    for config in configs:
+        check_columns(pipeline, pipeline.stages(config), config)
+        assert pipeline.planned_keys(config) == SOURCE_ITEM_KEYS[config.source] | {"source"}
