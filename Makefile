@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install browser demo test bench
+.PHONY: install browser demo test bench gpu-check
 install: $(VENV)/.installed
 
 # torch and torchvision first, pinned as a pair (a torchvision built for another torch fails to import);
@@ -34,3 +34,9 @@ bench: install
 	$(BIN)/python -m benchmarks.ho3pairs
 	$(BIN)/python -m benchmarks.hogsa_render
 	$(BIN)/python -m benchmarks.hogsa
+
+# By hand on a machine with one CUDA GPU (under 8 minutes): gsplat parity, HOGSA, text-to-image, detection and
+# CHORUS aggregation speed, as one JSON object on stdout and in benchmarks/results/gpu_check.json.
+# gsplat is the [gsplat] extra: without it the parity check is skipped and HOGSA renders with the torch rasterizer.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check

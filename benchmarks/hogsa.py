@@ -21,6 +21,8 @@ import torch
 import trimesh
 
 from benchmarks.results_table import show_and_save
+from hoi_factory.config import Settings
+from hoi_factory.context import StageContext
 from tasks.hogsa.augment import AugmentConfig, CompositeAndAnnotate, NovelPose, RenderNovelView
 from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig
 from tasks.hogsa.posing import frame_to_json
@@ -36,7 +38,7 @@ def model_row(subdivisions: int, per_face: int) -> tuple[dict, int]:
     sequence = procedural_sequence(0, "ball", frames=1, cameras=1, width=32, height=32)
     sequence.object_mesh = trimesh.creation.icosphere(subdivisions, 0.08)
     stage = FitHOGS(HOGSModelsConfig(sequences=["ball"], gaussians_per_face=per_face, sh_degree=1))
-    stage.setup()
+    stage.setup(StageContext(Settings()))
     model = stage.build(sequence)
     row = {"sequence": "ball", "object_name": "ball", "hogs": model.to_bytes(), "hand_model": "standin",
            "flat_hand_mean": False, "frames": json.dumps([frame_to_json(f) for f in sequence.frames])}
@@ -44,21 +46,40 @@ def model_row(subdivisions: int, per_face: int) -> tuple[dict, int]:
 
 
 def seconds_per_image(row: dict, pose_optimization: bool, samples: int) -> float:
-    config = AugmentConfig(pose_optimization=pose_optimization, render_size=SIZE, crop_size=SIZE)
+    return augment_timings(row, pose_optimization, samples)[0]
+
+
+def augment_timings(row: dict, pose_optimization: bool, samples: int, device: str = "cpu", repeats: int = 1,
+                    size: int = SIZE) -> list[float]:
+    """Seconds per augmented `size` x `size` image, one figure per repeat of `samples` images, after one
+    warm-up image. `device="cuda"` runs the stages as a GPU worker does (gpus=1): the HOGS model on CUDA,
+    rendered by the "auto" backend (gsplat when it is installed, else the torch rasterizer)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    config = AugmentConfig(pose_optimization=pose_optimization, render_size=size, crop_size=size,
+                           gpus=1.0 if device == "cuda" else 0.0)
     stages = [NovelPose(config), RenderNovelView(config), CompositeAndAnnotate(config)]
+    context = StageContext(Settings(), device=device)
     for stage in stages:
-        stage.setup()
+        stage.setup(context)
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def augment(seed: int) -> None:
         item = {**row, "sample_id": f"s{seed}", "input_id": "ball", "seed": seed}
         for stage in stages:
             item = stage.process_row(item)
 
-    augment(0)  # warm-up: hand models loaded, the HOGS blob decoded
-    started = time.perf_counter()
-    for seed in range(1, samples + 1):
-        augment(seed)
-    return (time.perf_counter() - started) / samples
+    augment(0)  # warm-up: hand models loaded, the HOGS blob decoded (and, on CUDA, kernels loaded)
+    timings, seed = [], 1
+    for _ in range(repeats):
+        synchronize()
+        started = time.perf_counter()
+        for _ in range(samples):
+            augment(seed)
+            seed += 1
+        synchronize()
+        timings.append((time.perf_counter() - started) / samples)
+    return timings
 
 
 def main() -> None:

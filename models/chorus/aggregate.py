@@ -39,21 +39,25 @@ def view_weights(azimuths: torch.Tensor, bins: int = AZIMUTH_BINS) -> torch.Tens
 
 
 def aggregate(points: torch.Tensor, weights: torch.Tensor, views: Views, chunk: int = 16) -> torch.Tensor:
-    """Occupancy in [0, 1] for canonical `points` (N, 3) with LBS `weights` (N, 24)."""
-    r = view_weights(views.azimuths)
-    numerator = torch.zeros(len(points))
-    denominator = torch.zeros(len(points))
-    homogeneous = torch.cat([points, torch.ones(len(points), 1)], 1)  # (N, 4)
+    """Occupancy in [0, 1] for canonical `points` (N, 3) with LBS `weights` (N, 24), computed on `points`' device
+    (the views' cameras, bones and masks, numpy arrays or tensors, are moved there)."""
+    device = points.device
+    weights = weights.to(device)
+    r = view_weights(views.azimuths).to(device)
+    numerator = torch.zeros(len(points), device=device)
+    denominator = torch.zeros(len(points), device=device)
+    homogeneous = torch.cat([points, torch.ones(len(points), 1, device=device)], 1)  # (N, 4)
     for start in range(0, len(views.masks), chunk):
         stop = min(start + chunk, len(views.masks))
-        extrinsic = torch.cat([views.R[start:stop], views.t[start:stop, :, None]], 2)  # (C, 3, 4)
-        camera_bones = views.K[start:stop, None] @ extrinsic[:, None] @ views.bones[start:stop]  # (C, 24, 3, 4)
+        K, R, t, bones = (x[start:stop].to(device) for x in (views.K, views.R, views.t, views.bones))
+        extrinsic = torch.cat([R, t[:, :, None]], 2)  # (C, 3, 4)
+        camera_bones = K[:, None] @ extrinsic[:, None] @ bones  # (C, 24, 3, 4)
         count = stop - start
         per_point = (weights @ camera_bones.permute(1, 0, 2, 3).reshape(24, -1)).reshape(-1, count, 3, 4)
         pixels = (per_point @ homogeneous[:, None, :, None])[..., 0]  # (N, C, 3)
         for offset in range(count):
             k = start + offset
-            mask = torch.from_numpy(views.masks[k])
+            mask = torch.as_tensor(views.masks[k], device=device)
             hit, seen = _lookup(pixels[:, offset], mask)
             numerator += r[k] * hit
             denominator += r[k] * seen
