@@ -8,11 +8,13 @@ import pytest
 from PIL import Image
 
 from hoi_factory import ids
-from hoi_factory.config import Settings
+from hoi_factory.config import ExecutionConfig, Settings
 from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore
+from hoi_factory.pipeline import check_columns
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import VersionBusy, VersionPublished
+from tasks.c_hoi.annotations import HOIAnnotationsConfig, HOIAnnotationsPipeline
 from tasks.images.ingest import IngestConfig, IngestPipeline
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline, seeded_values
 
@@ -53,6 +55,15 @@ def test_ingest_round_trip(store_env, image_folder):
     assert dataset.validate() == []
     assert dataset.manifest.report == {"funnel": "report/funnel.png", "samples": "report/samples.png",
                                        "html": "report/index.html"}
+
+
+def test_image_pipelines_declare_columns_that_chain(tmp_path):
+    ingest = IngestPipeline()
+    check_columns(ingest, ingest.stages(ingest.demo_config(tmp_path / "ingest", ExecutionConfig(executor="local"))))
+    annotations = HOIAnnotationsPipeline()  # no demo: any config has the same stages
+    config = HOIAnnotationsConfig(annotations=str(tmp_path / "hoi.json"), images=str(tmp_path / "images"),
+                                  execution=ExecutionConfig(executor="local"))
+    check_columns(annotations, annotations.stages(config))
 
 
 def test_synthetic_values_follow_from_seeds_alone(store_env):

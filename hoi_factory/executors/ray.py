@@ -11,15 +11,16 @@ does, so no GPU waits on Parquet encoding or uploads. The driver sees only the s
 Ray Data restarts a dead actor and re-runs its block (shards are deterministic and written atomically, so
 a re-run shard is the same file). Actors ask for a fraction of a CPU when the cluster is small, because
 pools that take every CPU leave none for Ray Data's own tasks and deadlock (seen on 2-core machines).
-ShardWork crosses pools pickled: Ray's own transport between this run's actors, never a file.
+A ShardWork crosses pools as a Python object in a Ray Data column (serialized by Ray itself).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
 from dataclasses import asdict
+
+import numpy as np
 
 from hoi_factory.datasets import ShardRecord
 from hoi_factory.optional import require
@@ -57,11 +58,18 @@ class _GroupActor:
         if self.first:
             works = [ShardWork.start(ShardJob(**json.loads(job))) for job in batch["job"]]
         else:
-            works = [pickle.loads(blob) for blob in batch["work"]]
+            works = list(batch["work"])
         works = [self.runner.run(work) for work in works]
         if self.writes:
             return {"record": [self.runner.finish(work).model_dump_json() for work in works]}
-        return {"work": [pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL) for work in works]}
+        return {"work": _objects(works)}
+
+
+def _objects(items: list) -> np.ndarray:
+    """A column of Python objects (Ray Data would otherwise try to make an array of their fields)."""
+    column = np.empty(len(items), dtype=object)
+    column[:] = items
+    return column
 
 
 def _resource_args(resources: Resources, num_cpus: float) -> dict:
@@ -141,7 +149,7 @@ class RayExecutor:
         if writer_apart:
             writer = runners[-1]
             data = data.map_batches(
-                lambda batch: {"record": [writer.finish(pickle.loads(b)).model_dump_json() for b in batch["work"]]},
+                lambda batch: {"record": [writer.finish(work).model_dump_json() for work in batch["work"]]},
                 batch_size=1, num_cpus=WRITER_CPUS)
         for row in data.iter_rows():
             on_done(ShardRecord.model_validate_json(row["record"]))

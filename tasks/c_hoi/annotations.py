@@ -22,7 +22,8 @@ import fsspec
 import pyarrow as pa
 from pydantic import Field
 
-from hoi_factory.config import RunConfig, Settings
+from hoi_factory.config import RunConfig
+from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Reject, Row
 from tasks.images.stages import EncodePNG, ReadImage
@@ -42,9 +43,9 @@ class HOIAnnotationsConfig(RunConfig):
     limit: int | None = Field(None, ge=1, description="only the first N entries")
 
 
-def _read_json(url: str, what: str):
+def _read_json(url: str, what: str, context: StageContext):
     try:
-        with fsspec.open(url, "rb", **Settings().storage_options(url)) as handle:
+        with fsspec.open(url, "rb", **context.storage_options(url)) as handle:
             return json.loads(handle.read())
     except FileNotFoundError:
         raise PlanError(f"{what} {url!r} does not exist") from None
@@ -52,10 +53,10 @@ def _read_json(url: str, what: str):
         raise PlanError(f"{what} {url!r} is not valid JSON: {exc}") from None
 
 
-def _names(url: str | None, what: str) -> dict[str, str]:
+def _names(url: str | None, what: str, context: StageContext) -> dict[str, str]:
     if url is None:
         return {}
-    names = _read_json(url, what)
+    names = _read_json(url, what, context)
     if not isinstance(names, dict):
         raise PlanError(f"{what} {url!r} must be a JSON object {{id: name}}")
     return {str(k): str(v) for k, v in names.items()}
@@ -64,8 +65,11 @@ def _names(url: str | None, what: str) -> dict[str, str]:
 def _box(value) -> list[float] | None:
     if not isinstance(value, list) or len(value) != 4 or not all(isinstance(v, (int, float)) for v in value):
         return None
-    x0, y0, x1, y1 = (float(v) for v in value)
-    return [x0, y0, x1, y1] if all(math.isfinite(v) for v in value) and x1 > x0 and y1 > y0 else None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in value)
+    except OverflowError:  # a JSON integer beyond any float
+        return None
+    return [x0, y0, x1, y1] if all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0 else None
 
 
 def parse_entry(entry, object_names: dict[str, str], verb_names: dict[str, str]) -> dict | str:
@@ -99,11 +103,19 @@ def parse_entry(entry, object_names: dict[str, str], verb_names: dict[str, str])
 
 
 class ParseHOIEntry(MapStage):
+    """An annotation entry -> its boxes, labels, triplets and the `path` of its image; malformed entries are
+    rejected with what is wrong."""
+
+    needs = frozenset({"entry", "images", "object_names", "verb_names"})
+    makes = frozenset({"boxes", "labels", "hoi_subjects", "hoi_objects", "hoi_verbs", "path"})
+
     def process_row(self, row: Row) -> Row | Reject:
         parsed = parse_entry(row["entry"], row["object_names"], row["verb_names"])
         if isinstance(parsed, str):
             return Reject.of(row, parsed)
         name = parsed.pop("file_name")
+        if posixpath.normpath(name) == "." or "\x00" in name:  # would open the folder itself, or no file at all
+            return Reject.of(row, "unusable file_name", repr(name))
         if posixpath.isabs(name) or ".." in posixpath.normpath(name).split("/"):
             return Reject.of(row, "image path leaves the images folder", name)
         return {**row, **parsed, "path": row["images"].rstrip("/") + "/" + name}
@@ -114,13 +126,15 @@ class HOIAnnotationsPipeline(Pipeline[HOIAnnotationsConfig]):
     description = "HICO-DET / V-COCO style HOI annotations + images -> an HOI dataset (boxes, labels, triplets)"
     config_class = HOIAnnotationsConfig
     schema = HOI_SCHEMA
+    item_keys = frozenset({"input_id", "entry", "images", "object_names", "verb_names"})
     preview_column = "image"
 
-    def plan(self, config: HOIAnnotationsConfig, datasets) -> list[dict]:
-        entries = _read_json(config.annotations, "annotation file")
+    def plan(self, config: HOIAnnotationsConfig, context: StageContext) -> list[dict]:
+        entries = _read_json(config.annotations, "annotation file", context)
         if not isinstance(entries, list):
             raise PlanError(f"annotation file {config.annotations!r} must hold a JSON list of image entries")
-        object_names, verb_names = _names(config.object_names, "object names"), _names(config.verb_names, "verb names")
+        object_names = _names(config.object_names, "object names", context)
+        verb_names = _names(config.verb_names, "verb names", context)
         entries = entries[: config.limit] if config.limit else entries
         return [{"input_id": f"{i}:{entry.get('file_name', '?') if isinstance(entry, dict) else '?'}", "entry": entry,
                  "images": config.images, "object_names": object_names, "verb_names": verb_names}

@@ -9,7 +9,8 @@ import fsspec
 import pyarrow as pa
 from pydantic import Field
 
-from hoi_factory.config import ExecutionConfig, RunConfig, Settings
+from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from tasks.images.stages import EncodePNG, ImageShapeFilter, ReadImage, ResizeToFit
 from tasks.procedural.image_folder import write_image_folder
@@ -32,10 +33,11 @@ class IngestPipeline(Pipeline[IngestConfig]):
     config_class = IngestConfig
     schema = pa.schema([("path", pa.string()), ("source_sha256", pa.string()), ("image", pa.binary()),
                         ("width", pa.int32()), ("height", pa.int32())])
+    item_keys = frozenset({"input_id", "path"})
     preview_column = "image"
 
-    def plan(self, config: IngestConfig, datasets) -> list[dict]:
-        fs, root = fsspec.core.url_to_fs(config.source, **Settings().storage_options(config.source))
+    def plan(self, config: IngestConfig, context: StageContext) -> list[dict]:
+        fs, root = fsspec.core.url_to_fs(config.source, **context.storage_options(config.source))
         if not fs.isdir(root):
             raise PlanError(f"source {config.source!r} is not a folder")
         files = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
 from PIL import Image
 
-from hoi_factory.config import Settings
+from hoi_factory.context import StageContext
 from hoi_factory.stage import Filter, MapStage, Reject, Row
 
 # Modes PIL converts to RGB faithfully; 16-bit and float images (I;16, I, F) would be clipped: refused.
@@ -29,20 +31,28 @@ def read_png(data: bytes) -> np.ndarray:
 
 
 class ReadImage(MapStage):
-    """Reads `row['path']` (any fsspec URL) into `row['pixels']` (H x W x 3 uint8), rejecting bad files."""
+    """Reads `row['path']` (any fsspec URL) into `row['pixels']` (H x W x 3 uint8), rejecting bad files.
+
+    A stage that reuses it on other paths calls its `setup(context)` from its own."""
 
     batch_size = 8
+    needs = frozenset({"path"})
+    makes = frozenset({"pixels", "source_sha256"})
 
     def __init__(self, max_pixels: int = 50_000_000):
         self.max_pixels = max_pixels
-        self.settings = Settings()
+
+    def setup(self, context: StageContext) -> None:
+        self.storage_options: Callable[[str], dict[str, Any]] = context.storage_options
 
     def process_row(self, row: Row) -> Row | Reject:
         try:
-            with fsspec.open(row["path"], "rb", **self.settings.storage_options(row["path"])) as handle:
+            with fsspec.open(row["path"], "rb", **self.storage_options(row["path"])) as handle:
                 data = handle.read()
         except FileNotFoundError:  # a folder lists what exists; an annotation file may name what does not
             return Reject.of(row, "missing file", row["path"])
+        except IsADirectoryError:  # an annotation file may name a folder
+            return Reject.of(row, "not a file", row["path"])
         if not data:
             return Reject.of(row, "empty file")
         try:
@@ -57,7 +67,7 @@ class ReadImage(MapStage):
             return Reject.of(row, "image too large", str(exc))
         except Image.UnidentifiedImageError:  # its message holds a memory address: keep rejects reproducible
             return Reject.of(row, "unreadable image", "not in any image format PIL reads")
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:  # what PIL's decoders raise on bad data
             return Reject.of(row, "unreadable image", f"{type(exc).__name__}: {exc}")
         if image.mode not in CONVERTIBLE_MODES:
             return Reject.of(row, "unsupported image mode", image.mode)
@@ -66,6 +76,8 @@ class ReadImage(MapStage):
 
 class ImageShapeFilter(Filter):
     """Drops images too small to use or too elongated to be a photo."""
+
+    needs = frozenset({"pixels"})
 
     def __init__(self, min_side: int, max_aspect: float):
         self.min_side = min_side
@@ -83,6 +95,9 @@ class ImageShapeFilter(Filter):
 class ResizeToFit(MapStage):
     """Scales images down so the longer side is at most `max_side` (never up), keeping the aspect ratio."""
 
+    needs = frozenset({"pixels"})
+    makes = frozenset({"pixels"})
+
     def __init__(self, max_side: int):
         self.max_side = max_side
 
@@ -98,6 +113,9 @@ class ResizeToFit(MapStage):
 
 class EncodePNG(MapStage):
     """`pixels` -> `image` (PNG bytes) with its width and height: the stored form of images."""
+
+    needs = frozenset({"pixels"})
+    makes = frozenset({"image", "width", "height"})
 
     def process_row(self, row: Row) -> Row:
         pixels = row.pop("pixels")

@@ -95,6 +95,9 @@ class ArrayConfig(RunConfig):
 class MakeArrays(MapStage):
     """Stands in for a model stage whose numerics blew up on some inputs."""
 
+    needs = frozenset({"index"})
+    makes = frozenset({"points", "score"})
+
     def process_row(self, row):
         values = [[float(row["index"]), 1.0]] * 3
         if row["index"] == 3:
@@ -108,7 +111,7 @@ class ArrayPipeline(Pipeline[ArrayConfig]):
     config_class = ArrayConfig
     schema = pa.schema([("points", pa.list_(pa.list_(pa.float32()))), ("score", pa.float64())])
 
-    def plan(self, config, datasets):
+    def plan(self, config, context):
         return [{"input_id": "array", "index": i} for i in range(config.count)]
 
     def stages(self, config):

@@ -135,7 +135,7 @@ def test_hoi_annotations_become_a_dataset_and_train_the_recognizer(tmp_path, loc
     from tasks.c_hoi.annotations import HOIAnnotationsConfig, HOIAnnotationsPipeline
     from tasks.training.c_hoi import CHOITask
 
-    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a-folder").mkdir(parents=True)
     for name in ("a.jpg", "b.jpg"):
         Image.new("RGB", (128, 96), "gray").save(tmp_path / "images" / name)
     good = {"annotations": [{"bbox": [10, 10, 50, 90], "category_id": 1}, {"bbox": [40, 40, 70, 70], "category_id": 47}],
@@ -145,7 +145,11 @@ def test_hoi_annotations_become_a_dataset_and_train_the_recognizer(tmp_path, loc
                {"annotations": [], "hoi_annotation": []},  # no file name
                {"file_name": "a.jpg", **good, "annotations": [{"bbox": [5, 5, 1, 1], "category_id": 1}]},
                {"file_name": "a.jpg", **good, "hoi_annotation": [{"subject_id": 7, "object_id": 1, "category_id": 2}]},
+               {"file_name": "a.jpg", **good, "annotations": [{"bbox": [0, 0, 10**400, 5], "category_id": 1}]},
                {"file_name": "../../etc/passwd", **good},
+               {"file_name": "", **good},
+               "not an entry",
+               {"file_name": "a-folder", **good},
                {"file_name": "missing.jpg", **good}]
     (tmp_path / "hoi.json").write_text(json.dumps(entries))
     (tmp_path / "objects.json").write_text(json.dumps({"1": "person", "47": "cup"}))
@@ -154,10 +158,11 @@ def test_hoi_annotations_become_a_dataset_and_train_the_recognizer(tmp_path, loc
         annotations=str(tmp_path / "hoi.json"), images=str(tmp_path / "images"),
         object_names=str(tmp_path / "objects.json"), verb_names=str(tmp_path / "verbs.json"),
         execution=ExecutionConfig(executor="local"))).dataset
-    assert dataset.manifest.num_samples == 2
+    assert dataset.manifest.num_samples == 2 and dataset.manifest.num_errors == 0  # bad entries are rejects
     assert sorted(r["reason"] for r in dataset.rejects().to_pylist()) == sorted([
         "entry without a file_name", "malformed box annotation", "hoi_annotation names a box that does not exist",
-        "image path leaves the images folder", "missing file"])
+        "malformed box annotation", "image path leaves the images folder", "unusable file_name",
+        "entry without a file_name", "not a file", "missing file"])
     row = dataset.to_arrow().to_pylist()[0]
     assert row["labels"] == ["person", "cup"] and row["hoi_verbs"] == ["hold"] and len(row["boxes"]) == 8
 
