@@ -40,8 +40,8 @@ import trimesh
 
 from hoi_factory.pipeline import PlanError
 from tasks.hogsa.sequence import (
-    HAND_SIDES, BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, axis_angle_to_matrix,
-    downscaled_camera, read_image, rigid_transform_problem,
+    HAND_SIDES, BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, StorageOptions,
+    axis_angle_to_matrix, downscaled_camera, read_image, rigid_transform_problem,
 )
 
 ALLOCENTRIC_VIEWS = tuple(range(1, 9))
@@ -234,14 +234,15 @@ def _frame(index: int, hands: dict, objects: np.ndarray) -> Frame:
 
 
 def read_arctic(root: str, subject: str, sequence: str, cameras=None, frames=None, *, images: bool = True,
-                image_scale: int = 1, rejects: list[FrameReject] | None = None) -> Sequence:
+                image_scale: int = 1, rejects: list[FrameReject] | None = None,
+                storage_options: StorageOptions | None = None) -> Sequence:
     """One ARCTIC sequence (e.g. subject "s01", sequence "box_grab_01") as a Sequence.
 
     cameras: allocentric views (1-8, as ints or strings); default: every view with an image folder (all 8 with
     images=False). frames: mocap frame indices; default: all. images=False reads poses and cameras only.
     image_scale: shrink images (and intrinsics) by this integer factor (2 gives the paper's 1400x1000).
-    Skipped frames are appended to `rejects` when given."""
-    folder = DatasetFolder(root)
+    Skipped frames are appended to `rejects` when given. storage_options: fsspec options for `root`'s URL."""
+    folder = DatasetFolder(root, storage_options)
     hands = _mano(folder, subject, sequence)
     data, where = _read(folder, "raw_seqs", subject, f"{sequence}.object.npy")
     objects = _float_array(load_npy(data, where), (-1, 7), where)

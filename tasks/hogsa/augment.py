@@ -21,17 +21,17 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
-from hoi_factory.config import ExecutionConfig, RunConfig, Settings
-from hoi_factory.parents import ReadParentRows, items_from_dataset
+from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.context import StageContext
+from hoi_factory.parents import PARENT_KEYS, ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Reject, Resources, Row
-from models.diffusion import best_device
 from models.hand import load_hands
 from models.hogsa import pose_optimization as pom
 from models.hogsa.hogs import ACTORS, HANDS, HOGS
 from models.render.camera import intrinsics, look_at
-from tasks.hogsa.composite import PROCEDURAL, alpha_blend, crop_around, list_backgrounds, load_background, \
-    procedural_background
+from tasks.hogsa.composite import PROCEDURAL, BadBackground, alpha_blend, crop_around, list_backgrounds, \
+    load_background, procedural_background
 from tasks.hogsa.posing import camera_of, frame_from_json, hand_output, hand_pose_from_json, scene_pose
 from tasks.hogsa.sequence import CameraView, Frame, HandPose
 from tasks.images.stages import png_bytes, read_png
@@ -39,6 +39,7 @@ from tasks.images.stages import png_bytes, read_png
 f32 = pa.list_(pa.float32())
 POM_COLUMNS = ("penetration_before", "penetration_after", "contact_before", "contact_after")
 MODEL_COLUMNS = ["sequence", "object_name", "hogs", "frames", "hand_model", "flat_hand_mean"]
+RENDER_COLUMNS = frozenset({"render", "alpha", "coverage", "object_render", "object_alpha", "camera"})
 
 
 class AugmentConfig(RunConfig):
@@ -72,20 +73,27 @@ def _params(pose: HandPose) -> dict[str, np.ndarray]:
     return {k: np.asarray(getattr(pose, k), dtype=np.float64) for k in pom.PARAMETERS}
 
 
+def model_resources(config: AugmentConfig) -> Resources:
+    """The workers of the stages that hold the HOGS model: one pool, so the model (on its device) never leaves it."""
+    return Resources(num_cpus=1, num_gpus=config.gpus)
+
+
 class NovelPose(MapStage):
     """Source frame -> a novel frame: POM's perturbation and fit for both hands, the object moved and (when
     articulated) opened or closed as the perturbation says; the POM figures per sample."""
 
     batch_size = 1
+    needs = frozenset({"hogs", "frames", "hand_model", "flat_hand_mean"})
+    makes = frozenset({"hand_models", "hogs_model", "source_frame", "novel_frame", *POM_COLUMNS})
 
     def __init__(self, config: AugmentConfig):
         self.config = config
-        self.resources = Resources(num_cpus=1, num_gpus=config.gpus)
+        self.resources = model_resources(config)
         self._hands: dict[tuple[str, bool], dict] = {}
         self._model: tuple[str, HOGS] | None = None
 
-    def setup(self) -> None:
-        self.device = best_device() if self.config.gpus else "cpu"
+    def setup(self, context: StageContext) -> None:
+        self.device = context.device
 
     def hands(self, row: Row) -> dict:
         key = (row["hand_model"], bool(row["flat_hand_mean"]))
@@ -101,9 +109,13 @@ class NovelPose(MapStage):
     def process_row(self, row: Row) -> Row | Reject:
         rng = np.random.default_rng(row["seed"])
         frames = [frame_from_json(f) for f in json.loads(row["frames"])]
+        if not frames:
+            return Reject.of(row, "no frames in the sequence", str(row.get("sequence", "")))
         source = frames[rng.integers(len(frames))]
         if not source.hands:
             return Reject.of(row, "no hands in the source frame", f"frame {source.index}")
+        if not all(np.isfinite(value).all() for pose in source.hands.values() for value in _params(pose).values()):
+            return Reject.of(row, "non-finite source pose", f"frame {source.index}")
         figures = dict.fromkeys(POM_COLUMNS, math.nan)
         novel = source
         if self.config.pose_optimization:
@@ -138,12 +150,15 @@ class NovelPose(MapStage):
 
 class RenderNovelView(MapStage):
     """A novel camera around the object; the HOGS render of hands + object (with per-actor coverage) and of the
-    object alone."""
+    object alone. The last user of the HOGS model: the row goes on without it, as numpy arrays."""
 
     batch_size = 1
+    needs = frozenset({"hogs_model", "novel_frame", "hand_models"})
+    makes = RENDER_COLUMNS
 
     def __init__(self, config: AugmentConfig):
         self.config = config
+        self.resources = model_resources(config)
 
     @torch.no_grad()
     def process_row(self, row: Row) -> Row:
@@ -157,26 +172,27 @@ class RenderNovelView(MapStage):
         arrays = {key: value.clamp(0, 1).cpu().numpy() for key, value in (
             ("render", scene["image"]), ("alpha", scene["alpha"]), ("coverage", scene["coverage"]),
             ("object_render", alone["image"]), ("object_alpha", alone["alpha"]))}
-        return {**row, **arrays, "camera": camera}
+        # The model (maybe on a GPU) stays in this worker: rows cross to other stage groups pickled.
+        return {**{k: v for k, v in row.items() if k != "hogs_model"}, **arrays, "camera": camera}
 
 
 class SuperResolve(MapStage):
     """SRM on the renders (premultiplied colour), alpha and coverage upsampled to match; the camera follows."""
 
     batch_size = 4
+    needs = RENDER_COLUMNS
+    makes = RENDER_COLUMNS
 
     def __init__(self, config: AugmentConfig):
         self.config = config
-        self.resources = Resources(num_cpus=1, num_gpus=config.gpus)
+        self.resources = model_resources(config)
 
-    def setup(self) -> None:
-        from hoi_factory.model_store import ModelStore
-        from hoi_factory.storage import Store
+    def setup(self, context: StageContext) -> None:
         from models.hogsa.super_resolution import SuperResolution
 
-        ref, settings = self.config.super_resolution, Settings()
-        url = ref if "://" in ref or Path(ref).exists() else ModelStore(Store.from_settings(settings)).open_ref(ref).url
-        self.model = SuperResolution.from_pretrained(url, **settings.storage_options(url)).eval()
+        ref = self.config.super_resolution
+        url = ref if "://" in ref or Path(ref).exists() else context.models.open_ref(ref).url
+        self.model = SuperResolution.from_pretrained(url, **context.storage_options(url)).eval().to(context.device)
         if self.model.config.input_size != self.config.render_size:
             raise ValueError(f"super_resolution model {ref!r} takes {self.model.config.input_size} px renders; set "
                              f"render_size={self.model.config.input_size}")
@@ -203,14 +219,20 @@ class CompositeAndAnnotate(MapStage):
     """Background + renders, the crop around the visible hands, and every annotation in the crop's frame."""
 
     batch_size = 4
+    needs = RENDER_COLUMNS | {"novel_frame", "hand_models"}
+    makes = frozenset({
+        "image", "object_only_image", *(f"{actor}_mask" for actor in ACTORS), "K", "R", "t",
+        *(f"{side}_{kind}" for side in HANDS for kind in ("mano", "joints_3d", "joints_2d")),
+        "object_rotation", "object_translation", "articulation", "super_resolved"})
 
     def __init__(self, config: AugmentConfig):
         self.config = config
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
         self.photos = None if self.config.backgrounds == PROCEDURAL else list_backgrounds(self.config.backgrounds)
 
     def background(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+        """BadBackground when the drawn photo cannot be read."""
         if self.photos is None:
             return procedural_background(width, height, rng)
         return load_background(self.photos[rng.integers(len(self.photos))], width, height)
@@ -223,7 +245,10 @@ class CompositeAndAnnotate(MapStage):
         crop = crop_around(masks["left"] | masks["right"], self.config.crop_size)
         if crop is None:
             return Reject.of(row, "no hand visible in the novel view")
-        background = self.background(camera.width, camera.height, np.random.default_rng(row["seed"] + 2))
+        try:
+            background = self.background(camera.width, camera.height, np.random.default_rng(row["seed"] + 2))
+        except BadBackground as exc:
+            return Reject.of(row, "unreadable background", str(exc))
         image = alpha_blend(row["render"], row["alpha"], background)
         object_only = alpha_blend(row["object_render"], row["object_alpha"], background)
         K = crop.intrinsics(camera.K)
@@ -278,11 +303,12 @@ class AugmentPipeline(Pipeline[AugmentConfig]):
         ("object_rotation", f32), ("object_translation", f32), ("articulation", pa.float32()),
         ("super_resolved", pa.bool_()), *[(column, pa.float32()) for column in POM_COLUMNS],
     ])
+    item_keys = frozenset({"input_id"}) | PARENT_KEYS
     preview_column = "image"
     allow_non_finite = frozenset(POM_COLUMNS)  # NaN without pose optimization
 
-    def plan(self, config: AugmentConfig, datasets) -> list[dict]:
-        models = datasets.open_ref(config.models)
+    def plan(self, config: AugmentConfig, context: StageContext) -> list[dict]:
+        models = context.datasets.open_ref(config.models)
         if config.backgrounds != PROCEDURAL:
             list_backgrounds(config.backgrounds)  # fails the plan, naming the folder, when it holds no photos
         return [{**item, "index": k} for item in items_from_dataset(models) for k in range(config.samples_per_sequence)]

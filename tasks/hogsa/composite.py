@@ -48,9 +48,16 @@ def list_backgrounds(folder: str) -> list[str]:
     return paths
 
 
+class BadBackground(Exception):
+    """A background photo that cannot be read."""
+
+
 def load_background(path: str, width: int, height: int) -> np.ndarray:
-    """A photo resized and centre-cropped to cover (width, height)."""
-    image = Image.open(path).convert("RGB")
+    """A photo resized and centre-cropped to cover (width, height); BadBackground when it cannot be read."""
+    try:
+        image = Image.open(path).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for missing, truncated or corrupt files
+        raise BadBackground(f"{path}: {type(exc).__name__}: {exc}") from None
     scale = max(width / image.width, height / image.height)
     size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.BILINEAR)

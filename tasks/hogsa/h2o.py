@@ -44,7 +44,7 @@ import trimesh
 
 from hoi_factory.pipeline import PlanError
 from tasks.hogsa.sequence import (
-    BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, downscaled_camera,
+    BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, StorageOptions, downscaled_camera,
     read_image, rigid_transform_problem,
 )
 
@@ -188,16 +188,18 @@ def _reject(rejects: list[FrameReject] | None, index: int, reason: str, detail: 
 
 def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, *,
              hand_mean: Mapping[str, np.ndarray] | None = None, objects_root: str | None = None, images: bool = True,
-             image_scale: int = 1, rejects: list[FrameReject] | None = None) -> Sequence:
+             image_scale: int = 1, rejects: list[FrameReject] | None = None,
+             storage_options: StorageOptions | None = None) -> Sequence:
     """One H2O take (e.g. subject "subject1", sequence "h1/0") as a Sequence in the first camera's frame.
 
     hand_mean: {"left", "right"} -> (45,), the `hand_mean` of the hand models the sequence will be posed with
     ({side: model.hand_mean for side, model in load_hands(...).items()}); None keeps H2O's absolute pose.
     cameras: fixed cameras ("cam0"-"cam3" or 0-3), the first is the reference; default: those present.
     frames: frame numbers; default: every frame with a reference camera pose. images=False reads poses and cameras
-    only. image_scale: shrink images (and intrinsics) by this integer factor. Skipped frames go to `rejects`."""
+    only. image_scale: shrink images (and intrinsics) by this integer factor. Skipped frames go to `rejects`.
+    storage_options: fsspec options for a URL (the root's and the objects root's)."""
     hand_mean = _checked_hand_mean(hand_mean)
-    folder = DatasetFolder(root)
+    folder = DatasetFolder(root, storage_options)
     take = (subject, *sequence.strip("/").split("/"))
     if not folder.exists(*take):
         raise PlanError(f"{folder.path(*take)} does not exist")
@@ -218,7 +220,8 @@ def read_h2o(root: str, subject: str, sequence: str, cameras=None, frames=None, 
         raise PlanError(f"no usable frame in {folder.path(*take)}")
     object_class = Counter(a.object_class for a in annotations).most_common(1)[0][0]
     object_name = OBJECT_NAMES[object_class]
-    mesh = _object_mesh(DatasetFolder(objects_root or posixpath.join(str(root), "object")), object_name)
+    mesh = _object_mesh(DatasetFolder(objects_root or posixpath.join(str(root), "object"), storage_options),
+                        object_name)
     # A fixed camera's pose: the element-wise median over the frames read, so one moved frame cannot set it.
     fixed = {c: np.median([a.camera_poses[c] for a in annotations], axis=0) for c in names}
     full_views = {}

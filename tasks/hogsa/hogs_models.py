@@ -18,20 +18,22 @@ import torch
 from pydantic import Field, model_validator
 
 from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Reject, Resources, Row
 from models.gaussians.ssim import psnr, ssim
-from models.diffusion import best_device
 from models.hand import load_hands
 from models.hogsa.fit import View, fit_hogs
 from models.hogsa.hogs import HANDS, HOGS
 from tasks.hogsa.arctic import read_arctic
 from tasks.hogsa.h2o import read_h2o
 from tasks.hogsa.posing import camera_of, camera_to_json, frame_to_json, scene_pose, sequence_betas
-from tasks.hogsa.sequence import FrameReject, Sequence
+from tasks.hogsa.sequence import FrameReject, Sequence, StorageOptions
 from tasks.images.stages import png_bytes
 
 QUALITY_COLUMNS = ("psnr_train", "psnr_heldout", "ssim_heldout")
+MODEL_COLUMNS = ("object_name", "hogs", "frames", "cameras", "hand_model", "flat_hand_mean", "num_gaussians",
+                 "train_views", "held_out_views", "skipped_frames", *QUALITY_COLUMNS, "preview")
 
 
 class HOGSModelsConfig(RunConfig):
@@ -62,8 +64,10 @@ class HOGSModelsConfig(RunConfig):
         return self
 
 
-def read_sequence(config: HOGSModelsConfig, name: str, seed: int, rejects: list[FrameReject]) -> Sequence:
-    """The named sequence from the configured source (PlanError when it cannot be read)."""
+def read_sequence(config: HOGSModelsConfig, name: str, seed: int, rejects: list[FrameReject],
+                  storage_options: StorageOptions | None = None) -> Sequence:
+    """The named sequence from the configured source, its files opened with `storage_options` (PlanError when
+    it cannot be read)."""
     if config.source == "procedural":
         from tasks.procedural.hand_sequences import procedural_sequence
 
@@ -74,9 +78,9 @@ def read_sequence(config: HOGSModelsConfig, name: str, seed: int, rejects: list[
         raise PlanError(f"sequence {name!r}: expected '<subject>/<sequence>'")
     if config.source == "arctic":
         return read_arctic(config.inputs, subject, sequence, config.cameras, config.frames,
-                           image_scale=config.image_scale, rejects=rejects)
+                           image_scale=config.image_scale, rejects=rejects, storage_options=storage_options)
     return read_h2o(config.inputs, subject, sequence, config.cameras, config.frames, objects_root=config.objects,
-                    image_scale=config.image_scale, rejects=rejects)
+                    image_scale=config.image_scale, rejects=rejects, storage_options=storage_options)
 
 
 def flat_hand_mean(source: str) -> bool:
@@ -86,14 +90,17 @@ def flat_hand_mean(source: str) -> bool:
 
 class FitHOGS(MapStage):
     batch_size = 1
+    needs = frozenset({"sequence"})
+    makes = frozenset(MODEL_COLUMNS)
 
     def __init__(self, config: HOGSModelsConfig):
         self.config = config
         self.resources = Resources(num_cpus=1, num_gpus=config.gpus)
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
         self.hands = load_hands(self.config.hand_model, flat_hand_mean=flat_hand_mean(self.config.source))
-        self.device = best_device() if self.config.gpus else "cpu"
+        self.device = context.device
+        self.storage_options = context.storage_options
 
     def build(self, sequence: Sequence) -> HOGS:
         rest = {side: self.hands[side].shaped_template(torch.as_tensor(sequence_betas(sequence.frames, side),
@@ -110,7 +117,7 @@ class FitHOGS(MapStage):
     def process_row(self, row: Row) -> Row | Reject:
         config, frame_rejects = self.config, []
         try:
-            sequence = read_sequence(config, row["sequence"], row["seed"] % 2**31, frame_rejects)
+            sequence = read_sequence(config, row["sequence"], row["seed"] % 2**31, frame_rejects, self.storage_options)
         except PlanError as exc:
             return Reject.of(row, "unreadable sequence", str(exc))
         names = [c.name for c in sequence.cameras]
@@ -127,7 +134,9 @@ class FitHOGS(MapStage):
         if not views["train"]:
             return Reject.of(row, "no training images", f"{len(frame_rejects)} frames skipped")
         model = self.build(sequence).to(self.device)
-        fit_hogs(model, views["train"], config.iterations, seed=row["seed"])
+        losses = fit_hogs(model, views["train"], config.iterations, seed=row["seed"])
+        if not np.isfinite(losses).all():  # e.g. a degenerate pose or mesh: the model is not usable
+            return Reject.of(row, "fit diverged", f"non-finite loss from step {int(np.argmin(np.isfinite(losses)))}")
         return {**row, **self.score(model, views), "hogs": model.to_bytes(), "object_name": sequence.object_name,
                 "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
                 "cameras": json.dumps([camera_to_json(c) for c in sequence.cameras]),
@@ -162,10 +171,11 @@ class HOGSModelsPipeline(Pipeline[HOGSModelsConfig]):
         ("skipped_frames", pa.int32()), ("psnr_train", pa.float32()), ("psnr_heldout", pa.float32()),
         ("ssim_heldout", pa.float32()), ("preview", pa.binary()),
     ])
+    item_keys = frozenset({"input_id", "sequence"})
     preview_column = "preview"
     allow_non_finite = frozenset({"psnr_heldout", "ssim_heldout"})  # NaN without held-out cameras
 
-    def plan(self, config: HOGSModelsConfig, datasets) -> list[dict]:
+    def plan(self, config: HOGSModelsConfig, context: StageContext) -> list[dict]:
         from tasks.procedural.hand_object import OBJECTS
 
         unknown = set(config.sequences) - set(OBJECTS) if config.source == "procedural" else set()

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import io
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import trimesh
 from fsspec.core import url_to_fs
 from PIL import Image
 
-from hoi_factory.config import Settings
 from hoi_factory.pipeline import PlanError
 
 HAND_SIDES = ("left", "right")
+StorageOptions = Callable[[str], dict[str, Any]]  # fsspec options for a URL, e.g. StageContext.storage_options
 
 
 @dataclass
@@ -121,11 +123,12 @@ class BadFrame(Exception):
 
 
 class DatasetFolder:
-    """Files under a dataset root given as any fsspec URL (a local folder, s3://...)."""
+    """Files under a dataset root given as any fsspec URL (a local folder, s3://...), opened with the
+    `storage_options` for that URL (none by default)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, storage_options: StorageOptions | None = None):
         root = str(root)
-        self.fs, self.root = url_to_fs(root, **Settings().storage_options(root))
+        self.fs, self.root = url_to_fs(root, **(storage_options(root) if storage_options else {}))
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -134,9 +137,12 @@ class DatasetFolder:
         return self.fs.exists(self.path(*parts))
 
     def read_bytes(self, *parts: str) -> bytes:
-        """The file's bytes; FileNotFoundError when it is missing."""
-        with self.fs.open(self.path(*parts), "rb") as handle:
-            return handle.read()
+        """The file's bytes; FileNotFoundError when it is missing or not a file."""
+        try:
+            with self.fs.open(self.path(*parts), "rb") as handle:
+                return handle.read()
+        except (IsADirectoryError, NotADirectoryError) as exc:  # a folder where a file belongs: as good as missing
+            raise FileNotFoundError(f"{self.path(*parts)} is not a file") from exc
 
     def names(self, *parts: str) -> list[str]:
         """Sorted names directly under a folder; empty when the folder does not exist."""

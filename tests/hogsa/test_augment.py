@@ -6,13 +6,17 @@ import pytest
 import torch
 from scipy import ndimage
 
-from hoi_factory.config import ExecutionConfig
+from hoi_factory.config import ExecutionConfig, Settings
+from hoi_factory.context import StageContext
+from hoi_factory.pipeline import check_columns, stage_groups
 from hoi_factory.run import run_pipeline
+from hoi_factory.stage import Reject
 from models.hand import load_hands
 from models.hogsa import pose_optimization as pom
-from tasks.hogsa.augment import AugmentConfig, AugmentPipeline
+from models.hogsa.hogs import ACTORS
+from tasks.hogsa.augment import AugmentConfig, AugmentPipeline, CompositeAndAnnotate
 from tasks.hogsa.hogs_models import HOGSModelsConfig, HOGSModelsPipeline
-from tasks.hogsa.sequence import CameraView
+from tasks.hogsa.sequence import CameraView, Frame
 from tasks.images.stages import read_png
 from tasks.procedural.hand_sequences import render_scene, skin_colours
 
@@ -21,22 +25,47 @@ CROP = 96
 
 
 @pytest.fixture(scope="module")
-def augmented(tmp_path_factory):
-    import os
+def settings(tmp_path_factory):
+    return Settings(store_url=str(tmp_path_factory.mktemp("store")))
 
-    store = tmp_path_factory.mktemp("store")
-    old = os.environ.get("HOI_STORE_URL")
-    os.environ["HOI_STORE_URL"] = str(store)
-    try:
-        run_pipeline(HOGSModelsPipeline(), HOGSModelsConfig(
-            sequences=["bottle"], iterations=30, procedural_size=48, procedural_cameras=4, procedural_frames=1,
-            gaussians_per_face=1, sh_degree=0, execution=LOCAL, output={"dataset": "models"}))
-        version = run_pipeline(AugmentPipeline(), AugmentConfig(
-            models="models", samples_per_sequence=3, pom_iterations=20, render_size=96, crop_size=CROP,
-            execution=LOCAL, output={"dataset": "augmented"})).dataset
-        yield version
-    finally:
-        os.environ.pop("HOI_STORE_URL") if old is None else os.environ.__setitem__("HOI_STORE_URL", old)
+
+@pytest.fixture(scope="module")
+def augmented(settings):
+    run_pipeline(HOGSModelsPipeline(), HOGSModelsConfig(
+        sequences=["bottle"], iterations=30, procedural_size=48, procedural_cameras=4, procedural_frames=1,
+        gaussians_per_face=1, sh_degree=0, execution=LOCAL, output={"dataset": "models"}), settings)
+    return run_pipeline(AugmentPipeline(), AugmentConfig(
+        models="models", samples_per_sequence=3, pom_iterations=20, render_size=96, crop_size=CROP,
+        execution=LOCAL, output={"dataset": "augmented"}), settings).dataset
+
+
+@pytest.mark.parametrize("variant", [{}, {"super_resolution": "srm"}, {"pose_optimization": False},
+                                     {"super_resolution": "srm", "gpus": 1.0}])
+def test_declared_columns_chain(variant, tmp_path):
+    pipeline = AugmentPipeline()
+    for config in (AugmentConfig(**variant), pipeline.demo_config(tmp_path, LOCAL).model_copy(update=variant)):
+        stages = pipeline.stages(config)
+        check_columns(pipeline, stages)
+        # the HOGS model lives in the rows from NovelPose to RenderNovelView: one worker pool holds them both
+        [group] = [g for g in stage_groups(stages) if any("hogs_model" in stages[i].makes for i in g)]
+        assert all(i in group for i, stage in enumerate(stages) if "hogs_model" in stage.needs)
+
+
+def test_an_unreadable_background_photo_is_an_explicit_reject(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    stage = CompositeAndAnnotate(AugmentConfig(backgrounds=str(tmp_path / "photos"), crop_size=32))
+    stage.setup(StageContext(Settings(store_url=str(tmp_path / "store"))))
+    size = 64
+    coverage = np.zeros((size, size, len(ACTORS)))
+    coverage[16:48, 16:48, ACTORS.index("left")] = 1
+    camera = CameraView("novel", np.array([[60.0, 0, 32], [0, 60, 32], [0, 0, 1]]), np.eye(3), np.zeros(3), size, size)
+    row = {"sample_id": "a", "input_id": "m", "seed": 0, "camera": camera, "alpha": coverage.sum(-1),
+           "coverage": coverage, "render": np.zeros((size, size, 3)), "object_render": np.zeros((size, size, 3)),
+           "object_alpha": np.zeros((size, size)), "hand_models": {},
+           "novel_frame": Frame(0, {}, np.eye(3), np.zeros(3))}
+    result = stage.process_row(row)
+    assert isinstance(result, Reject) and result.reason == "unreadable background" and "broken.jpg" in result.detail
 
 
 def _hand_pose(values):
@@ -86,14 +115,14 @@ def test_pose_optimization_never_leaves_a_hand_inside_the_object(augmented):
     assert augmented.manifest.metrics["mean_penetration_after"] <= pom.PENETRATION_TOLERANCE
 
 
-def test_ho3pairs_reads_hogsa_renders_with_their_true_object_only_view(augmented):
+def test_ho3pairs_reads_hogsa_renders_with_their_true_object_only_view(augmented, settings):
     from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 
     # Two MANO hands without forearms fit the one-hand lollipop layout loosely: accept any overlap here.
     pairs = run_pipeline(PairsPipeline(), PairsConfig(
         source="hogsa", inputs="augmented", inpainter="biharmonic", sdedit_model="none", size=64,
         min_layout_iou=0.0, max_hand_residue=1.0, max_seam_score=100.0, execution=LOCAL,
-        output={"dataset": "pairs"})).dataset
+        output={"dataset": "pairs"}), settings).dataset
     assert pairs.manifest.parents == [augmented.ref]
     rows = pairs.to_arrow(["psnr", "psnr_inpainted", "object_class", "hand_mask"]).to_pylist()
     assert len(rows) == len(augmented), pairs.rejects().to_pylist()

@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from hoi_factory.config import ExecutionConfig, Settings
+from hoi_factory.context import StageContext
+from hoi_factory.pipeline import check_columns
+from hoi_factory.stage import Reject
 from models.hogsa.hogs import HOGS
 from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig, HOGSModelsPipeline
 from tasks.hogsa.posing import camera_of, hand_output, scene_pose
@@ -19,7 +23,7 @@ SMALL = dict(procedural_size=40, procedural_cameras=4, procedural_frames=1, gaus
 def fitted():
     """A stage, its sequence and a HOGS model built (not fitted) for it."""
     stage = FitHOGS(HOGSModelsConfig(sequences=["box"], **SMALL))
-    stage.setup()
+    stage.setup(StageContext(Settings()))
     sequence = procedural_sequence(3, "box", frames=2, cameras=4, width=40, height=40)
     return stage, sequence, stage.build(sequence)
 
@@ -71,15 +75,33 @@ def test_fit_lowers_the_hogs_loss(fitted):
     assert mean_loss() < 0.9 * start, (start, mean_loss())
 
 
-def test_pipeline_fits_a_model_per_sequence_and_scores_held_out_cameras(local_store_env):
-    from hoi_factory.config import ExecutionConfig
+@pytest.mark.parametrize("source", ["procedural", "arctic", "h2o"])
+def test_declared_columns_chain_for_every_source(source, tmp_path):
+    pipeline = HOGSModelsPipeline()
+    inputs = None if source == "procedural" else str(tmp_path)
+    for config in (HOGSModelsConfig(source=source, inputs=inputs, sequences=["s"]),
+                   pipeline.demo_config(tmp_path, ExecutionConfig(executor="local"))):
+        check_columns(pipeline, pipeline.stages(config))
+
+
+def test_a_sequence_that_cannot_be_read_is_an_explicit_reject(tmp_path):
+    stage = FitHOGS(HOGSModelsConfig(source="arctic", inputs=str(tmp_path), sequences=["s01/box_grab_01"], **SMALL))
+    stage.setup(StageContext(Settings(store_url=str(tmp_path / "store"))))
+    result = stage.process_row({"sample_id": "a", "input_id": "s01/box_grab_01", "seed": 1,
+                                "sequence": "s01/box_grab_01"})
+    assert isinstance(result, Reject) and result.reason == "unreadable sequence"
+    assert "box_grab_01.mano.npy does not exist" in result.detail
+
+
+def test_pipeline_fits_a_model_per_sequence_and_scores_held_out_cameras(tmp_path):
     from hoi_factory.pipeline import PlanError
     from hoi_factory.run import run_pipeline
 
+    settings = Settings(store_url=str(tmp_path / "store"))
     with pytest.raises(PlanError, match="stand-in object"):
-        HOGSModelsPipeline().plan(HOGSModelsConfig(sequences=["teapot"]), None)
+        HOGSModelsPipeline().plan(HOGSModelsConfig(sequences=["teapot"]), StageContext(settings))
     config = HOGSModelsConfig(sequences=["box"], iterations=40, execution=ExecutionConfig(executor="local"), **SMALL)
-    version = run_pipeline(HOGSModelsPipeline(), config).dataset
+    version = run_pipeline(HOGSModelsPipeline(), config, settings).dataset
     [row] = version.to_arrow().to_pylist()
     assert row["train_views"] == 3 and row["held_out_views"] == 1
     # 40 steps at 40 px from the images' face colours (measured: 19.4 dB train, 17.9 dB on the unseen camera).
