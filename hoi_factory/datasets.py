@@ -53,6 +53,11 @@ class ShardRecord(BaseModel):
     seconds: float = 0.0
     fingerprint: str = ""
 
+    @property
+    def covers(self) -> range:
+        """The plan positions of the items this shard was made from."""
+        return range(self.index, self.index + self.inputs)
+
 
 class DatasetManifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
@@ -94,7 +99,8 @@ def column_types(schema: pa.Schema) -> dict[str, str]:
 
 
 def shard_name(index: int) -> str:
-    return f"part-{index:05d}"
+    """By the plan position of the shard's first item (zero-padded so names sort in plan order)."""
+    return f"part-{index:09d}"
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -319,6 +325,7 @@ class DatasetWriter:
                **fields) -> DatasetVersion:
         """Write the manifest (last), move `latest`. `before_manifest` may add report files to the version."""
         records = sorted(records, key=lambda r: r.index)
+        self._remove_unlisted_shards(records)
         steps, reasons = funnel(records, fields["num_inputs"])
         manifest = DatasetManifest(
             name=self.lease.name, version=self.lease.version, created=datetime.now(timezone.utc).isoformat(),
@@ -332,6 +339,15 @@ class DatasetWriter:
             manifest.report = before_manifest(version)
         self.area.publish(self.lease, manifest.model_dump())
         return version
+
+
+    def _remove_unlisted_shards(self, records: list[ShardRecord]) -> None:
+        """Files of shards an interrupted attempt cut differently (or that failed): not part of this version."""
+        listed = {shard_name(r.index) for r in records}
+        for folder in ("data", "rejects", "_completions"):
+            for file in self.sink.store.list_files(*self.sink.parts(folder)):
+                if file.rsplit(".", 1)[0] not in listed:
+                    self.sink.store.remove(*self.sink.parts(folder, file))
 
 
 class DatasetStore(VersionedStore[DatasetVersion]):

@@ -125,6 +125,9 @@ def stage_groups(stages: list[Stage]) -> list[range]:
 
 @dataclass
 class ShardJob:
+    """Consecutive items of the plan: `index` is the plan position of the first, so a shard's name and its
+    completion record say which items it covers ([index, index + len(items))), whatever the shard size."""
+
     index: int
     items: list[dict[str, Any]]
 
@@ -148,8 +151,34 @@ def assign_ids(items: list[dict[str, Any]], config_hash: str,
     return assigned
 
 
-def cut_shards(items: list[dict[str, Any]], shard_size: int) -> list[ShardJob]:
-    return [ShardJob(i // shard_size, items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
+def cut_shards(items: list[dict[str, Any]], shard_size: int, covered: list[range] = ()) -> list[ShardJob]:
+    """Shards of at most `shard_size` consecutive items over the plan positions no `covered` range holds: a
+    resume with another shard size makes exactly the missing items, once each."""
+    done = sorted(covered, key=lambda r: r.start)
+    jobs: list[ShardJob] = []
+    position, next_done = 0, 0
+    while position < len(items):
+        while next_done < len(done) and done[next_done].stop <= position:
+            next_done += 1
+        if next_done < len(done) and done[next_done].start <= position:
+            position = done[next_done].stop  # inside a finished shard: skip past it
+            continue
+        stop = min(position + shard_size, len(items), done[next_done].start if next_done < len(done) else len(items))
+        jobs.append(ShardJob(position, items[position:stop]))
+        position = stop
+    return jobs
+
+
+def check_coverage(covered: list[range], num_items: int) -> None:
+    """Finished shards must cover the plan exactly once: no gap, no overlap (else a sample is lost or doubled)."""
+    position = 0
+    for span in sorted(covered, key=lambda r: r.start):
+        if span.start != position:
+            what = "overlap" if span.start < position else "gap"
+            raise RuntimeError(f"shards {what} at plan position {min(span.start, position)}: not publishing")
+        position = span.stop
+    if position != num_items:
+        raise RuntimeError(f"shards cover {position} of {num_items} planned items: not publishing")
 
 
 def worker_info() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore, DatasetVersion, ShardRecord
 from hoi_factory.executors import make_executor
 from hoi_factory.parents import parents_of
-from hoi_factory.pipeline import Pipeline, assign_ids, check_columns, cut_shards, group_runners
+from hoi_factory.pipeline import Pipeline, assign_ids, check_columns, check_coverage, cut_shards, group_runners
 from hoi_factory.report import write_report
 from hoi_factory.storage import check_name
 from hoi_factory.versions import VersionBusy
@@ -99,14 +99,14 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         writer = datasets.begin(name, datasets.area.next_version(name), fingerprint, pipeline.schema)
     where = f"{name}/{writer.lease.version}"
 
-    jobs = cut_shards(items, config.execution.shard_size)
     done: dict[int, ShardRecord] = writer.sink.done_shards()
-    pending = [job for job in jobs if job.index not in done]
+    pending = cut_shards(items, config.execution.shard_size, [r.covers for r in done.values()])
     resumed = len(done)
     if resumed:
-        log.info("resuming %s: %d of %d shards already written", where, resumed, len(jobs))
+        log.info("resuming %s: %d shards already written, %d to make", where, resumed, len(pending))
+    total = resumed + len(pending)
     if progress:
-        progress(len(done), len(jobs))
+        progress(len(done), total)
     budget = config.execution.error_budget(len(items))
 
     def on_done(record: ShardRecord) -> None:
@@ -115,14 +115,15 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         if sum(r.errors for r in done.values()) > budget:  # already failed: stop spending compute
             raise ErrorBudgetExceeded(_budget_message(where, list(done.values()), len(items), budget))
         if progress:
-            progress(len(done), len(jobs))
+            progress(len(done), total)
 
     executor = make_executor(config.execution, settings, len(items))
     try:
         executor.execute(group_runners(pipeline, config, settings, writer.sink, stages), stages, pending, on_done)
-        missing = sorted(set(job.index for job in jobs) - set(done))
+        missing = sorted({job.index for job in pending} - set(done))
         if missing:
             raise RuntimeError(f"{where}: shards {missing} did not finish; re-run to resume")
+        check_coverage([r.covers for r in done.values()], len(items))
         dataset = writer.commit(
             list(done.values()),
             before_manifest=lambda version: write_report(version, pipeline),

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import time
+
+import pytest
 from pathlib import Path
 
 from hoi_factory.config import Settings
@@ -59,3 +61,37 @@ def test_killed_run_resumes_to_the_uninterrupted_dataset(tmp_path, clean_env, mo
     assert len({row["sample_id"] for row in got}) == len(got) == 48  # no duplicates, no gaps
     assert [r["sample_id"] for r in got] == [r["sample_id"] for r in want]
     assert got == want  # ids, seeds and contents alike
+
+
+class StopAfter(Exception):
+    pass
+
+
+@pytest.mark.parametrize("first, second", [(2, 8), (8, 4), (3, 5), (4, 1)])
+def test_resume_with_another_shard_size_makes_exactly_the_missing_items(first, second, local_store_env, tmp_path,
+                                                                        monkeypatch):
+    """Killed after 3 shards at one shard size, resumed at another: 0 lost, 0 duplicated."""
+    fields = dict(count=48, work_ms=0, values=3, seed=13)
+
+    def stop_after_three(done, total):
+        if done == 3:
+            raise StopAfter()
+
+    with pytest.raises(StopAfter):
+        run_pipeline(SyntheticPipeline(), SyntheticConfig(**fields, execution={"executor": "local", "shard_size": first}),
+                     progress=stop_after_three)
+    resumed = run_pipeline(SyntheticPipeline(), SyntheticConfig(
+        **fields, execution={"executor": "local", "shard_size": second})).dataset
+    manifest = resumed.manifest
+    assert manifest.run["shards_resumed"] == 3 and resumed.validate() == []
+    assert manifest.num_inputs == manifest.num_samples == 48 and manifest.num_rejects == manifest.num_errors == 0
+    spans = sorted((s.index, s.index + s.inputs) for s in manifest.shards)
+    assert spans[0][0] == 0 and spans[-1][1] == 48 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert len(list((Path(local_store_env) / "datasets" / "synthetic" / resumed.version / "data").iterdir())) \
+        == len(manifest.shards)  # no file of an abandoned cut left behind
+
+    monkeypatch.setenv("HOI_STORE_URL", str(tmp_path / "undisturbed"))
+    undisturbed = run_pipeline(SyntheticPipeline(), SyntheticConfig(**fields, execution={"executor": "local"})).dataset
+    got, want = resumed.to_arrow(), undisturbed.to_arrow()
+    assert got.column("sample_id").to_pylist() == want.column("sample_id").to_pylist()
+    assert got.equals(want)
