@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         120.0, ge=0, description="how long an unreachable object store is retried before a run fails"
     )
     aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+    llm_api_key: SecretStr | None = Field(None, description="API key of the CHORUS prompt LLM endpoint (HOI_LLM_API_KEY)")
+    cache_dir: Path | None = Field(None, validation_alias=AliasChoices("HOI_CACHE", "cache_dir"),
+                                   description="where models built on first use (the `tiny` stand-ins) are kept")
 
     def storage_options(self, url: str | None = None) -> dict[str, Any]:
         """fsspec options for `url` (default: the store); credentials stay out of every log, manifest and report."""

@@ -37,14 +37,20 @@ REJECTS_SCHEMA = pa.schema(
 )
 
 
+class CorruptShard(StoreError):
+    """A shard whose bytes do not match the manifest (size or checksum): never read as data."""
+
+
 class ShardRecord(BaseModel):
-    index: int
+    index: int  # plan position of the shard's first item
     file: str
     rows: int
     sha256: str
+    bytes: int = 0
     rejects_file: str
-    rejects: int
+    rejects: int  # rows in rejects_file: decisions and errors
     rejects_sha256: str
+    rejects_bytes: int = 0
     inputs: int
     errors: int = 0  # samples a stage failed on with an exception (in `rejects_file` with kind "error")
     first_errors: list[dict] = Field(default_factory=list)  # a few of them, with their tracebacks
@@ -192,8 +198,8 @@ class ShardSink:
         self.store.write_bytes(reject_data, *self.parts("rejects", f"{name}.parquet"))
         record = ShardRecord(
             index=index, file=f"data/{name}.parquet", rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest(),
-            rejects_file=f"rejects/{name}.parquet", rejects=rejects.num_rows,
-            rejects_sha256=hashlib.sha256(reject_data).hexdigest(), inputs=inputs, errors=errors,
+            bytes=len(data), rejects_file=f"rejects/{name}.parquet", rejects=rejects.num_rows,
+            rejects_sha256=hashlib.sha256(reject_data).hexdigest(), rejects_bytes=len(reject_data), inputs=inputs, errors=errors,
             first_errors=first_errors or [], stages=stages, worker=worker,
             seconds=round(seconds, 4), fingerprint=self.fingerprint,
         )
@@ -252,8 +258,20 @@ class DatasetVersion:
     def shard_urls(self) -> list[str]:
         return [self.store.full_url(AREA, self.name, self.version, s.file) for s in self.manifest.shards]
 
+    def _verified_bytes(self, file: str, size: int, sha256: str) -> bytes:
+        """A shard file's bytes, checked against the manifest before anything reads them as data."""
+        data = self.store.read_bytes(AREA, self.name, self.version, file)
+        where = self.store.full_url(AREA, self.name, self.version, file)
+        if size and len(data) != size:
+            raise CorruptShard(f"{where}: {len(data)} bytes, the manifest says {size}")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise CorruptShard(f"{where}: checksum mismatch (the manifest says sha256 {sha256[:12]}…)")
+        return data
+
     def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self._path(self.manifest.shards[index].file), columns=columns, filesystem=self.store.fs)
+        """Shard `index` (its position in the manifest's list), verified against the manifest."""
+        shard = self.manifest.shards[index]
+        return pq.read_table(io.BytesIO(self._verified_bytes(shard.file, shard.bytes, shard.sha256)), columns=columns)
 
     def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
         tables = [self.read_shard(i, columns) for i in range(len(self.manifest.shards))]
@@ -273,7 +291,8 @@ class DatasetVersion:
         return self.to_arrow(columns).to_pandas()
 
     def rejects(self) -> pa.Table:
-        tables = [pq.read_table(self._path(s.rejects_file), filesystem=self.store.fs) for s in self.manifest.shards]
+        tables = [pq.read_table(io.BytesIO(self._verified_bytes(s.rejects_file, s.rejects_bytes, s.rejects_sha256)))
+                  for s in self.manifest.shards]
         return pa.concat_tables(tables) if tables else REJECTS_SCHEMA.empty_table()
 
     def to_ray(self):
@@ -288,28 +307,45 @@ class DatasetVersion:
         return ParquetTorchDataset(self, columns, transform)
 
     def validate(self) -> list[str]:
-        """Every problem found: missing shards, checksum or row count mismatches, schema drift."""
+        """Every problem found, each a line: missing, resized or changed shards, row counts, schema drift, shard
+        files the manifest does not list, coverage of the plan and the sample accounting."""
         problems = []
-        expected_columns = self.manifest.columns
-        for shard in self.manifest.shards:
-            for file, digest in ((shard.file, shard.sha256), (shard.rejects_file, shard.rejects_sha256)):
+        manifest = self.manifest
+        for shard in manifest.shards:
+            for file, size, digest in ((shard.file, shard.bytes, shard.sha256),
+                                       (shard.rejects_file, shard.rejects_bytes, shard.rejects_sha256)):
                 try:
-                    data = self.store.read_bytes(AREA, self.name, self.version, file)
+                    data = self._verified_bytes(file, size, digest)
+                except CorruptShard as exc:
+                    problems.append(str(exc).replace(self.url + "/", ""))
+                    continue
                 except StoreError:
                     problems.append(f"{file}: missing")
-                    continue
-                if hashlib.sha256(data).hexdigest() != digest:
-                    problems.append(f"{file}: checksum mismatch (expected sha256 {digest[:12]}…)")
                     continue
                 if file == shard.file:
                     table = pq.read_table(io.BytesIO(data))
                     if table.num_rows != shard.rows:
                         problems.append(f"{file}: {table.num_rows} rows, manifest says {shard.rows}")
                     columns = column_types(table.schema)
-                    if columns != expected_columns:
-                        problems.append(f"{file}: columns {columns} differ from the manifest's {expected_columns}")
-        if sum(s.rows for s in self.manifest.shards) != self.manifest.num_samples:
+                    if columns != manifest.columns:
+                        problems.append(f"{file}: columns {columns} differ from the manifest's {manifest.columns}")
+        listed = {s.file.split("/")[-1] for s in manifest.shards}
+        for file in self.store.list_files(AREA, self.name, self.version, "data"):
+            if file not in listed:
+                problems.append(f"data/{file}: a shard file the manifest does not list")
+        if sum(s.rows for s in manifest.shards) != manifest.num_samples:
             problems.append("manifest: shard rows do not add up to num_samples")
+        if manifest.num_inputs != manifest.num_samples + manifest.num_rejects + manifest.num_errors:
+            problems.append(f"manifest: {manifest.num_inputs} inputs but {manifest.num_samples} samples + "
+                            f"{manifest.num_rejects} rejects + {manifest.num_errors} errors")
+        position = 0
+        for shard in sorted(manifest.shards, key=lambda s: s.index):
+            if shard.index != position:
+                problems.append(f"manifest: plan positions {min(position, shard.index)}-{max(position, shard.index)} "
+                                f"{'covered twice' if shard.index < position else 'covered by no shard'}")
+            position = max(position, shard.index + shard.inputs)
+        if position != manifest.num_inputs:
+            problems.append(f"manifest: shards cover {position} of {manifest.num_inputs} inputs")
         return problems
 
 
@@ -334,6 +370,10 @@ class DatasetWriter:
             errors=[e for r in records for e in r.first_errors][:10], columns=column_types(self.sink.schema),
             shards=records, funnel=steps, reject_reasons=reasons, **fields,
         )
+        if manifest.num_inputs != manifest.num_samples + manifest.num_rejects + manifest.num_errors:
+            raise RuntimeError(f"{self.lease.name}/{self.lease.version}: {manifest.num_inputs} inputs but "
+                               f"{manifest.num_samples} samples + {manifest.num_rejects} rejects + "
+                               f"{manifest.num_errors} errors: not publishing")
         version = DatasetVersion(self.area.store, manifest)
         if before_manifest:
             manifest.report = before_manifest(version)

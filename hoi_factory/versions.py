@@ -1,8 +1,11 @@
 """Versioned, immutable folders: `<store>/<area>/<name>/<version>/` (area = datasets or models).
 
 The rules both stores share live here:
-- a version exists to readers only once its `manifest.json` is written (the commit point, written last);
-- `latest.json` beside the versions moves only after a manifest;
+- a version exists to readers only once its `manifest.json` is written (the commit point, written last); the
+  manifest carries a checksum of its own content, verified on every read;
+- `latest` is the published version with the newest manifest; `latest.json` beside the versions is a pointer
+  for other tools, repaired whenever it is found stale (a crash between manifest and pointer cannot hide a
+  version), and a lock left inside a published version by such a crash is removed when found;
 - one writer at a time holds a lease (`_lock.json`, created exclusively); a lease whose process died, or
   whose heartbeat went quiet for `ttl` seconds, may be taken over by a run with the same fingerprint (resume);
 - a published version is never written again.
@@ -10,6 +13,7 @@ The rules both stores share live here:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +42,21 @@ class VersionBusy(StoreError):
 
 class VersionPublished(StoreError):
     """The version is published and immutable."""
+
+
+class CorruptManifest(StoreError):
+    """A manifest that is not valid JSON or does not match its own checksum."""
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its `checksum` field."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def with_checksum(manifest: dict) -> dict:
+    canonical = json.loads(json.dumps(manifest, default=str))  # what a reader will parse
+    return {**canonical, "checksum": manifest_checksum(canonical)}
 
 
 @dataclass
@@ -144,25 +163,54 @@ class VersionedArea:
         return self.store.exists(*self.parts(name, version, MANIFEST))
 
     def read_manifest(self, name: str, version: str = "latest") -> dict:
+        """The manifest, its checksum verified (CorruptManifest names the file otherwise)."""
         check_name(name, f"{self.area[:-1]} name")
         if version == "latest":
             version = self.latest(name)
         check_name(version, "version")
         if not self.is_published(name, version):
             raise StoreError(f"{self.area[:-1]} {name}/{version} is not published in {self.store.url}")
-        return self.store.read_json(*self.parts(name, version, MANIFEST))
+        where = self.store.full_url(*self.parts(name, version, MANIFEST))
+        try:
+            manifest = self.store.read_json(*self.parts(name, version, MANIFEST))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptManifest(f"{where} is not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("checksum") != manifest_checksum(manifest):
+            raise CorruptManifest(f"{where} does not match its checksum: it was changed after publication")
+        return manifest
 
     def latest(self, name: str) -> str:
-        try:
-            version = self.store.read_json(*self.parts(name, LATEST))["version"]
-            if self.is_published(name, version):
-                return version
-        except (StoreError, KeyError, json.JSONDecodeError):
-            pass
+        """The published version with the newest manifest; repairs a stale `latest.json` on the way."""
         versions = self.versions(name)
         if not versions:
             raise StoreError(f"no published version of {self.area[:-1]} {name!r} in {self.store.url}")
-        return versions[-1]
+        newest = max(versions, key=lambda v: (self._created(name, v), _version_sort_key(v)))
+        try:
+            pointer = self.store.read_json(*self.parts(name, LATEST)).get("version")
+        except (StoreError, json.JSONDecodeError, AttributeError):
+            pointer = None
+        if pointer != newest:
+            log.warning("%s %s: latest.json said %s, the newest manifest is %s; repairing the pointer",
+                        self.area[:-1], name, pointer, newest)
+            try:
+                self.store.write_json({"version": newest}, *self.parts(name, LATEST))
+            except StoreError as exc:  # a reader without write access still gets the right answer
+                log.warning("could not repair latest.json of %s: %s", name, exc)
+        return newest
+
+    def _created(self, name: str, version: str) -> str:
+        try:
+            return str(self.store.read_json(*self.parts(name, version, MANIFEST)).get("created", ""))
+        except (StoreError, json.JSONDecodeError, AttributeError):
+            return ""
+
+    def repair(self, name: str, version: str) -> None:
+        """Finish what a crash after a manifest left undone: no lock inside a published version, `latest`."""
+        for leftover in self.store.list_files(*self.parts(name, version)):
+            if leftover == LOCK or leftover.startswith("_takeover."):
+                log.warning("removing %s left inside published %s/%s", leftover, name, version)
+                self.store.remove(*self.parts(name, version, leftover))
+        self.latest(name)
 
     # -- writing -----------------------------------------------------------------------------------
     def next_version(self, name: str) -> str:
@@ -183,8 +231,10 @@ class VersionedArea:
         return None
 
     def find_published(self, name: str, fingerprint: str) -> str | None:
+        """A published version of this exact run (repaired if a crash interrupted its publication)."""
         for version in reversed(self.versions(name)):
             if self.store.read_json(*self.parts(name, version, MANIFEST)).get("fingerprint") == fingerprint:
+                self.repair(name, version)
                 return version
         return None
 
@@ -226,7 +276,7 @@ class VersionedArea:
         lease.check()
         parts = self.parts(lease.name, lease.version)
         self.store.remove_temp_files(*parts)
-        body = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        body = json.dumps(with_checksum(manifest), indent=2, sort_keys=True).encode()
         try:
             self.store.create_exclusive(body, *parts, MANIFEST)
         except AlreadyExists:

@@ -36,10 +36,13 @@ class Sampling:
 SD14 = Sampling(steps=50, guidance_scale=7.5, size=512)  # DESIGN 5.1
 
 
-def tiny_cache_folder(task: Task = "text-to-image") -> Path:
+DEFAULT_CACHE = Path.home() / ".cache" / "hoi-factory"  # Settings.cache_dir (HOI_CACHE) overrides it
+
+
+def tiny_cache_folder(task: Task = "text-to-image", cache_dir: Path | None = None) -> Path:
     """Where `tiny` is built; image-to-image reuses the text-to-image weights, as real SD checkpoints do."""
     kind = task if task in ("inpainting", "repaint") else "text-to-image"
-    return Path(os.environ.get("HOI_CACHE", Path.home() / ".cache" / "hoi-factory")) / f"tiny-{kind}"
+    return Path(cache_dir or DEFAULT_CACHE) / f"tiny-{kind}"
 
 
 def _byte_level_vocabulary() -> tuple[dict[str, int], list[str]]:
@@ -88,10 +91,10 @@ def build_tiny(folder: Path, task: Task = "text-to-image", seed: int = 0) -> Pat
     return folder
 
 
-def _tiny(task: Task) -> Path:
+def _tiny(task: Task, cache_dir: Path | None) -> Path:
     """The cached `tiny` folder, built on first use into a temporary folder and renamed into place, so workers
     starting together never see (or load) half a model."""
-    folder = tiny_cache_folder(task)
+    folder = tiny_cache_folder(task, cache_dir)
     if not (folder / "model_index.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
@@ -103,11 +106,12 @@ def _tiny(task: Task) -> Path:
     return folder
 
 
-def load_diffusion(source: str, task: Task, device: str = "cpu"):
-    """A diffusers pipeline for `task` from a hub id, a local folder, or `tiny` (built on first use)."""
+def load_diffusion(source: str, task: Task, device: str = "cpu", cache_dir: Path | None = None):
+    """A diffusers pipeline for `task` from a hub id, a local folder, or `tiny` (built on first use in
+    `cache_dir`)."""
     diffusers = require("diffusers", "diffusion", "diffusion models")
     if source == TINY:
-        source = str(_tiny(task))
+        source = str(_tiny(task, cache_dir))
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     if task == "repaint":  # any unconditional DDPM folder (DDPMPipeline layout) with RePaint's scheduler
         scheduler = diffusers.RePaintScheduler.from_pretrained(source, subfolder="scheduler")

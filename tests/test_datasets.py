@@ -116,7 +116,7 @@ def test_validate_finds_a_corrupted_shard(store_env):
     store.write_bytes(bytes(data), "datasets", dataset.name, dataset.version, shard.file)
     store.remove("datasets", dataset.name, dataset.version, dataset.manifest.shards[2].rejects_file)
     problems = dataset.validate()
-    assert problems == [f"{shard.file}: checksum mismatch (expected sha256 {shard.sha256[:12]}…)",
+    assert problems == [f"{shard.file}: checksum mismatch (the manifest says sha256 {shard.sha256[:12]}…)",
                         f"{dataset.manifest.shards[2].rejects_file}: missing"]
 
 

@@ -71,7 +71,7 @@ def test_synthetic_flow_on_ray(local_store_env, prefect_harness, local_ray):
 def test_validate_flow_passes_a_good_version_and_fails_a_damaged_one(local_store_env, prefect_harness):
     synthetic(SyntheticConfig(count=8, work_ms=0, execution={"executor": "local", "shard_size": 4}))
     assert validate_dataset("synthetic/v1") == {"dataset": "synthetic/v1", "shards": 2, "problems": []}
-    Store.from_settings(Settings()).write_bytes(b"not parquet", "datasets", "synthetic", "v1", "data",
-                                                 "part-00000.parquet")
-    with pytest.raises(DatasetInvalid, match="data/part-00000.parquet: checksum mismatch"):
+    first = DatasetStore(Store.from_settings(Settings())).open("synthetic", "v1").manifest.shards[0].file
+    Store.from_settings(Settings()).write_bytes(b"not parquet", "datasets", "synthetic", "v1", first)
+    with pytest.raises(DatasetInvalid, match=f"{first}: 11 bytes, the manifest says"):
         validate_dataset("synthetic")

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from hoi_factory.config import RunConfig, Settings
 from hoi_factory.datasets import DatasetStore
-from hoi_factory.parents import ReadParentRows, items_from_dataset
+from hoi_factory.parents import PARENT_KEYS, ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.run import run_pipeline
 from hoi_factory.stage import MapStage, Reject
@@ -21,6 +21,9 @@ class ScaleConfig(RunConfig):
 
 
 class Scale(MapStage):
+    needs = frozenset({"values", "total"})
+    makes = frozenset({"scaled"})
+
     def __init__(self, factor):
         self.factor = factor
 
@@ -35,9 +38,10 @@ class ScalePipeline(Pipeline[ScaleConfig]):
     description = "test: a child of the synthetic dataset"
     config_class = ScaleConfig
     schema = pa.schema([("scaled", pa.list_(pa.float32()))])
+    item_keys = frozenset({"input_id"}) | PARENT_KEYS
 
-    def plan(self, config, datasets):
-        return items_from_dataset(datasets.open_ref(config.parent))
+    def plan(self, config, context):
+        return items_from_dataset(context.datasets.open_ref(config.parent))
 
     def stages(self, config):
         return [ReadParentRows(["values", "total"]), Scale(config.factor)]

@@ -67,18 +67,20 @@ def fit_views(keypoints: np.ndarray, K: np.ndarray, body_model: str = "standin",
 
 
 class Calibrate(Stage):
-    """Adds body_pose, betas, K, R, t, azimuth and reprojection_error; rejects fits worse than `max_error_px`."""
+    """Adds body_pose, K, R, t, azimuth, reprojection_error and calibration; rejects fits worse than `max_error_px`."""
 
     batch_size = 32
+    makes = frozenset({"body_pose", "K", "R", "t", "azimuth", "reprojection_error", "calibration"})
 
     def __init__(self, method: str, body_model: str, max_error_px: float, steps: int = 200):
         self.method, self.body_model, self.max_error_px, self.steps = method, body_model, max_error_px, steps
+        # 'given' takes the truth only procedural scenes carry: the column check refuses other sources.
+        self.needs = frozenset({"image_array", *(("true_pose", "true_R", "true_t") if method == "given"
+                                                 else ("keypoints",))})
 
     def process(self, batch: list[Row]) -> list[Row | Reject]:
         Ks = np.stack([intrinsics(r["image_array"].shape[1], r["image_array"].shape[0]) for r in batch])
         if self.method == "given":
-            if any("true_pose" not in r for r in batch):
-                raise ValueError("calibration 'given' needs procedural scenes (rows with the true pose and camera)")
             fitted = {"body_pose": np.stack([r["true_pose"] for r in batch]),
                       "R": np.stack([r["true_R"] for r in batch]), "t": np.stack([r["true_t"] for r in batch]),
                       "error": np.zeros(len(batch))}
@@ -87,7 +89,7 @@ class Calibrate(Stage):
         results: list[Row | Reject] = []
         for i, row in enumerate(batch):
             error = float(fitted["error"][i])
-            if error > self.max_error_px:
+            if not error <= self.max_error_px:  # NaN too: a fit that diverged
                 results.append(Reject.of(row, "calibration failed", f"reprojection error {error:.1f} px"))
                 continue
             R, t = fitted["R"][i], fitted["t"][i]

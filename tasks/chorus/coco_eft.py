@@ -23,7 +23,7 @@ import math
 import posixpath
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -32,7 +32,8 @@ import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from scipy.spatial.transform import Rotation
 
-from hoi_factory.config import ExecutionConfig, RunConfig, Settings
+from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Reject, Row
 from models.body.smpl import load_body_model
@@ -46,6 +47,7 @@ from tasks.procedural.coco_eft import write_coco_eft
 
 EFT_CROP_PX = 224  # EFT/SPIN regress the camera for a 224 x 224 crop ...
 EFT_BOX_UNIT_PX = 200  # ... of a box whose side is bbox_scale * 200 px
+StorageOptions = Callable[[str], dict[str, Any]]  # fsspec options for a URL (StageContext.storage_options)
 
 
 class COCOEFTConfig(RunConfig):
@@ -119,8 +121,7 @@ def perspective_from_weak(cam: list[float], bbox_center: list[float], bbox_scale
     return orient, pelvis_rest + translation
 
 
-def _read_json(url: str, role: str) -> Any:
-    options = Settings().storage_options(url)
+def _read_json(url: str, role: str, options: dict[str, Any]) -> Any:
     try:
         with fsspec.open(url, "rt", encoding="utf-8", **options) as handle:
             return json.load(handle)
@@ -130,13 +131,14 @@ def _read_json(url: str, role: str) -> Any:
         raise PlanError(f"{role} file {url!r} is not valid JSON: {exc}") from None
 
 
-def _coco_index(urls: list[str]) -> tuple[dict[int, dict], dict[int, list[dict]], dict[int, str]]:
+def _coco_index(urls: list[str], storage_options: StorageOptions
+                ) -> tuple[dict[int, dict], dict[int, list[dict]], dict[int, str]]:
     """images by id, annotations by image id (merged by annotation id), category names by id."""
     images: dict[int, dict] = {}
     annotations: dict[int, dict] = {}
     categories: dict[int, str] = {}
     for url in urls:
-        data = _read_json(url, "COCO annotation")
+        data = _read_json(url, "COCO annotation", storage_options(url))
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
                                                                                           "categories")):
             raise PlanError(f"COCO annotation file {url!r} must be an object with lists 'images', 'annotations' "
@@ -166,6 +168,9 @@ def _safe_join(folder: str, name: str) -> str | None:
 class ParseFit(MapStage):
     """Checks the EFT entry and the image it names; malformed ones are rejected with pydantic's reason."""
 
+    needs = frozenset({"problem", "problem_detail", "fit", "image"})
+    makes = frozenset({"fit", "path"})
+
     def __init__(self, images: str):
         self.images = images
 
@@ -183,21 +188,58 @@ class ParseFit(MapStage):
         return {**row, "fit": fit, "path": path}
 
 
+def _numbers(values: Any, what: str) -> np.ndarray:
+    """A list of finite numbers as float64, or ValueError saying what it is not."""
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                for v in values):
+        raise ValueError(f"{what} is not a list of numbers")
+    array = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} holds NaN or inf")
+    return array
+
+
 class COCODetections(MapStage):
     """COCO annotations of the image -> detections (score 1) for the paper's filter."""
 
-    def setup(self) -> None:
+    needs = frozenset({"pixels", "annotations", "fit"})
+    makes = frozenset({"image_array", "detections"})
+
+    def setup(self, context: StageContext) -> None:
         from pycocotools import mask as mask_utils
 
         self.mask_utils = mask_utils
 
     def _mask(self, segmentation: Any, height: int, width: int) -> np.ndarray:
-        rles = self.mask_utils.frPyObjects(segmentation, height, width)
-        rle = self.mask_utils.merge(rles) if isinstance(rles, list) else rles
-        return self.mask_utils.decode(rle).astype(bool)
+        """Polygons or run-length encoding (counts listed or compressed) as a mask; ValueError for anything
+        else, checked first: pycocotools raises bare Exceptions on some inputs and reads past others."""
+        if isinstance(segmentation, list):
+            polygons = [_numbers(p, "a polygon") for p in segmentation]
+            polygons = [p.tolist() for p in polygons if len(p) >= 6]  # fewer than 3 points: no area
+            if not polygons:
+                return np.zeros((height, width), dtype=bool)
+            rle = self.mask_utils.merge(self.mask_utils.frPyObjects(polygons, height, width))
+        elif isinstance(segmentation, dict):
+            if segmentation.get("size") != [height, width]:
+                raise ValueError(f"RLE size {segmentation.get('size')!r} is not the image's [{height}, {width}]")
+            counts = segmentation.get("counts")
+            if isinstance(counts, str):
+                rle = {"size": [height, width], "counts": counts.encode()}
+            else:
+                runs = _numbers(counts, "RLE counts")
+                if (runs < 0).any() or (runs != np.round(runs)).any() or runs.sum() != height * width:
+                    raise ValueError(f"RLE counts are not whole runs covering {height}x{width} pixels")
+                rle = self.mask_utils.frPyObjects({"size": [height, width], "counts": runs.astype(int).tolist()},
+                                                  height, width)
+        else:
+            raise ValueError(f"segmentation is a {type(segmentation).__name__}, not polygons or RLE")
+        mask = self.mask_utils.decode(rle).astype(bool)
+        if mask.shape != (height, width):
+            raise ValueError(f"segmentation decodes to {mask.shape}, not the image's ({height}, {width})")
+        return mask
 
     def process_row(self, row: Row) -> Row | Reject:
-        pixels = row.pop("pixels")
+        pixels = row["pixels"]
         height, width = pixels.shape[:2]
         detections = []
         for annotation in row["annotations"]:
@@ -209,22 +251,27 @@ class COCODetections(MapStage):
                 mask = self._mask(annotation["segmentation"], height, width)
                 keypoints = None
                 if fitted:
-                    raw = np.asarray(annotation["keypoints"], dtype=np.float32).reshape(17, 3)
+                    raw = _numbers(annotation["keypoints"], "keypoints").astype(np.float32).reshape(17, 3)
                     keypoints = np.concatenate([raw[:, :2], (raw[:, 2:] > 0).astype(np.float32)], 1)
-            except Exception as exc:  # pycocotools raises bare Exceptions for segmentations it cannot read
+            except (KeyError, ValueError) as exc:  # what the annotation lacks or holds wrongly
                 return Reject.of(row, "malformed COCO annotation",
                                  f"annotation {annotation.get('id')}: {type(exc).__name__}: {exc}")
             detections.append(Detection(annotation["label"], 1.0, mask, keypoints))
-        return {**row, "image_array": pixels, "detections": detections}
+        rest = {key: value for key, value in row.items() if key != "pixels"}  # the input row stays intact for retries
+        return {**rest, "image_array": pixels, "detections": detections}
 
 
 class EFTCamera(MapStage):
     """The EFT fit as this project's calibration: body_pose, K (CHORUS FOV), R, t, azimuth, keypoint error."""
 
+    needs = frozenset({"fit", "image_array", "keypoints"})
+    makes = frozenset({"body_pose", "K", "R", "t", "azimuth", "reprojection_error", "calibration", "staged_defect",
+                       "prompt", "base_prompt", "verb", "augmentation"})
+
     def __init__(self, body_model: str):
         self.body_model = body_model
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
         self.body = load_body_model(self.body_model)
 
     def process_row(self, row: Row) -> Row:
@@ -249,20 +296,21 @@ class COCOEFTPipeline(Pipeline[COCOEFTConfig]):
     description = "CHORUS test set: COCO images + annotations + EFT fits -> filtered, calibrated held-out views"
     config_class = COCOEFTConfig
     schema = ViewsPipeline.schema
+    item_keys = frozenset({"input_id", "fit", "problem", "problem_detail", "annotations", "image", "category"})
     preview_column = "image"
     allow_non_finite = frozenset({"reprojection_error"})  # NaN: no annotated keypoint to compare with
 
-    def plan(self, config: COCOEFTConfig, datasets) -> list[dict]:
-        eft = _read_json(config.eft, "EFT fit")
+    def plan(self, config: COCOEFTConfig, context: StageContext) -> list[dict]:
+        eft = _read_json(config.eft, "EFT fit", context.storage_options(config.eft))
         if not isinstance(eft, dict) or not isinstance(eft.get("data"), list):
             raise PlanError(f"EFT fit file {config.eft!r} must be an object with a 'data' list of fits")
-        images, by_image, category_names = _coco_index(config.annotations)
+        images, by_image, category_names = _coco_index(config.annotations, context.storage_options)
         annotation_image = {a["id"]: image_id for image_id, anns in by_image.items() for a in anns}
         items = []
         for number, fit in enumerate(eft["data"]):
             base = {"fit": fit, "problem": "", "problem_detail": "", "annotations": [], "image": {}, "category": ""}
             annot_id = fit.get("annotId") if isinstance(fit, dict) else None
-            image_id = annotation_image.get(annot_id)
+            image_id = annotation_image.get(annot_id) if isinstance(annot_id, (int, str)) else None  # a list: no id
             if image_id is None or image_id not in images:
                 what = "not an object" if not isinstance(fit, dict) else f"annotId {annot_id!r}"
                 items.append({**base, "input_id": f"fit-{number}", "problem": "unknown COCO annotation",

@@ -17,11 +17,11 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
-from hoi_factory.config import ExecutionConfig, RunConfig, Settings
+from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Reject, Row
-from hoi_factory.storage import Store
 from models.body.smpl import load_body_model, star_pose
 from models.chorus import pap
 from models.chorus.aggregate import Views, aggregate
@@ -57,8 +57,8 @@ def _cluster_name(prompt: str | None, part: str | None) -> str:
 class ViewReader:
     """Reads view rows by (shard, row) from a views dataset, one shard at a time."""
 
-    def __init__(self, ref: str):
-        self.version = DatasetStore(Store.from_settings(Settings())).open_ref(ref)
+    def __init__(self, datasets: DatasetStore, ref: str):
+        self.version = datasets.open_ref(ref)
         self._shards: dict[int, list[Row]] = {}
 
     def rows(self, refs: list[list[int]]) -> list[Row]:
@@ -68,12 +68,18 @@ class ViewReader:
 
 
 class AggregateCluster(MapStage):
+    """One cluster's views -> its canonical occupancy grid, mesh, render and scores."""
+
     batch_size = 1
+    needs = frozenset({"category", "body_part", "parent", "view_refs", "test_parent", "test_refs"})
+    makes = frozenset({"num_views", "occupancy", "mesh_ply", "preview", "truth_iou", "pap", "pap_strict",
+                       "pap_occlusion_aware", "num_test_views"})
 
     def __init__(self, config: OccupancyConfig):
         self.config = config
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
+        self.datasets = context.datasets
         self.body = load_body_model(self.config.body_model)
         self.grid = Grid(self.config.resolution, self.config.extent)
         self.centres = self.grid.centres()
@@ -84,7 +90,7 @@ class AggregateCluster(MapStage):
 
     def _read(self, ref: str, refs: list[list[int]]) -> list[Row]:
         if ref not in self.readers:
-            self.readers[ref] = ViewReader(ref)
+            self.readers[ref] = ViewReader(self.datasets, ref)
         return self.readers[ref].rows(refs)
 
     def _bones(self, poses: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,8 +237,11 @@ class OccupancyPipeline(Pipeline[OccupancyConfig]):
     ])
     preview_column = "preview"
     allow_non_finite = frozenset({"pap", "pap_strict", "pap_occlusion_aware", "truth_iou"})  # NaN: not measured
+    item_keys = frozenset({"input_id", "category", "cluster", "base_prompt", "body_part", "parent", "view_refs",
+                           "test_parent", "test_refs"})
 
-    def plan(self, config: OccupancyConfig, datasets: DatasetStore) -> list[dict]:
+    def plan(self, config: OccupancyConfig, context: StageContext) -> list[dict]:
+        datasets = context.datasets
         views_ref, views = _view_index(datasets, config.views)
         test_ref, tests = _view_index(datasets, config.test_views) if config.test_views else ("", {})
         items = []
@@ -252,10 +261,10 @@ class OccupancyPipeline(Pipeline[OccupancyConfig]):
                               "test_parent": test_ref, "test_refs": test_refs})
         return items
 
-    def parents(self, config: OccupancyConfig) -> list[str]:
+    def parents(self, config: OccupancyConfig, context: StageContext) -> list[str]:
         if not config.test_views:
             return []
-        return [DatasetStore(Store.from_settings(Settings())).open_ref(config.test_views).ref]
+        return [context.datasets.open_ref(config.test_views).ref]
 
     def stages(self, config: OccupancyConfig):
         return [AggregateCluster(config)]

@@ -2,14 +2,14 @@
 paper's filter rules (Sec. 3.2, DESIGN 5.1), each rejection with its reason.
 
 Backends: `ground_truth` reads the exact instances a procedural scene carries; `torchvision` runs Mask R-CNN
-and Keypoint R-CNN (models/perception.py) on any image, on a GPU when the worker has one.
+and Keypoint R-CNN (models/perception.py) on any image, on a GPU when its workers are given one (`perception_gpus`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from hoi_factory.context import StageContext
 from hoi_factory.stage import Filter, MapStage, Resources, Row, Stage
 from models.perception import Detection, RCNNPerception
 
@@ -66,6 +66,7 @@ class Perceive(Stage):
     """Adds `detections` to each row. `ground_truth` needs rows from the procedural source."""
 
     batch_size = 8
+    makes = frozenset({"detections"})
 
     def __init__(self, backend: str = "ground_truth", weights: str = "torchvision", image_size: int = 800,
                  gpus: float = 0.0):
@@ -73,11 +74,12 @@ class Perceive(Stage):
             raise ValueError(f"perception backend {backend!r} is not available; choose one of {BACKENDS}")
         self.backend, self.weights, self.image_size = backend, weights, image_size
         self.resources = Resources(num_cpus=1.0, num_gpus=gpus)
+        # The exact instances exist only in procedural rows: the column check refuses other sources.
+        self.needs = frozenset({"image_array"} if backend == "torchvision" else {"instances"})
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
         if self.backend == "torchvision":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.model = RCNNPerception.from_pretrained(self.weights, device, self.image_size)
+            self.model = RCNNPerception.from_pretrained(self.weights, context.device, self.image_size)
 
     def process(self, batch: list[Row]) -> list[Row]:
         if self.backend == "torchvision":
@@ -92,6 +94,8 @@ class Perceive(Stage):
 class InteractionFilter(Filter):
     """Keeps images with exactly one person and one target object that overlap and show a torso."""
 
+    needs = frozenset({"image_array", "detections", "category"})
+
     def reason_to_drop(self, row: Row) -> str | None:
         height, width = row["image_array"].shape[:2]
         return reason_to_reject(row["detections"], row["category"], width, height)
@@ -99,6 +103,9 @@ class InteractionFilter(Filter):
 
 class KeepInteraction(MapStage):
     """Reduces the detections of a kept image to the person's and the object's masks and keypoints."""
+
+    needs = frozenset({"detections", "category"})
+    makes = frozenset({"person_mask_array", "object_mask_array", "keypoints"})
 
     def process_row(self, row: Row) -> Row:
         confident = [d for d in row["detections"] if d.score >= MIN_SCORE]

@@ -9,7 +9,6 @@ annotates each one.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Literal
@@ -19,7 +18,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hoi_factory import ids
-from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.config import ExecutionConfig, RunConfig, Settings
+from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Row
 from tasks.chorus import lexicon
@@ -39,6 +39,9 @@ LLM_REQUEST = (
 )
 
 
+LLM_KEY_VARIABLE = "HOI_LLM_API_KEY"
+
+
 class LLMError(PlanError):
     """The LLM endpoint failed or kept answering in the wrong shape."""
 
@@ -48,7 +51,8 @@ class LLMConfig(BaseModel):
 
     base_url: str = Field("http://127.0.0.1:8000/v1", description="an OpenAI-compatible API")
     model: str = Field("gpt-4o-mini", description="model name at that endpoint")
-    api_key_env: str = Field("HOI_LLM_API_KEY", description="environment variable holding the API key")
+    api_key_env: str = Field(LLM_KEY_VARIABLE, description="environment variable holding the API key (only "
+                             "HOI_LLM_API_KEY, which the run's settings read)")
     max_attempts: int = Field(5, ge=1, le=50, description="requests per category before giving up")
     backoff_seconds: float = Field(1.0, ge=0, description="first wait after a failed request (doubles)")
     timeout_seconds: float = Field(60.0, gt=0)
@@ -97,12 +101,19 @@ def _clean_lines(text: str) -> list[str]:
     return [line for line in lines if line]
 
 
-def llm_prompts(category: str, count: int, llm: LLMConfig) -> list[str]:
+def llm_api_key(settings: Settings, llm: LLMConfig) -> str:
+    """The endpoint's key, from the run's settings (tasks never read the environment); a local server takes any."""
+    if llm.api_key_env != LLM_KEY_VARIABLE:
+        raise PlanError(f"llm.api_key_env={llm.api_key_env!r}: the run's settings read the key from "
+                        f"{LLM_KEY_VARIABLE} only; set that variable instead")
+    return settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else "not-set"
+
+
+def llm_prompts(category: str, count: int, llm: LLMConfig, api_key: str = "not-set") -> list[str]:
     """The paper's request; retried (with backoff on errors) until the answer has exactly `count` lines."""
     import openai  # lazy: only this generator needs it
 
-    client = openai.OpenAI(base_url=llm.base_url, api_key=os.environ.get(llm.api_key_env, "not-set"),
-                           timeout=llm.timeout_seconds, max_retries=0)
+    client = openai.OpenAI(base_url=llm.base_url, api_key=api_key, timeout=llm.timeout_seconds, max_retries=0)
     request = LLM_REQUEST.format(m=count, category=category)
     last = "no answer"
     wait = llm.backoff_seconds
@@ -127,6 +138,8 @@ class DescribePrompt(MapStage):
     """Adds the lexicon verb (what the procedural stand-in can stage) to each prompt."""
 
     batch_size = 256
+    needs = frozenset({"base_prompt", "category"})
+    makes = frozenset({"verb"})
 
     def process_row(self, row: Row) -> Row:
         return {**row, "verb": lexicon.verb_of(row["base_prompt"], row["category"]) or ""}
@@ -138,14 +151,15 @@ class PromptsPipeline(Pipeline[PromptsConfig]):
     config_class = PromptsConfig
     schema = pa.schema([("category", pa.string()), ("prompt", pa.string()), ("base_prompt", pa.string()),
                         ("augmentation", pa.string()), ("verb", pa.string()), ("generator", pa.string())])
+    item_keys = frozenset({"input_id", "index", "category", "base_prompt", "prompt", "augmentation", "generator"})
 
-    def plan(self, config: PromptsConfig, datasets) -> list[dict]:
+    def plan(self, config: PromptsConfig, context: StageContext) -> list[dict]:
         items = []
         suffixes = VIEWPOINT_SUFFIXES if config.viewpoints else ("",)
         for category in config.categories:
             count = prompt_count(config, category)
             if config.generator == "llm":
-                prompts = llm_prompts(category, count, config.llm)
+                prompts = llm_prompts(category, count, config.llm, llm_api_key(context.settings, config.llm))
             else:
                 prompts = offline_prompts(category, count, ids.sample_seed(str(config.seed), category, 1))
             for number, prompt in enumerate(prompts):

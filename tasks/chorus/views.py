@@ -15,11 +15,12 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from hoi_factory.config import ExecutionConfig, RunConfig
-from hoi_factory.parents import ReadParentRows, items_from_dataset
+from hoi_factory.context import StageContext
+from hoi_factory.parents import PARENT_KEYS, ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Reject, Resources, Row, Stage
 from models.body.smpl import load_body_model
-from models.diffusion import SD14, Sampling, best_device, generate, load_diffusion
+from models.diffusion import SD14, Sampling, generate, load_diffusion
 from tasks.chorus import lexicon
 from tasks.chorus.calibration import Calibrate
 from tasks.chorus.perception import InteractionFilter, KeepInteraction, Perceive
@@ -67,14 +68,16 @@ class TextToImage(Stage):
     """Generates each row's prompt with a diffusers pipeline, seeded per sample."""
 
     batch_size = 8
+    needs = frozenset({"prompt", "seed"})
+    makes = frozenset({"image_array", "staged_defect"})
 
     def __init__(self, config: ViewsConfig):
         self.source = config.text_to_image
         self.sampling = Sampling(config.steps, config.guidance_scale, config.size)
         self.resources = Resources(num_cpus=1.0, num_gpus=config.text_to_image_gpus)
 
-    def setup(self) -> None:
-        self.pipeline = load_diffusion(self.source, "text-to-image", best_device())
+    def setup(self, context: StageContext) -> None:
+        self.pipeline = load_diffusion(self.source, "text-to-image", context.device, context.settings.cache_dir)
 
     def process(self, batch: list[Row]) -> list[Row]:
         images = generate(self.pipeline, [row["prompt"] for row in batch], [row["seed"] for row in batch],
@@ -86,11 +89,13 @@ class ProceduralImage(MapStage):
     """Renders the stand-in scene of a prompt: the lexicon verb decides the object's placement."""
 
     batch_size = 32
+    needs = frozenset({"category", "verb", "base_prompt", "seed"})
+    makes = frozenset({"image_array", "instances", "true_pose", "true_R", "true_t", "staged_defect"})
 
     def __init__(self, config: ViewsConfig):
         self.config = config
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext) -> None:
         self.body = load_body_model(self.config.body_model)
 
     def process_row(self, row: Row) -> Row | Reject:
@@ -106,7 +111,13 @@ class ProceduralImage(MapStage):
 
 
 class EncodeView(MapStage):
+    """The view's arrays as the schema stores them: PNGs and flat float lists."""
+
     batch_size = 64
+    needs = frozenset({"image_array", "person_mask_array", "object_mask_array", "keypoints", "body_pose", "K", "R",
+                       "t"})
+    makes = frozenset({"image", "person_mask", "object_mask", "width", "height", "keypoints", "body_pose", "K", "R",
+                       "t"})
 
     def process_row(self, row: Row) -> Row:
         height, width = row["image_array"].shape[:2]
@@ -127,10 +138,11 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
         ("body_pose", f32), ("K", f32), ("R", f32), ("t", f32), ("azimuth", pa.float32()),
         ("calibration", pa.string()), ("reprojection_error", pa.float32()), ("staged_defect", pa.string()),
     ])
+    item_keys = frozenset({"input_id", "index", *PARENT_KEYS})
     preview_column = "image"
 
-    def plan(self, config: ViewsConfig, datasets) -> list[dict]:
-        prompts = datasets.open_ref(config.prompts)
+    def plan(self, config: ViewsConfig, context: StageContext) -> list[dict]:
+        prompts = context.datasets.open_ref(config.prompts)
         return [{**item, "index": i} for item in items_from_dataset(prompts) for i in range(config.images_per_prompt)]
 
     def stages(self, config: ViewsConfig):

@@ -43,7 +43,7 @@ class InpaintHands(Stage):
 
     def setup(self, context: StageContext) -> None:
         task = {"diffusers": "inpainting", "repaint": "repaint"}.get(self.inpainter)
-        self.pipeline = load_diffusion(self.model, task, context.device) if task else None
+        self.pipeline = load_diffusion(self.model, task, context.device, context.settings.cache_dir) if task else None
 
     def process(self, batch: list[Row]) -> list[Row]:
         masks = [grow(row["hand_mask_array"]) for row in batch]
@@ -75,7 +75,7 @@ class SDEdit(Stage):
 
     def setup(self, context: StageContext) -> None:
         if self.model != NO_MODEL:
-            self.pipeline = load_diffusion(self.model, "image-to-image", context.device)
+            self.pipeline = load_diffusion(self.model, "image-to-image", context.device, context.settings.cache_dir)
         else:
             self.pipeline = None
 

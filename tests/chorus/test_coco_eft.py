@@ -63,3 +63,32 @@ def test_the_adapter_keypoint_error_is_the_true_error(local_store_env, tmp_path)
         seen = annotated[:, 2] > 0
         expected = np.linalg.norm(pixels[seen, :2] - annotated[seen, :2], axis=1).mean()
         assert view.reprojection_error == pytest.approx(expected, rel=1e-4)
+
+
+def test_segmentations_decode_or_are_refused_before_pycocotools_sees_them():
+    """Polygons and both RLE forms decode; what pycocotools would raise a bare Exception on, or read past the
+    end of, is a ValueError that the stage turns into a 'malformed COCO annotation' reject."""
+    from pycocotools import mask as mask_utils
+
+    from hoi_factory.config import Settings
+    from hoi_factory.context import StageContext
+    from tasks.chorus.coco_eft import COCODetections
+
+    stage = COCODetections()
+    stage.setup(StageContext(Settings()))
+    square = np.zeros((10, 12), dtype=bool)
+    square[2:6, 3:9] = True
+    flat = square.T.reshape(-1)  # COCO runs go down the columns, starting with a run of zeros
+    runs = np.diff([0, *(np.flatnonzero(np.diff(flat.astype(int))) + 1), flat.size]).tolist()
+    compressed = mask_utils.encode(np.asfortranarray(square.astype(np.uint8)))["counts"].decode()
+    assert (stage._mask([[3, 2, 9, 2, 9, 6, 3, 6]], 10, 12) == square).mean() > 0.9
+    assert (stage._mask({"size": [10, 12], "counts": runs}, 10, 12) == square).all()
+    assert (stage._mask({"size": [10, 12], "counts": compressed}, 10, 12) == square).all()
+    assert not stage._mask([[1, 2, 3, 4]], 10, 12).any()  # two points enclose nothing
+    for bad, message in [([["x", "y"]], "not a list of numbers"), ([[1, 2, float("nan"), 4, 5, 6]], "NaN"),
+                         ({"size": [10, 10], "counts": runs}, "not the image's"),
+                         ({"size": [10, 12], "counts": []}, "covering"),
+                         ({"size": [10, 12], "counts": [5, -3]}, "covering"),
+                         ("polygon", "not polygons or RLE")]:
+        with pytest.raises(ValueError, match=message):
+            stage._mask(bad, 10, 12)

@@ -7,7 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hoi_factory.config import ConfigError, validate_run_config
+from hoi_factory.config import ConfigError, Settings, validate_run_config
+from hoi_factory.context import StageContext
+from hoi_factory.pipeline import PlanError
 from tasks.chorus.prompts import (VIEWPOINT_SUFFIXES, LLMConfig, LLMError, PromptsConfig, PromptsPipeline,
                                   llm_prompts)
 
@@ -19,8 +21,9 @@ def test_viewpoint_phrases_are_the_papers_22():
 
 def test_offline_plan_is_deterministic_and_complete():
     config = PromptsConfig(categories=["cup", "bicycle"])
-    items = PromptsPipeline().plan(config, None)
-    assert items == PromptsPipeline().plan(config, None)
+    context = StageContext(Settings())
+    items = PromptsPipeline().plan(config, context)
+    assert items == PromptsPipeline().plan(config, context)
     for category in ("cup", "bicycle"):
         bases = {i["base_prompt"] for i in items if i["category"] == category}
         assert 3 <= len(bases) <= 20  # the paper's random M
@@ -58,11 +61,10 @@ class FakeLLM(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake_llm(monkeypatch):
+def fake_llm():
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     FakeLLM.answers, FakeLLM.requests = [], []
-    monkeypatch.setenv("HOI_LLM_API_KEY", "sk-test-key")
     yield LLMConfig(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="tiny", backoff_seconds=0.01)
     server.shutdown()
 
@@ -70,7 +72,7 @@ def fake_llm(monkeypatch):
 def test_llm_prompts_retry_until_exactly_m_lines(fake_llm):
     FakeLLM.answers = [(500, ""), (200, "1. a man holds a cup\n2. a woman holds a cup"),
                        (200, "1. a man holding a cup\n2. a woman drinking from a cup\n3. a boy washing a cup")]
-    prompts = llm_prompts("cup", 3, fake_llm)
+    prompts = llm_prompts("cup", 3, fake_llm, api_key="sk-test-key")
     assert prompts == ["a man holding a cup", "a woman drinking from a cup", "a boy washing a cup"]
     assert len(FakeLLM.requests) == 3
     request = FakeLLM.requests[-1]
@@ -88,6 +90,15 @@ def test_llm_failure_ends_in_a_clear_error(fake_llm):
 def test_llm_generator_through_the_pipeline_plan(fake_llm):
     FakeLLM.answers = [(200, "a man holding a hat\na girl wearing a hat")]
     config = PromptsConfig(categories=["hat"], generator="llm", prompts_per_category=2, llm=fake_llm)
-    items = PromptsPipeline().plan(config, None)
+    items = PromptsPipeline().plan(config, StageContext(Settings(llm_api_key="sk-from-the-settings")))
+    assert FakeLLM.requests[0]["auth"] == "Bearer sk-from-the-settings"  # the run's settings, not the environment
     assert [i["prompt"] for i in items[:2]] == ["a man holding a hat", "a man holding a hat, side view"]
     assert len(items) == 44 and {i["generator"] for i in items} == {"llm"}
+
+
+def test_the_llm_key_comes_from_the_runs_settings_not_another_variable(fake_llm):
+    config = PromptsConfig(categories=["hat"], generator="llm", prompts_per_category=2,
+                           llm=fake_llm.model_copy(update={"api_key_env": "OPENAI_API_KEY"}))
+    with pytest.raises(PlanError, match="HOI_LLM_API_KEY"):
+        PromptsPipeline().plan(config, StageContext(Settings()))
+    assert FakeLLM.requests == []  # refused before asking
