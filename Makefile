@@ -28,8 +28,12 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest
 
+# Every benchmark, each interleaved and repeated (--repeats 3), into benchmarks/results/*.json; on an idle
+# machine (other load skews the wall-time ones): about 20 minutes on 2 cores. gpu-check is separate.
 bench: install
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.pools
+	$(BIN)/python -m benchmarks.fixed_cost
 	$(BIN)/python -m benchmarks.chorus_aggregation
 	$(BIN)/python -m benchmarks.ho3pairs
 	$(BIN)/python -m benchmarks.hogsa_render

@@ -1,7 +1,7 @@
 """What a user waits for before any work: `hoi-factory --help`, and a 20-item synthetic run from the CLI.
 
 Each is a fresh process (as a user types it), in a fresh store and Prefect home, wall time and the child's
-peak memory; the three commands are interleaved and repeated. The run includes Prefect's temporary API
+peak memory; the two commands are interleaved and repeated. The run includes Prefect's temporary API
 server (no PREFECT_API_URL set), planning, the in-process executor (`auto` for 20 items), Parquet shards,
 the report and the manifest.
 """

@@ -1,18 +1,24 @@
 """HO3Pairs throughput: pairs per second through the factory vs. a bare diffusers loop, same model, same batch.
 
-Measured in one run on procedural hand–object scenes with the `tiny` diffusers models (or any you name):
+Measured in one run on procedural hand–object scenes with the `tiny` diffusers models (or any you name),
+interleaved and repeated (bare, in-process, Ray, bare, ...), wall time (Ray runs in other processes; run it
+on an otherwise idle machine):
 - a bare loop: read image and hand mask, crop, extract the layout (dropping what the factory drops there),
   grow the mask, inpaint and SDEdit in batches, nothing stored;
 - the factory in-process (plus layout, sanity checks, quality figures, Parquet shards, manifest, report);
 - the factory on local Ray with 2 workers.
 Both load the models once per run (the factory once per worker) and inpaint the same crops; the sanity
-thresholds are off so every inpainted pair is kept. Ratios: factory / bare loop pairs per second.
+thresholds are off so every inpainted pair is kept. Printed: pairs/s of each (median, min-max); ratios of
+medians: factory / bare loop.
+
+    python -m benchmarks.ho3pairs [--count 48] [--steps 10] [--repeats 3] [--out benchmarks/results/ho3pairs.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.results_table import show_and_save
+from benchmarks.results_table import interleaved, median, show_and_save
 from hoi_factory.config import Settings
 from hoi_factory.run import run_pipeline
 from hoi_factory.stage import Reject
@@ -31,7 +37,8 @@ from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 from tasks.procedural.hand_object import write_hand_object_folder
 
 
-def bare_loop(folder: Path, config: PairsConfig) -> tuple[float, int]:
+def bare_loop(folder: Path, config: PairsConfig, pairs: list[int]) -> float:
+    """Pairs/s of the pipeline's own steps called in a plain loop, nothing stored; appends the pair count."""
     started = time.perf_counter()
     inpainter = load_diffusion(config.inpainting_model, "inpainting", best_device())
     editor = load_diffusion(config.sdedit_model, "image-to-image", best_device())
@@ -54,16 +61,21 @@ def bare_loop(folder: Path, config: PairsConfig) -> tuple[float, int]:
         seeds = list(range(start, start + len(images)))
         painted = inpaint(inpainter, list(images), list(masks), ["object"] * len(images), seeds, sampling)
         sdedit(editor, painted, ["object"] * len(images), seeds, config.sdedit_strength, sampling)
-    return time.perf_counter() - started, len(crops)
+    seconds = time.perf_counter() - started
+    pairs.append(len(crops))
+    return len(crops) / seconds
 
 
-def factory(folder: Path, config: PairsConfig, executor: str, workers: int) -> tuple[float, int]:
+def factory(folder: Path, config: PairsConfig, executor: str, workers: int, pairs: list[int]) -> float:
+    """Pairs/s of a whole run (plan to manifest) into a fresh store; appends the pair count."""
     config = config.model_copy(update={"execution": config.execution.model_copy(
         update={"executor": executor, "workers": workers})})
     with tempfile.TemporaryDirectory() as store:
         started = time.perf_counter()
         dataset = run_pipeline(PairsPipeline(), config, Settings(store_url=store)).dataset
-        return time.perf_counter() - started, dataset.manifest.num_samples
+        seconds = time.perf_counter() - started
+    pairs.append(dataset.manifest.num_samples)
+    return dataset.manifest.num_samples / seconds
 
 
 def main() -> None:
@@ -73,6 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="denoising steps")
     parser.add_argument("--model", default="tiny", help="inpainting model (SDEdit uses 'tiny' or --sdedit-model)")
     parser.add_argument("--sdedit-model", default="tiny")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ho3pairs.json"))
     args = parser.parse_args()
 
@@ -86,25 +99,31 @@ def main() -> None:
                          execution={"shard_size": 8})
     load_diffusion(args.model, "inpainting")  # warm-up: build / cache the models once
     load_diffusion(args.sdedit_model, "image-to-image")
+    warm_folder = Path(tempfile.mkdtemp(prefix="ho3pairs-bench-warm-"))  # first calls, Ray Data's first start
+    write_hand_object_folder(warm_folder, 4, seed=1, with_bad_files=False)
+    warm = config.model_copy(update={"inputs": str(warm_folder)})
+    bare_loop(warm_folder, warm, [])
+    factory(warm_folder, warm, "local", 1, []), factory(warm_folder, warm, "ray", 2, [])
 
-    measured = {
-        "bare_diffusers_loop": bare_loop(folder, config),
-        "factory_in_process": factory(folder, config, "local", 1),
-        "factory_ray_2_workers": factory(folder, config, "ray", 2),
-    }
+    pairs: dict[str, list[int]] = {"bare_diffusers_loop": [], "factory_in_process": [], "factory_ray_2_workers": []}
+    rates = interleaved({
+        "bare_diffusers_loop": lambda: bare_loop(folder, config, pairs["bare_diffusers_loop"]),
+        "factory_in_process": lambda: factory(folder, config, "local", 1, pairs["factory_in_process"]),
+        "factory_ray_2_workers": lambda: factory(folder, config, "ray", 2, pairs["factory_ray_2_workers"]),
+    }, args.repeats)
     ray.shutdown()
-    seconds = {name: s for name, (s, _) in measured.items()}
-    pairs_per_second = {name: n / s for name, (s, n) in measured.items()}
-    ratios = {
-        "factory_in_process_vs_bare": pairs_per_second["factory_in_process"] / pairs_per_second["bare_diffusers_loop"],
-        "factory_ray_2_workers_vs_bare":
-            pairs_per_second["factory_ray_2_workers"] / pairs_per_second["bare_diffusers_loop"],
-    }
+    shutil.rmtree(folder), shutil.rmtree(warm_folder)
+    counts = {count for made in pairs.values() for count in made}
+    assert len(counts) == 1, f"the runs made different numbers of pairs: {pairs}"
+    bare = median(rates["bare_diffusers_loop"])
+    ratios = {"factory_in_process_vs_bare": median(rates["factory_in_process"]) / bare,
+              "factory_ray_2_workers_vs_bare": median(rates["factory_ray_2_workers"]) / bare}
+    show_and_save(f"{args.count} scenes ({counts.pop()} pairs), {args.size} px crops, {args.steps} steps, model "
+                  f"{args.model}, batch {InpaintHands.batch_size} (wall time: Ray runs in other processes)", "pairs/s",
+                  rates, ratios, args.out, benchmark="ho3pairs", timing="wall", pairs=pairs, count=args.count,
+                  size=args.size, steps=args.steps, model=args.model, batch_size=InpaintHands.batch_size,
+                  device=best_device())
 
-    show_and_save(f"{args.count} scenes, {args.size} px crops, {args.steps} steps, model {args.model}, "
-                  f"batch {InpaintHands.batch_size}", "pairs/s", seconds, pairs_per_second, ratios, args.out,
-                  benchmark="ho3pairs", count=args.count, size=args.size, steps=args.steps, model=args.model,
-                  batch_size=InpaintHands.batch_size, device=best_device())
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks.results_table import interleaved, median, show_and_save
 from hoi_factory.config import Settings
+from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.executors.ray import RayExecutor
 from hoi_factory.ids import fingerprint
@@ -36,7 +37,7 @@ def execute(config: SyntheticConfig, fuse: bool, busy: list[float]) -> float:
     appends B's busy fraction to `busy`."""
     pipeline = SyntheticPipeline()
     stages = pipeline.stages(config)
-    items = assign_ids(pipeline.plan(config, None), config.config_hash())
+    items = assign_ids(pipeline.plan(config, StageContext(Settings())), config.config_hash())
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(store_url=folder)
         writer = DatasetStore(Store.from_settings(settings)).begin("synthetic", "v1", fingerprint(items),
