@@ -7,6 +7,9 @@ and a run's inputs are checked before Prefect or Ray start.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -55,6 +58,24 @@ def _store() -> Store:
     return Store.from_settings(_settings())
 
 
+def prefect_api_url() -> str | None:
+    """The Prefect API this process would talk to: PREFECT_API_URL, the active Prefect profile's, or (when Prefect
+    is already loaded, as under its test harness) Prefect's own setting. None: no server, only Prefect's
+    temporary one, which costs ~10 s to start."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        return PREFECT_API_URL.value()
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    try:
+        profiles = tomllib.loads(Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).read_text())
+        return profiles["profiles"][os.environ.get("PREFECT_PROFILE", profiles["active"])].get("PREFECT_API_URL")
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return None
+
+
 def _with_progress(run):
     """Run `run()` with a rich progress bar fed by the flows' shard progress."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -95,8 +116,15 @@ def run(
     pipeline: str = typer.Argument(..., help="pipeline name (see `hoi-factory pipelines`)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. execution.workers=2"),
+    prefect: Optional[bool] = typer.Option(
+        None, "--prefect/--no-prefect",
+        help="run as a Prefect flow (artifacts, events); default: when a Prefect API is configured"),
 ) -> None:
-    """Run one pipeline into a new dataset version (or resume an interrupted one)."""
+    """Run one pipeline into a new dataset version (or resume an interrupted one).
+
+    With a Prefect API configured (PREFECT_API_URL or the active Prefect profile) the run is a flow run with
+    artifacts and the hoi.dataset.published event; without one it runs in this process, the same dataset
+    without Prefect's temporary server (--prefect starts that one instead)."""
     from flows.registry import PIPELINES, pipeline_class, pipeline_flow
 
     if pipeline not in PIPELINES:
@@ -107,11 +135,23 @@ def run(
     cls = pipeline_class(pipeline)
     try:
         run_config = load_run_config(cls.config_class, config, overrides or [])
-        check_run(cls(), run_config, _settings())  # before Prefect or Ray start: plain messages, no traceback
-        result = _with_progress(lambda: pipeline_flow(pipeline)(run_config))
+        settings = _settings()
+        check_run(cls(), run_config, settings)  # before Prefect or Ray start: plain messages, no traceback
+        if prefect if prefect is not None else bool(prefect_api_url()):
+            result = _with_progress(lambda: pipeline_flow(pipeline)(run_config))
+        else:
+            result = _with_progress(lambda: _run_in_process(cls(), run_config, settings))
     except _user_errors() as exc:
         _fail(exc)
     _print_results([result])
+
+
+def _run_in_process(pipeline, config, settings) -> dict[str, Any]:
+    from flows import progress
+    from hoi_factory.run import run_pipeline
+
+    label = f"{pipeline.name}: shards"
+    return run_pipeline(pipeline, config, settings, lambda done, total: progress.report(label, done, total)).summary()
 
 
 @app.command()

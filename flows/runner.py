@@ -45,17 +45,6 @@ def make_dataset(pipeline: Pipeline, config: RunConfig) -> RunResult:
     return run_pipeline(pipeline, config, Settings(), on_progress)
 
 
-def summary(result: RunResult) -> dict[str, Any]:
-    manifest = result.dataset.manifest
-    return {"dataset": manifest.name, "version": manifest.version, "samples": manifest.num_samples,
-            "rejects": manifest.num_rejects, "inputs": manifest.num_inputs, "shards": len(manifest.shards),
-            "shards_resumed": result.shards_resumed, "reused": result.reused, "executor": result.executor,
-            "seconds": round(result.seconds, 2), "url": result.dataset.url,
-            "report": result.dataset.store.link("datasets", manifest.name, manifest.version,
-                                                manifest.report.get("html", "manifest.json")),
-            **manifest.metrics}
-
-
 def _embedded_png(dataset: DatasetVersion, relative: str) -> str:
     data = dataset.store.read_bytes("datasets", dataset.name, dataset.version, relative)
     return f"![{relative}](data:image/png;base64,{base64.b64encode(data).decode()})"
@@ -64,7 +53,7 @@ def _embedded_png(dataset: DatasetVersion, relative: str) -> str:
 def publish_artifacts(result: RunResult) -> None:
     dataset, manifest = result.dataset, result.dataset.manifest
     key = f"{manifest.name}-{manifest.version}".lower().replace(".", "-").replace("_", "-")
-    create_table_artifact([summary(result)], key=f"{key}-summary", description=f"{dataset.ref}: run summary")
+    create_table_artifact([result.summary()], key=f"{key}-summary", description=f"{dataset.ref}: run summary")
     lines = [f"# {dataset.ref}", "", f"{manifest.num_samples} samples, {manifest.num_rejects} rejected, "
              f"stored at `{dataset.url}`", "", "| step | in | out |", "|---|---:|---:|"]
     lines += [f"| {s['stage']} | {s.get('rows_in', '')} | {s['rows_out']} |" for s in manifest.funnel]
@@ -97,7 +86,7 @@ def run_pipeline_flow(pipeline: Pipeline, config: RunConfig) -> dict[str, Any]:
     result = make_dataset.with_options(name=f"{pipeline.name}: make dataset")(pipeline, config)
     if result.reused:
         logger.info("%s is already published from this exact config and input", result.dataset.ref)
-        return summary(result)
+        return result.summary()
     publish_artifacts(result)
     manifest = result.dataset.manifest
     emit_event(
@@ -107,4 +96,4 @@ def run_pipeline_flow(pipeline: Pipeline, config: RunConfig) -> dict[str, Any]:
                  "url": result.dataset.url, "pipeline": pipeline.name},
     )
     logger.info("published %s: %d samples, %d rejected", result.dataset.ref, manifest.num_samples, manifest.num_rejects)
-    return summary(result)
+    return result.summary()

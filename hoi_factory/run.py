@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from hoi_factory import ids
 from hoi_factory.code_identity import code_identity
@@ -38,6 +38,17 @@ class RunResult:
     shards_resumed: int = 0
     seconds: float = 0.0
     executor: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """What the CLI prints and the flow returns (and shows as an artifact)."""
+        manifest = self.dataset.manifest
+        return {"dataset": manifest.name, "version": manifest.version, "samples": manifest.num_samples,
+                "rejects": manifest.num_rejects, "errors": manifest.num_errors, "inputs": manifest.num_inputs,
+                "shards": len(manifest.shards), "shards_resumed": self.shards_resumed, "reused": self.reused,
+                "executor": self.executor, "seconds": round(self.seconds, 2), "url": self.dataset.url,
+                "report": self.dataset.store.link("datasets", manifest.name, manifest.version,
+                                                  manifest.report.get("html", "manifest.json")),
+                **manifest.metrics}
 
 
 def _choose_version(datasets: DatasetStore, name: str, fingerprint: str) -> str:

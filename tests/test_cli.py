@@ -1,5 +1,8 @@
 """The command line, as a user types it (in-process through typer's runner, flows under Prefect's harness)."""
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -10,6 +13,7 @@ from hoi_factory.datasets import DatasetStore
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.model_store import ModelStore
 from hoi_factory.storage import Store
+from support.processes import venv_executable
 
 runner = CliRunner()
 
@@ -97,3 +101,25 @@ def test_demo_makes_every_pipelines_demo_dataset_and_says_where(local_store_env,
     again = cli("demo", "--executor", "local")
     assert again.exit_code == 0 and "(already" in again.output  # nothing made twice
     assert all(DatasetStore(store).versions(name) == ["v1"] for name in made)
+
+
+def test_without_a_prefect_api_a_run_is_in_process_and_with_one_a_flow_run(tmp_path, clean_env, local_store_env,
+                                                                           prefect_harness):
+    """No PREFECT_API_URL: the same dataset, made in the CLI's process (no temporary Prefect server, whose
+    database would appear in PREFECT_HOME); under a Prefect API the run is a flow run."""
+    env = {**clean_env, "HOI_STORE_URL": str(tmp_path / "direct-store")}
+    direct = subprocess.run([venv_executable("hoi-factory"), "run", "synthetic", "count=6", "work_ms=0"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    assert "report of synthetic/v1" in " ".join(direct.stdout.split())
+    assert not (Path(env["PREFECT_HOME"]) / "prefect.db").exists()  # no Prefect server was started
+
+    flowed = cli("run", "synthetic", "count=6", "work_ms=0")  # the harness configures a Prefect API
+    assert flowed.exit_code == 0
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:  # the flow left its artifacts
+        assert client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["synthetic-v1-summary"])))
+    direct_rows = DatasetStore(Store(str(tmp_path / "direct-store"))).open("synthetic").to_arrow()
+    assert direct_rows.equals(DatasetStore(Store.from_settings(Settings())).open("synthetic").to_arrow())

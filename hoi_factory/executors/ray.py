@@ -6,7 +6,9 @@ custom-resource groups as many actors as the cluster has units for (or `executio
 A shard enters the first pool as its work items and leaves each pool as a `ShardWork` (its live rows,
 rejects, errors, stats), so while the GPU pool works on shard k the CPU pools decode shard k+1 and encode
 shard k-1. The last pool writes the shard when it needs no accelerator; otherwise a light writer task
-does, so no GPU waits on Parquet encoding or uploads. The driver sees only the small shard records.
+pool does (as many light actors as the accelerator pool has, started with the others: a task per shard would
+start fresh worker processes), so no GPU waits on Parquet encoding or uploads. The driver sees only the small
+shard records.
 
 Ray Data restarts a dead actor and re-runs its block (shards are deterministic and written atomically, so
 a re-run shard is the same file). Actors ask for a fraction of a CPU when the cluster is small, because
@@ -72,6 +74,16 @@ def _objects(items: list) -> np.ndarray:
     return column
 
 
+class _WriterActor:
+    """Writes shards that have been through every stage group (output checks, Parquet, completion record)."""
+
+    def __init__(self, runner: StageGroupRunner):
+        self.runner = runner
+
+    def __call__(self, batch: dict) -> dict:
+        return {"record": [self.runner.finish(work).model_dump_json() for work in batch["work"]]}
+
+
 def _resource_args(resources: Resources, num_cpus: float) -> dict:
     args: dict = {"num_cpus": num_cpus}
     if resources.num_gpus:
@@ -135,9 +147,10 @@ class RayExecutor:
         labels = [", ".join(s.name for s in stages[r.group.start : r.group.stop]) or "(no stages)" for r in runners]
         sizes = [min(self.pool_size(need, cluster, f"stage group [{label}]"), len(jobs))
                  for need, label in zip(needs, labels)]
-        # Keep half a CPU for Ray Data's own tasks; share the rest among every actor of every pool.
-        cpu_share = (cluster.get("CPU", 1.0) - 0.5) / sum(sizes)
         writer_apart = needs[-1].accelerated
+        # Keep half a CPU for Ray Data's own tasks (and the writers'); share the rest among the pools' actors.
+        writers_cpus = WRITER_CPUS * sizes[-1] if writer_apart else 0.0
+        cpu_share = (cluster.get("CPU", 1.0) - 0.5 - writers_cpus) / sum(sizes)
         data = ray.data.from_items([{"job": json.dumps(asdict(job))} for job in jobs], override_num_blocks=len(jobs))
         for position, (runner, need, size) in enumerate(zip(runners, needs, sizes)):
             data = data.map_batches(
@@ -147,9 +160,7 @@ class RayExecutor:
                 **_resource_args(need, round(max(0.1, min(need.num_cpus, cpu_share)), 2)),
             )
         if writer_apart:
-            writer = runners[-1]
-            data = data.map_batches(
-                lambda batch: {"record": [writer.finish(work).model_dump_json() for work in batch["work"]]},
-                batch_size=1, num_cpus=WRITER_CPUS)
+            data = data.map_batches(_WriterActor, batch_size=1, fn_constructor_args=(runners[-1],),
+                                    compute=ray.data.ActorPoolStrategy(size=sizes[-1]), num_cpus=WRITER_CPUS)
         for row in data.iter_rows():
             on_done(ShardRecord.model_validate_json(row["record"]))
