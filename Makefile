@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install browser demo test bench gpu-check
+.PHONY: install browser demo lint test bench gpu-check
 install: $(VENV)/.installed
 
 # torch and torchvision first, pinned as a pair (a torchvision built for another torch fails to import);
@@ -25,7 +25,11 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
 	} || echo "chromium could not be installed: the report-page test will be skipped"
 
-test: install browser
+# ruff: lint and import order (configured in pyproject.toml).
+lint: install
+	$(BIN)/ruff check .
+
+test: install browser lint
 	$(BIN)/python -m pytest
 
 # Every benchmark, each interleaved and repeated (--repeats 3), into benchmarks/results/*.json; on an idle

@@ -47,7 +47,8 @@ def stand_in_views(count: int, size: int) -> Views:
     return Views([s.instances[-1].mask for s in scenes], torch.tensor(np.stack([s.K for s in scenes])).float(),
                  torch.tensor(np.stack([s.R for s in scenes])).float(),
                  torch.tensor(np.stack([s.t for s in scenes])).float(),
-                 body.pose(poses).transforms @ torch.linalg.inv(star.transforms), torch.tensor([s.azimuth for s in scenes]))
+                 body.pose(poses).transforms @ torch.linalg.inv(star.transforms),
+                 torch.tensor([s.azimuth for s in scenes]))
 
 
 def weights_for(grid: Grid) -> torch.Tensor:

@@ -35,7 +35,9 @@ def _fail(message: str, code: int | None = None) -> None:
         from hoi_factory.errors import USER_ERRORS
 
         code = 1 if isinstance(message, BaseException) and not isinstance(message, USER_ERRORS) else 2
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from hoi_factory.scrub import scrub
+
+    console.print(f"[bold red]error:[/] {scrub(str(message), _settings().secrets())}", highlight=False)
     raise typer.Exit(code)
 
 

@@ -67,7 +67,8 @@ def evaluate_hoi_synthesis(config: EvalConfig) -> dict[str, Any]:
     layoutnet = LayoutNet.from_pretrained(layout_version.url, **storage)
     contentnet = ContentNet.from_pretrained(content_version.url, **storage)
 
-    rows = dataset.to_arrow(["object_image", "hoi_image", "object_mask", "object_class"]).to_pylist()[: config.max_pairs]
+    rows = dataset.to_arrow(
+        ["object_image", "hoi_image", "object_mask", "object_class"]).to_pylist()[: config.max_pairs]
     generated, truth, hands, objects = [], [], [], []
     for index, row in enumerate(rows):
         _, [image] = synthesize(_decode(row["object_image"]), layoutnet, contentnet, row["object_class"] or "",

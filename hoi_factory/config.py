@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -45,9 +47,15 @@ class Settings(BaseSettings):
         120.0, ge=0, description="how long an unreachable object store is retried before a run fails"
     )
     aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
-    llm_api_key: SecretStr | None = Field(None, description="API key of the CHORUS prompt LLM endpoint (HOI_LLM_API_KEY)")
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key of the CHORUS prompt LLM endpoint (HOI_LLM_API_KEY)")
     cache_dir: Path | None = Field(None, validation_alias=AliasChoices("HOI_CACHE", "cache_dir"),
                                    description="where models built on first use (the `tiny` stand-ins) are kept")
+
+    def secrets(self) -> list[str]:
+        """The secret values these settings hold: scrubbed from every error text (hoi_factory.scrub)."""
+        fields = (self.aws_access_key_id, self.aws_secret_access_key, self.llm_api_key)
+        return [f.get_secret_value() for f in fields if f is not None]
 
     def storage_options(self, url: str | None = None) -> dict[str, Any]:
         """fsspec options for `url` (default: the store); credentials stay out of every log, manifest and report."""
@@ -67,10 +75,28 @@ class Settings(BaseSettings):
         return options
 
 
-class ExecutionConfig(BaseModel):
-    """How a run executes. Not part of the config hash: executors never change what is made."""
+def _number_types(annotation: Any) -> set[type]:
+    """int/float named by an annotation (through Optional and unions), unless bool is allowed too."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    return set() if bool in args else {a for a in args if a in (int, float)}
+
+
+class ConfigModel(BaseModel):
+    """Configs are data a person typed: unknown fields are errors, and `true` is not a number."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        if isinstance(value, bool) and _number_types(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got the boolean {value}")
+        return value
+
+
+class ExecutionConfig(ConfigModel):
+    """How a run executes. Not part of the config hash: executors never change what is made."""
 
     executor: Literal["auto", "local", "ray"] = Field(
         "auto", description="auto: in-process for small plans (<= local_max_items), Ray otherwise")
@@ -89,13 +115,12 @@ class ExecutionConfig(BaseModel):
         return max(self.max_errors_floor, int(self.max_error_fraction * num_inputs))
 
 
-class OutputConfig(BaseModel):
+class OutputConfig(ConfigModel):
     """Where the result goes. Not part of the config hash either."""
 
-    model_config = ConfigDict(extra="forbid")
-
     dataset: str | None = Field(None, description="dataset name; default: the pipeline's name")
-    version: str | None = Field(None, description="version name; default: resume an interrupted run or take the next vN")
+    version: str | None = Field(
+        None, description="version name; default: resume an interrupted run or take the next vN")
 
     @field_validator("dataset", "version")
     @classmethod
@@ -109,7 +134,7 @@ class OutputConfig(BaseModel):
             raise ValueError(str(exc)) from None
 
 
-class RunConfig(BaseModel):
+class RunConfig(ConfigModel):
     """Base of every pipeline's config: pipeline fields + `execution` + `output`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -135,7 +160,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. execution.workers=2)")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}); quote it, "
+                          f"e.g. {key.strip()}='\"...\"'") from None
 
 
 def _describe(error: ValidationError) -> str:
@@ -160,7 +190,10 @@ def load_run_config(
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of fields, not {type(loaded).__name__}")
         data = loaded or {}

@@ -199,8 +199,8 @@ class ShardSink:
         record = ShardRecord(
             index=index, file=f"data/{name}.parquet", rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest(),
             bytes=len(data), rejects_file=f"rejects/{name}.parquet", rejects=rejects.num_rows,
-            rejects_sha256=hashlib.sha256(reject_data).hexdigest(), rejects_bytes=len(reject_data), inputs=inputs, errors=errors,
-            first_errors=first_errors or [], stages=stages, worker=worker,
+            rejects_sha256=hashlib.sha256(reject_data).hexdigest(), rejects_bytes=len(reject_data), inputs=inputs,
+            errors=errors, first_errors=first_errors or [], stages=stages, worker=worker,
             seconds=round(seconds, 4), fingerprint=self.fingerprint,
         )
         self.store.write_json(record.model_dump(), *self.parts("_completions", f"{name}.json"))
@@ -357,8 +357,8 @@ class DatasetWriter:
         self.lease = lease
         self.sink = ShardSink(area.store, lease.name, lease.version, schema, lease.fingerprint)
 
-    def commit(self, records: list[ShardRecord], before_manifest: Callable[[DatasetVersion], dict[str, str]] | None = None,
-               **fields) -> DatasetVersion:
+    def commit(self, records: list[ShardRecord],
+               before_manifest: Callable[[DatasetVersion], dict[str, str]] | None = None, **fields) -> DatasetVersion:
         """Write the manifest (last), move `latest`. `before_manifest` may add report files to the version."""
         records = sorted(records, key=lambda r: r.index)
         self._remove_unlisted_shards(records)

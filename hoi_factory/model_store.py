@@ -67,7 +67,8 @@ class ModelVersion:
     def read_bytes(self, file: str) -> bytes:
         """A file's bytes, checked against the manifest's checksum."""
         if file not in self.manifest.files:
-            raise StoreError(f"model {self.name}/{self.version} has no file {file!r} (has {sorted(self.manifest.files)})")
+            raise StoreError(f"model {self.name}/{self.version} has no file {file!r} "
+                             f"(has {sorted(self.manifest.files)})")
         data = self.store.read_bytes(AREA, self.name, self.version, file)
         if hashlib.sha256(data).hexdigest() != self.manifest.files[file].sha256:
             raise StoreError(f"model {self.name}/{self.version}: {file} does not match its checksum")
@@ -117,7 +118,8 @@ class ModelStore(VersionedStore[ModelVersion]):
                 raise StoreError(f"model {name}: {path} is given both as a file and as an argument")
             if data is not None:
                 files[path] = data
-        checksums = {path: ModelFile(sha256=hashlib.sha256(data).hexdigest(), size=len(data)) for path, data in files.items()}
+        checksums = {path: ModelFile(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+                     for path, data in files.items()}
         fingerprint = ids.fingerprint({"files": {p: f.sha256 for p, f in checksums.items()}, "datasets": datasets})
         if version is None:
             if same := self.area.find_published(name, fingerprint):

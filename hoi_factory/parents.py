@@ -30,7 +30,7 @@ def parents_of(items: list[dict[str, Any]]) -> list[str]:
 class ReadParentRows(Stage):
     """Adds each item's parent sample `columns` to the row; the row's own keys win."""
 
-    batch_size = 64
+    batch_size = 16  # rows of one parent shard are read once and cached, whatever the batch
     needs = PARENT_KEYS
 
     def __init__(self, columns: list[str]):
@@ -46,7 +46,8 @@ class ReadParentRows(Stage):
         if self._cached is None or self._cached[0] != (ref, shard):
             if ref not in self._versions:
                 self._versions[ref] = self.datasets.open_ref(ref)
-            self._cached = ((ref, shard), self._versions[ref].read_shard(shard, ["sample_id", *self.columns]).to_pylist())
+            self._cached = ((ref, shard),
+                            self._versions[ref].read_shard(shard, ["sample_id", *self.columns]).to_pylist())
         return self._cached[1]
 
     def process(self, batch: list[Row]) -> list[Row | Reject]:

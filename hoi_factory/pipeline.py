@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -32,6 +32,7 @@ from hoi_factory.datasets import (
     drop_non_finite,
     rows_to_table,
 )
+from hoi_factory.scrub import scrub
 from hoi_factory.stage import Resources, Stage, StageError, StageOutput, StageStats, run_stages
 
 C = TypeVar("C", bound=RunConfig)
@@ -242,7 +243,9 @@ class StageGroupRunner:
         output = work.output
         table, misfits = rows_to_table(output.rows, self.sink.schema)
         table, non_finite = drop_non_finite(table, self.pipeline.allow_non_finite)
-        errors = output.errors + [StageError(r.sample_id, r.input_id, OUTPUT_CHECKS, r.detail) for r in misfits]
+        errors = [*output.errors, *(StageError(r.sample_id, r.input_id, OUTPUT_CHECKS, r.detail) for r in misfits)]
+        secrets = self.settings.secrets()  # error text may quote a service's answer: never store a credential
+        errors = [replace(e, error=scrub(e.error, secrets), traceback=scrub(e.traceback, secrets)) for e in errors]
         rejects = [*output.rejects, *((OUTPUT_CHECKS, r) for r in non_finite)]
         reject_table = pa.Table.from_pylist(
             [{"sample_id": r.sample_id, "input_id": r.input_id, "stage": stage, "reason": r.reason,

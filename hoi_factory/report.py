@@ -14,7 +14,6 @@ import json
 import math
 
 import jinja2
-
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window

@@ -180,28 +180,48 @@ def _apply(stage: Stage, batch: list[Row], retries: int) -> list[Row | Reject | 
     return [result for row in batch for result in _apply(stage, [row], retries)]
 
 
+def _chunk_size(stages: list[Stage]) -> int:
+    """Rows pushed through all the stages together: the largest batch a batch stage wants (so each still sees
+    full batches), 1 when every stage works row by row. A shard then streams through its stages: a worker
+    holds one chunk at full size (e.g. decoded images before resizing) plus the rows already done."""
+    batched = [s.batch_size for s in stages if not isinstance(s, (MapStage, Filter))]
+    return max(batched, default=1)
+
+
+def _run_stage(stage: Stage, rows: list[Row], retries: int, output: StageOutput) -> list[Row]:
+    stats = output.stats[stage.name]
+    started = time.perf_counter()
+    kept: list[Row] = []
+    for start in range(0, len(rows), stage.batch_size):
+        for result in _apply(stage, rows[start : start + stage.batch_size], retries):
+            if isinstance(result, Reject):
+                output.rejects.append((stage.name, result))
+                stats.rejected[result.reason] += 1
+            elif isinstance(result, StageError):
+                output.errors.append(result)
+                stats.errors += 1
+            else:
+                kept.append(result)
+    stats.rows_in += len(rows)
+    stats.rows_out += len(kept)
+    stats.seconds += time.perf_counter() - started
+    return kept
+
+
 def run_stages(stages: list[Stage], rows: list[Row], retries: int = 1,
                output: StageOutput | None = None) -> StageOutput:
-    """Push rows through the stages in order, batch by batch, collecting rejects, errors and per-stage
-    stats (added to `output` when given: a shard carries one StageOutput through several stage groups)."""
+    """Push rows through the stages in order, chunk by chunk (see _chunk_size), collecting rejects, errors and
+    per-stage stats (added to `output` when given: a shard carries one StageOutput through several stage
+    groups)."""
     output = output or StageOutput(rows=[])
     for stage in stages:
-        stage_stats = output.stats.setdefault(stage.name, StageStats())
-        started = time.perf_counter()
-        kept: list[Row] = []
-        for start in range(0, len(rows), stage.batch_size):
-            for result in _apply(stage, rows[start : start + stage.batch_size], retries):
-                if isinstance(result, Reject):
-                    output.rejects.append((stage.name, result))
-                    stage_stats.rejected[result.reason] += 1
-                elif isinstance(result, StageError):
-                    output.errors.append(result)
-                    stage_stats.errors += 1
-                else:
-                    kept.append(result)
-        stage_stats.rows_in += len(rows)
-        stage_stats.rows_out += len(kept)
-        stage_stats.seconds += time.perf_counter() - started
-        rows = kept
-    output.rows = rows
+        output.stats.setdefault(stage.name, StageStats())
+    chunk = _chunk_size(stages)
+    done: list[Row] = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        for stage in stages:
+            part = _run_stage(stage, part, retries, output)
+        done.extend(part)
+    output.rows = done
     return output

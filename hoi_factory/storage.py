@@ -76,13 +76,19 @@ def _retried(method):
     return wrapper
 
 
+RESERVED_NAMES = {"latest"}  # `name/latest` means the newest version
+
+
 def check_name(name: str, what: str = "name") -> str:
-    """Dataset, model and version names become path parts: allow letters, digits, '.', '_', '-' only."""
+    """Dataset, model and version names become path parts: allow letters, digits, '.', '_', '-' only, and none
+    the store uses itself (`latest`, `*.json` files beside the versions, temporary files)."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
         raise StoreError(
             f"{what} {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, and no '..'"
         )
+    if name in RESERVED_NAMES or name.endswith(".json") or TEMP_MARKER in name:
+        raise StoreError(f"{what} {name!r} is reserved by the store (latest, *.json, {TEMP_MARKER}*): choose another")
     return name
 
 

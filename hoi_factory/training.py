@@ -119,7 +119,8 @@ class Checkpoints:
         previous = self.step()
         self.store.write_bytes(json.dumps({"step": step, "losses": losses}).encode(), *self.parts, "state.json")
         if previous is not None and previous != step:
-            for file in (f"model-{previous}.safetensors", f"optimizer-{previous}.safetensors", f"optimizer-{previous}.json"):
+            for file in (f"model-{previous}.safetensors", f"optimizer-{previous}.safetensors",
+                         f"optimizer-{previous}.json"):
                 self.store.remove(*self.parts, file)
 
     def step(self) -> int | None:

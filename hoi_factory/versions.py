@@ -214,7 +214,8 @@ class VersionedArea:
 
     # -- writing -----------------------------------------------------------------------------------
     def next_version(self, name: str) -> str:
-        numbers = [int(m.group(1)) for v in self.store.list_dirs(*self.parts(name)) if (m := re.fullmatch(r"v(\d+)", v))]
+        numbers = [int(m.group(1)) for v in self.store.list_dirs(*self.parts(name))
+                   if (m := re.fullmatch(r"v(\d+)", v))]
         return f"v{max(numbers, default=0) + 1}"
 
     def find_resumable(self, name: str, fingerprint: str) -> str | None:

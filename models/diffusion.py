@@ -75,7 +75,8 @@ def build_tiny(folder: Path, task: Task = "text-to-image", seed: int = 0) -> Pat
         pad_token_id=vocab["<|endoftext|>"]))
     unet = diffusers.UNet2DConditionModel(
         # inpainting UNets also see the mask and the masked image's latents: 4 + 1 + 4 channels
-        sample_size=8, in_channels=9 if task == "inpainting" else 4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=8, in_channels=9 if task == "inpainting" else 4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
     vae = diffusers.AutoencoderKL(
@@ -83,7 +84,8 @@ def build_tiny(folder: Path, task: Task = "text-to-image", seed: int = 0) -> Pat
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8)
     scheduler = diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                         skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
-    pipeline_class = diffusers.StableDiffusionInpaintPipeline if task == "inpainting" else diffusers.StableDiffusionPipeline
+    pipeline_class = (diffusers.StableDiffusionInpaintPipeline if task == "inpainting"
+                      else diffusers.StableDiffusionPipeline)
     pipeline = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                                  scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                                  requires_safety_checker=False)

@@ -52,7 +52,8 @@ def _template(soft: bool) -> torch.Tensor:
             # Anti-aliased: 0.5 exactly on the outline (signed distance of the union), so sampling and
             # thresholding at 0.5 is exact to well below a template pixel.
             along, across = (u - stick_end / 2).abs() - stick_end / 2, v.abs() - STICK_HALF_WIDTH
-            bar = torch.sqrt(along.clamp(min=0) ** 2 + across.clamp(min=0) ** 2) + torch.maximum(along, across).clamp(max=0)
+            bar = (torch.sqrt(along.clamp(min=0) ** 2 + across.clamp(min=0) ** 2)
+                   + torch.maximum(along, across).clamp(max=0))
             signed_distance = torch.minimum(radius - 1, bar)
             template = (0.5 - signed_distance / (2 * _EXTENT / _TEMPLATE_SIZE)).clamp(0, 1)
         _templates[soft] = template.float()[None, None]

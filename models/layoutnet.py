@@ -56,7 +56,8 @@ class LayoutNet(nn.Module):
             layers += [nn.Conv2d(previous, channels, 3, stride=2, padding=1), nn.GroupNorm(8, channels), nn.SiLU()]
             previous = channels
         self.encoder = nn.Sequential(*layers, nn.Conv2d(previous, config.width, 1))
-        self.time = nn.Sequential(nn.Linear(config.width, config.width), nn.SiLU(), nn.Linear(config.width, config.width))
+        self.time = nn.Sequential(nn.Linear(config.width, config.width), nn.SiLU(),
+                                  nn.Linear(config.width, config.width))
         self.layout_in = nn.Linear(5, config.width)
         self.attention = nn.MultiheadAttention(config.width, config.heads, batch_first=True)
         self.out = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, config.width), nn.SiLU(),

@@ -27,4 +27,5 @@ def load_pretrained(url: str, **storage_options) -> tuple[dict[str, Any], dict[s
     import safetensors.torch
 
     fs, root = fsspec.core.url_to_fs(url, **storage_options)
-    return json.loads(fs.cat_file(f"{root}/{CONFIG_FILE}")), safetensors.torch.load(fs.cat_file(f"{root}/{WEIGHTS_FILE}"))
+    return (json.loads(fs.cat_file(f"{root}/{CONFIG_FILE}")),
+            safetensors.torch.load(fs.cat_file(f"{root}/{WEIGHTS_FILE}")))

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from flows.cli import app
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
-from hoi_factory.pipeline import Pipeline
 from hoi_factory.model_store import ModelStore
+from hoi_factory.pipeline import Pipeline
 from hoi_factory.storage import Store
 from support.processes import venv_executable
 
@@ -57,7 +57,9 @@ def test_validate_exits_non_zero_on_a_damaged_shard(made_dataset):
     [
         (["run", "synthetic", "count=many"], "count: Input should be a valid integer"),
         (["run", "synthetic", "execution.wokers=2"], "execution.wokers: Extra inputs are not permitted"),
-        (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; available: chorus-occupancy, chorus-prompts, chorus-test-views, chorus-views, ho3pairs, hogsa, hogsa-models, hoi-annotations, ingest, synthetic"),
+        (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; available: chorus-occupancy, "
+                                      "chorus-prompts, chorus-test-views, chorus-views, ho3pairs, hogsa, hogsa-models, "
+                                      "hoi-annotations, ingest, synthetic"),
         (["datasets", "show", "../../etc"], "is not allowed"),
         (["datasets", "show", "never-made"], "no published version of dataset 'never-made'"),
     ],
@@ -120,6 +122,7 @@ def test_without_a_prefect_api_a_run_is_in_process_and_with_one_a_flow_run(tmp_p
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:  # the flow left its artifacts
-        assert client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["synthetic-v1-summary"])))
+        assert client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["synthetic-v1-summary"])))
     direct_rows = DatasetStore(Store(str(tmp_path / "direct-store"))).open("synthetic").to_arrow()
     assert direct_rows.equals(DatasetStore(Store.from_settings(Settings())).open("synthetic").to_arrow())

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from pydantic import Field
 
 from hoi_factory import code_identity
 from hoi_factory.config import RunConfig, Settings
 from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore
-from hoi_factory.parents import ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import ColumnError, Pipeline, stage_groups
 from hoi_factory.run import ErrorBudgetExceeded, run_pipeline
 from hoi_factory.stage import Filter, MapStage, Resources
 from hoi_factory.storage import Store
+from support.pipelines import ScaleConfig, ScalePipeline
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,32 +134,6 @@ def test_a_filter_that_rejects_every_row_still_publishes(local_store_env):
 
 
 # -- explicit settings -------------------------------------------------------------------------------------
-
-
-class ScaleConfig(RunConfig):
-    parent: str = Field(..., description="dataset to read")
-
-
-class Scale(MapStage):
-    needs = frozenset({"values"})
-    makes = frozenset({"scaled"})
-
-    def process_row(self, row):
-        return {**row, "scaled": [2 * v for v in row["values"]]}
-
-
-class ScalePipeline(Pipeline[ScaleConfig]):
-    name = "scaled"
-    description = "test: reads its parent in the workers"
-    config_class = ScaleConfig
-    schema = pa.schema([("scaled", pa.list_(pa.float32()))])
-    item_keys = frozenset({"input_id", "parent", "parent_shard", "parent_row"})
-
-    def plan(self, config, context):
-        return items_from_dataset(context.datasets.open_ref(config.parent))
-
-    def stages(self, config):
-        return [ReadParentRows(["values"]), Scale()]
 
 
 @pytest.fixture

@@ -1,16 +1,15 @@
-import json
-
 """Flows under Prefect's test harness: datasets, the published event, artifacts; Ray == in-process."""
 
+import json
+
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-import pytest
-
 from flows.ingest import ingest
-from flows.synthetic import synthetic
 from flows.maintenance import DatasetInvalid, validate_dataset
 from flows.runner import PUBLISHED_EVENT
+from flows.synthetic import synthetic
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.storage import Store
@@ -47,7 +46,8 @@ def test_flow_publishes_a_version_emits_the_event_and_leaves_artifacts(local_sto
     assert len([e for e in captured_events() if e.event == PUBLISHED_EVENT]) == 0
 
 
-def test_ray_and_in_process_executors_make_identical_datasets(local_store_env, image_folder, prefect_harness, local_ray):
+def test_ray_and_in_process_executors_make_identical_datasets(local_store_env, image_folder, prefect_harness,
+                                                              local_ray):
     folder, _ = image_folder
     made = {}
     for executor in ("local", "ray"):

@@ -5,16 +5,16 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store
-from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
 from support.processes import venv_executable
+from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
 
 RUN_ARGS = ["synthetic", "count=48", "work_ms=40", "values=6", "seed=11", "execution.executor=local",
             "execution.shard_size=4", "output.version=v1"]
@@ -78,7 +78,8 @@ def test_resume_with_another_shard_size_makes_exactly_the_missing_items(first, s
             raise StopAfter()
 
     with pytest.raises(StopAfter):
-        run_pipeline(SyntheticPipeline(), SyntheticConfig(**fields, execution={"executor": "local", "shard_size": first}),
+        run_pipeline(SyntheticPipeline(),
+                     SyntheticConfig(**fields, execution={"executor": "local", "shard_size": first}),
                      progress=stop_after_three)
     resumed = run_pipeline(SyntheticPipeline(), SyntheticConfig(
         **fields, execution={"executor": "local", "shard_size": second})).dataset

@@ -48,8 +48,8 @@ class ScalePipeline(Pipeline[ScaleConfig]):
 
 
 def test_child_dataset_reads_its_parent_in_the_workers_and_records_lineage(local_store_env):
-    parent = run_pipeline(SyntheticPipeline(), SyntheticConfig(count=30, work_ms=0, values=3,
-                                                               execution={"executor": "local", "shard_size": 7})).dataset
+    parent = run_pipeline(SyntheticPipeline(), SyntheticConfig(
+        count=30, work_ms=0, values=3, execution={"executor": "local", "shard_size": 7})).dataset
     child = run_pipeline(ScalePipeline(), ScaleConfig(parent="synthetic", factor=3.0,
                                                       execution={"executor": "local", "shard_size": 8})).dataset
     assert child.manifest.parents == [f"synthetic/{parent.version}"]

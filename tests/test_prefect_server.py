@@ -1,4 +1,5 @@
-"""The same CLI run against a real `prefect server` on 127.0.0.1: the flow run, its artifacts and the event land there."""
+"""The same CLI run against a real `prefect server` on 127.0.0.1: the flow run, its artifacts and the event land
+there."""
 
 import json
 import re
@@ -84,7 +85,8 @@ def test_status_in_embedded_mode_lists_runs_and_datasets(clean_env, tmp_path):
     status = subprocess.run([cli, "status"], env=env, capture_output=True, text=True, timeout=300)
     flat = " ".join(status.stdout.split())
     assert status.returncode == 0 and "prefect: ephemeral" in flat and "ray: local" in flat
-    assert re.search(r"│ synthetic\s+│ [a-z]+-[a-z]+\s+│ COMPLETED", status.stdout)  # the run, kept in PREFECT_HOME's database
+    # the run, kept in PREFECT_HOME's database
+    assert re.search(r"│ synthetic\s+│ [a-z]+-[a-z]+\s+│ COMPLETED", status.stdout)
     assert re.search(r"│ synthetic\s+│ v1\s+│ v1\s+│ 3\s+│", status.stdout)  # the dataset row
 
 
@@ -93,7 +95,8 @@ import sys, yaml
 from prefect.events import DeploymentEventTrigger
 from flows.training import retrain_on_publish
 
-[deployment] = [d for d in yaml.safe_load(open("infra/prefect.yaml"))["deployments"] if d["name"] == "retrain-layoutnet"]
+[deployment] = [d for d in yaml.safe_load(open("infra/prefect.yaml"))["deployments"]
+                if d["name"] == "retrain-layoutnet"]
 [trigger] = deployment["triggers"]
 parameters = dict(trigger["parameters"])
 # The deployment file's trigger, with a training small enough for a test.
@@ -119,7 +122,8 @@ def test_a_published_dataset_triggers_retraining_on_a_prefect_server(prefect_ser
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not api(prefect_server, "/deployments/filter", {"deployments": {"name": {"any_": ["retrain-layoutnet"]}}}):
+        while not api(prefect_server, "/deployments/filter",
+                      {"deployments": {"name": {"any_": ["retrain-layoutnet"]}}}):
             assert time.monotonic() < deadline and serving.poll() is None, "the retraining deployment never appeared"
             time.sleep(1)
         write_hand_object_folder(tmp_path / "scenes", 12, seed=2, with_bad_files=False)

@@ -34,8 +34,9 @@ def two_node_cluster(clean_env):
         subprocess.run([venv_executable("ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
                         "--include-dashboard=false", "--resources={\"hoi_head\": 1, \"accelerator\": 1}", *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([venv_executable("ray"), "start", f"--address=127.0.0.1:{port}", "--resources={\"hoi_second\": 1}",
-                        *common], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([venv_executable("ray"), "start", f"--address=127.0.0.1:{port}",
+                        "--resources={\"hoi_second\": 1}", *common], env=env, check=True, capture_output=True,
+                       timeout=120)
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     finally:
         kill_tree_by_marker(temp_dir)

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from models.gaussians.mesh_gaussians import MeshGaussians
-from models.gaussians.render import rasterize_gaussians
 from models.gaussians.ssim import psnr, ssim
 from models.render.camera import project
 from models.render.raster import rasterize

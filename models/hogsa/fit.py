@@ -72,7 +72,8 @@ def fit_hogs(model: HOGS, views: list[View], iterations: int, seed: int = 0, rat
         raise ValueError("fit_hogs needs at least one view with an image")
     initialize_colours(model, views)
     optimizer = torch.optim.Adam([
-        {"params": [m.vertex_offsets], "lr": rates.vertex_offset * float(np.ptp(m.rest_vertices.cpu().numpy(), 0).max())}
+        {"params": [m.vertex_offsets],
+         "lr": rates.vertex_offset * float(np.ptp(m.rest_vertices.cpu().numpy(), 0).max())}
         for m in model.actors.values()] + [
         {"params": [getattr(m, name) for m in model.actors.values()], "lr": lr}
         for name, lr in (("barycentric_logits", rates.barycentric), ("log_scale_multipliers", rates.scale),

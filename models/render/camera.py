@@ -16,7 +16,8 @@ def intrinsics(width: int, height: int, fov_degrees: float = CHORUS_FOV_DEGREES)
     return np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1.0]])
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0, 1.0, 0])) -> tuple[np.ndarray, np.ndarray]:
+def look_at(eye: np.ndarray, target: np.ndarray,
+            up: np.ndarray = np.array([0, 1.0, 0])) -> tuple[np.ndarray, np.ndarray]:
     """R, t of a camera at `eye` looking at `target`, image up along `up`."""
     forward = target - eye
     forward = forward / np.linalg.norm(forward)

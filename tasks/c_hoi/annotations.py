@@ -91,7 +91,8 @@ def parse_entry(entry, object_names: dict[str, str], verb_names: dict[str, str])
         if not isinstance(triplet, dict) or not all(k in triplet for k in ("subject_id", "object_id", "category_id")):
             return "malformed hoi_annotation"
         subject, obj = triplet["subject_id"], triplet["object_id"]
-        if not isinstance(subject, int) or not isinstance(obj, int) or not 0 <= subject < len(boxes) or obj >= len(boxes):
+        if (not isinstance(subject, int) or not isinstance(obj, int) or not 0 <= subject < len(boxes)
+                or obj >= len(boxes)):
             return "hoi_annotation names a box that does not exist"
         if obj < 0:
             continue  # a role without an object

@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import fsspec
 import numpy as np
-import pyarrow as pa
 import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from scipy.spatial.transform import Rotation
@@ -37,9 +36,9 @@ from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Reject, Row
 from models.body.smpl import load_body_model
+from models.perception import Detection
 from models.render.camera import camera_azimuth, intrinsics, project
 from tasks.chorus import lexicon
-from models.perception import Detection
 from tasks.chorus.perception import InteractionFilter, KeepInteraction
 from tasks.chorus.views import EncodeView, ViewsPipeline
 from tasks.images.stages import ReadImage
@@ -285,7 +284,8 @@ class EFTCamera(MapStage):
         keypoints = self.body.pose(torch.from_numpy(body_pose)[None]).keypoints[0].numpy()
         pixels = project(keypoints, K, R, t)[:, :2]
         seen = row["keypoints"][:, 2] > 0
-        error = float(np.linalg.norm(pixels[seen] - row["keypoints"][seen, :2], axis=1).mean()) if seen.any() else math.nan
+        error = (float(np.linalg.norm(pixels[seen] - row["keypoints"][seen, :2], axis=1).mean())
+                 if seen.any() else math.nan)
         return {**row, "body_pose": body_pose, "K": K, "R": R, "t": t, "azimuth": camera_azimuth(R, t),
                 "reprojection_error": error, "calibration": "eft", "staged_defect": "", "prompt": "",
                 "base_prompt": "", "verb": "", "augmentation": ""}

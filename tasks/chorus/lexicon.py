@@ -117,5 +117,6 @@ def check_categories(names: list[str], procedural: bool) -> None:
 def verb_of(prompt: str, category: str) -> str | None:
     """The lexicon verb phrase a prompt uses for its category (longest match), if any."""
     text = prompt.lower()
-    matches = [verb for verb in CATEGORIES[category].interactions if f"{verb} " in text] if category in CATEGORIES else []
+    matches = ([verb for verb in CATEGORIES[category].interactions if f"{verb} " in text]
+               if category in CATEGORIES else [])
     return max(matches, key=len) if matches else None

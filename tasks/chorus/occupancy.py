@@ -109,7 +109,8 @@ class AggregateCluster(MapStage):
         bones, _ = self._bones(np.array([v["body_pose"] for v in views]))
         batch = Views(
             masks=[read_png(v["object_mask"]) > 0 for v in views],
-            K=torch.tensor([v["K"] for v in views]).reshape(-1, 3, 3), R=torch.tensor([v["R"] for v in views]).reshape(-1, 3, 3),
+            K=torch.tensor([v["K"] for v in views]).reshape(-1, 3, 3),
+            R=torch.tensor([v["R"] for v in views]).reshape(-1, 3, 3),
             t=torch.tensor([v["t"] for v in views]), bones=bones, azimuths=torch.tensor([v["azimuth"] for v in views]),
         )
         occupancy = aggregate(self.centres, self.weights, batch).reshape((self.config.resolution,) * 3)
@@ -179,8 +180,8 @@ class AggregateCluster(MapStage):
         return float((predicted & truth).sum() / max((predicted | truth).sum(), 1))
 
     def _mesh(self, occupancy: torch.Tensor) -> bytes:
-        from skimage.measure import marching_cubes
         import trimesh
+        from skimage.measure import marching_cubes
 
         values = occupancy.numpy()
         if values.max() < self.config.iou_threshold or values.min() > self.config.iou_threshold:

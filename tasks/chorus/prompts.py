@@ -21,6 +21,7 @@ from hoi_factory import ids
 from hoi_factory.config import ExecutionConfig, RunConfig, Settings
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
+from hoi_factory.scrub import scrub
 from hoi_factory.stage import MapStage, Row
 from tasks.chorus import lexicon
 
@@ -126,8 +127,8 @@ def llm_prompts(category: str, count: int, llm: LLMConfig, api_key: str = "not-s
                 return lines
             last = f"answered {len(lines)} lines instead of {count}"
             continue  # the paper's rule: ask again, no wait needed
-        except openai.OpenAIError as exc:
-            last = f"{type(exc).__name__}: {exc}"
+        except openai.OpenAIError as exc:  # its text may quote the answer, and the answer the request's key
+            last = scrub(f"{type(exc).__name__}: {exc}", [api_key])
         time.sleep(wait)
         wait *= 2
     raise LLMError(f"LLM at {llm.base_url} (model {llm.model!r}) gave no usable prompts for {category!r} "

@@ -56,7 +56,8 @@ def seam_score(image: np.ndarray, region: np.ndarray) -> float:
     """Mean gradient on the region's outline over the mean gradient in the ring around it (same neighbourhood,
     so object edges crossing the outline count on both sides)."""
     boundary = ndimage.binary_dilation(region) & ~ndimage.binary_erosion(region)
-    ring = ndimage.binary_dilation(region, np.ones((RING, RING), bool)) & ~ndimage.binary_dilation(region, np.ones((3, 3), bool))
+    ring = (ndimage.binary_dilation(region, np.ones((RING, RING), bool))
+            & ~ndimage.binary_dilation(region, np.ones((3, 3), bool)))
     if not boundary.any() or not ring.any():
         return math.nan
     gradient = _gradient(image)

@@ -55,7 +55,8 @@ class InpaintHands(Stage):
             painted = [np.clip(np.round(inpaint_biharmonic(image / 255.0, mask, channel_axis=-1) * 255), 0, 255)
                        .astype(np.uint8) for image, mask in zip(images, masks)]
         elif self.inpainter == "repaint":
-            painted = repaint(self.pipeline, images, masks, seeds, self.sampling.steps, self.jump_length, self.resamples)
+            painted = repaint(self.pipeline, images, masks, seeds, self.sampling.steps, self.jump_length,
+                              self.resamples)
         else:
             painted = inpaint(self.pipeline, images, masks, [_prompt(r) for r in batch], seeds, self.sampling)
         return [{**row, "object_array": image, "inpaint_mask_array": mask}

@@ -40,8 +40,19 @@ import trimesh
 
 from hoi_factory.pipeline import PlanError
 from tasks.hogsa.sequence import (
-    HAND_SIDES, BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, StorageOptions,
-    axis_angle_to_matrix, downscaled_camera, read_image, rigid_transform_problem,
+    HAND_SIDES,
+    BadFrame,
+    CameraView,
+    DatasetFolder,
+    Frame,
+    FrameReject,
+    HandPose,
+    Sequence,
+    StorageOptions,
+    axis_angle_to_matrix,
+    downscaled_camera,
+    read_image,
+    rigid_transform_problem,
 )
 
 ALLOCENTRIC_VIEWS = tuple(range(1, 9))

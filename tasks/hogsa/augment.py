@@ -30,9 +30,16 @@ from models.hand import load_hands
 from models.hogsa import pose_optimization as pom
 from models.hogsa.hogs import ACTORS, HANDS, HOGS
 from models.render.camera import intrinsics, look_at
-from tasks.hogsa.composite import PROCEDURAL, BadBackground, alpha_blend, crop_around, list_backgrounds, \
-    load_background, procedural_background
-from tasks.hogsa.posing import camera_of, frame_from_json, hand_output, hand_pose_from_json, scene_pose
+from tasks.hogsa.composite import (
+    PROCEDURAL,
+    BadBackground,
+    alpha_blend,
+    crop_around,
+    list_backgrounds,
+    load_background,
+    procedural_background,
+)
+from tasks.hogsa.posing import camera_of, frame_from_json, hand_output, scene_pose
 from tasks.hogsa.sequence import CameraView, Frame, HandPose
 from tasks.images.stages import png_bytes, read_png
 
@@ -135,7 +142,8 @@ class NovelPose(MapStage):
         before = object_world(source)
         priors = {s: pom.contact_prior(hands[s], start[s], before, faces) for s in start}
         articulated = bool(model.object_part.any())
-        moved = pom.perturb(hands, start, before.mean(0), rng, articulation=source.articulation if articulated else None)
+        moved = pom.perturb(hands, start, before.mean(0), rng,
+                            articulation=source.articulation if articulated else None)
         novel = Frame(source.index, {}, source.object_rotation, source.object_translation + moved.object_offset,
                       source.articulation + moved.articulation_delta)
         fitted, reports = pom.optimize_hands(hands, moved.hands, object_world(novel), faces, priors,

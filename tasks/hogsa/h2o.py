@@ -44,8 +44,17 @@ import trimesh
 
 from hoi_factory.pipeline import PlanError
 from tasks.hogsa.sequence import (
-    BadFrame, CameraView, DatasetFolder, Frame, FrameReject, HandPose, Sequence, StorageOptions, downscaled_camera,
-    read_image, rigid_transform_problem,
+    BadFrame,
+    CameraView,
+    DatasetFolder,
+    Frame,
+    FrameReject,
+    HandPose,
+    Sequence,
+    StorageOptions,
+    downscaled_camera,
+    read_image,
+    rigid_transform_problem,
 )
 
 FIXED_CAMERAS = ("cam0", "cam1", "cam2", "cam3")

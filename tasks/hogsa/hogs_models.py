@@ -130,7 +130,8 @@ class FitHOGS(MapStage):
             for camera in sequence.cameras:
                 if camera.name in frame.images:
                     image = torch.tensor(frame.images[camera.name], dtype=torch.float32, device=self.device) / 255
-                    views["held_out" if camera.name in held_out else "train"].append(View(image, camera_of(camera), pose))
+                    views["held_out" if camera.name in held_out else "train"].append(
+                        View(image, camera_of(camera), pose))
         if not views["train"]:
             return Reject.of(row, "no training images", f"{len(frame_rejects)} frames skipped")
         model = self.build(sequence).to(self.device)

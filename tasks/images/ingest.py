@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
+import stat
 from pathlib import Path
 
 import fsspec
@@ -12,10 +14,38 @@ from pydantic import Field
 from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
-from tasks.images.stages import EncodePNG, ImageShapeFilter, ReadImage, ResizeToFit
+from tasks.images.stages import EncodePNG, ImageShapeFilter, InputProblem, ReadImage, ResizeToFit
 from tasks.procedural.image_folder import write_image_folder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _problem(name: str) -> str:
+    return "" if name.lower().endswith(IMAGE_EXTENSIONS) else "unknown extension"
+
+
+def local_entries(root: str) -> list[tuple[str, str]]:
+    """(path, problem) for everything under a local folder: regular files inside it are candidates; FIFOs and
+    devices, symlinks leading out of it and symlinked folders (not followed) are problems, never read."""
+    real_root = os.path.realpath(root)
+    entries = []
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        for name in subfolders:
+            if os.path.islink(os.path.join(folder, name)):
+                entries.append((os.path.join(folder, name), "symlinked folder (not followed)"))
+        for name in files:
+            path = os.path.join(folder, name)
+            target = os.path.realpath(path)
+            if os.path.commonpath([real_root, target]) != real_root:
+                entries.append((path, "outside the input folder (symlink)"))
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # a dangling link
+                entries.append((path, "missing file"))
+                continue
+            entries.append((path, _problem(name) if stat.S_ISREG(mode) else "not a regular file"))
+    return sorted(entries)
 
 
 class IngestConfig(RunConfig):
@@ -33,20 +63,24 @@ class IngestPipeline(Pipeline[IngestConfig]):
     config_class = IngestConfig
     schema = pa.schema([("path", pa.string()), ("source_sha256", pa.string()), ("image", pa.binary()),
                         ("width", pa.int32()), ("height", pa.int32())])
-    item_keys = frozenset({"input_id", "path"})
+    item_keys = frozenset({"input_id", "path", "problem"})
     preview_column = "image"
 
     def plan(self, config: IngestConfig, context: StageContext) -> list[dict]:
+        """Every entry of the folder is an item: an image to read, or a reject with its reason (InputProblem)."""
         fs, root = fsspec.core.url_to_fs(config.source, **context.storage_options(config.source))
         if not fs.isdir(root):
             raise PlanError(f"source {config.source!r} is not a folder")
-        files = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise PlanError(f"source {config.source!r} holds no files ending in {', '.join(IMAGE_EXTENSIONS)}")
-        files = files[: config.limit] if config.limit else files
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-        return [{"input_id": posixpath.relpath(f, root), "path": prefix + f} for f in files]
+        if protocol in ("file", "local"):
+            entries, prefix = local_entries(root), ""
+        else:  # object stores hold objects only: no links, no devices
+            entries, prefix = [(p, _problem(p)) for p in sorted(fs.find(root))], f"{protocol}://"
+        if not any(not problem for _, problem in entries):
+            raise PlanError(f"source {config.source!r} holds no files ending in {', '.join(IMAGE_EXTENSIONS)}")
+        entries = entries[: config.limit] if config.limit else entries
+        return [{"input_id": posixpath.relpath(path, root), "path": prefix + path, "problem": problem}
+                for path, problem in entries]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> IngestConfig:
         """48 stand-in scenes plus the known-bad files, so the demo shows rejects too."""
@@ -55,6 +89,7 @@ class IngestPipeline(Pipeline[IngestConfig]):
 
     def stages(self, config: IngestConfig):
         return [
+            InputProblem(),
             ReadImage(config.max_pixels),
             ImageShapeFilter(config.min_side, config.max_aspect),
             ResizeToFit(config.max_side),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import struct
 import warnings
 from typing import Any, Callable
@@ -30,24 +32,46 @@ def read_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+class InputProblem(Filter):
+    """Drops the inputs the plan found unusable (`problem`: unknown extension, not a regular file...)."""
+
+    needs = frozenset({"problem"})
+
+    def reason_to_drop(self, row: Row) -> str | None:
+        return row["problem"] or None
+
+
 class ReadImage(MapStage):
     """Reads `row['path']` (any fsspec URL) into `row['pixels']` (H x W x 3 uint8), rejecting bad files.
 
     A stage that reuses it on other paths calls its `setup(context)` from its own."""
 
-    batch_size = 8
     needs = frozenset({"path"})
     makes = frozenset({"pixels", "source_sha256"})
 
-    def __init__(self, max_pixels: int = 50_000_000):
+    def __init__(self, max_pixels: int = 50_000_000, max_bytes: int = 512 * 1024**2):
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
 
     def setup(self, context: StageContext) -> None:
         self.storage_options: Callable[[str], dict[str, Any]] = context.storage_options
 
+    def _refusal(self, fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+        """Checked before opening: a FIFO or device would block the read forever, a huge file fill memory."""
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            mode = os.stat(path).st_mode
+            if stat.S_ISDIR(mode):
+                return "not a file"
+            if not stat.S_ISREG(mode):
+                return "not a regular file"
+        return "file too large" if fs.size(path) > self.max_bytes else None
+
     def process_row(self, row: Row) -> Row | Reject:
         try:
-            with fsspec.open(row["path"], "rb", **self.storage_options(row["path"])) as handle:
+            fs, path = fsspec.core.url_to_fs(row["path"], **self.storage_options(row["path"]))
+            if refusal := self._refusal(fs, path):
+                return Reject.of(row, refusal, row["path"])
+            with fs.open(path, "rb") as handle:
                 data = handle.read()
         except FileNotFoundError:  # a folder lists what exists; an annotation file may name what does not
             return Reject.of(row, "missing file", row["path"])
@@ -67,7 +91,8 @@ class ReadImage(MapStage):
             return Reject.of(row, "image too large", str(exc))
         except Image.UnidentifiedImageError:  # its message holds a memory address: keep rejects reproducible
             return Reject.of(row, "unreadable image", "not in any image format PIL reads")
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:  # what PIL's decoders raise on bad data
+        # what PIL's decoders raise on bad data
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
             return Reject.of(row, "unreadable image", f"{type(exc).__name__}: {exc}")
         if image.mode not in CONVERTIBLE_MODES:
             return Reject.of(row, "unsupported image mode", image.mode)

@@ -20,8 +20,15 @@ from PIL import Image
 from models.render.camera import intrinsics, orbit_camera
 from models.render.raster import rasterize
 from tasks.hogsa.arctic import ALLOCENTRIC_VIEWS, ARTICULATION_AXIS, MOVING_PART_LABEL
-from tasks.hogsa.sequence import HAND_SIDES, CameraView, Frame, HandPose, Sequence, axis_angle_to_matrix, \
-    posed_object_vertices
+from tasks.hogsa.sequence import (
+    HAND_SIDES,
+    CameraView,
+    Frame,
+    HandPose,
+    Sequence,
+    axis_angle_to_matrix,
+    posed_object_vertices,
+)
 
 OBJECT_COLOUR = np.array([200, 120, 60], dtype=np.uint8)
 BACKGROUND = np.array([30, 40, 50], dtype=np.uint8)

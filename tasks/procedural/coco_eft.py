@@ -82,7 +82,8 @@ def write_coco_eft(folder: Path, categories: list[str], count: int, seed: int = 
             center = np.array([bbox[0] + bbox[2] / 2, bbox[1] + bbox[3] / 2])
             box = 1.2 * max(bbox[2], bbox[3])
             smpl_frame = joints @ scene.R.T + body.rest_pelvis  # EFT's frame: rotated, root joint at its rest place
-            rotations = np.concatenate([scene.R[None], Rotation.from_rotvec(scene.body_pose.reshape(-1, 3)).as_matrix()])
+            rotations = np.concatenate([scene.R[None],
+                                        Rotation.from_rotvec(scene.body_pose.reshape(-1, 3)).as_matrix()])
             fits.append({"annotId": person_id, "imageName": name, "parm_pose": rotations.round(6).tolist(),
                          "parm_shape": [0.0] * 10, "bbox_center": center.tolist(), "bbox_scale": box / 200,
                          "parm_cam": weak_perspective_fit(smpl_frame, project(joints, scene.K, scene.R, scene.t)[:, :2],

@@ -20,8 +20,15 @@ from PIL import Image
 from models.render.camera import intrinsics, orbit_camera
 from models.render.raster import rasterize
 from tasks.hogsa.h2o import FILE_HAND_ORDER, HAND_VALUES, OBJECT_NAMES
-from tasks.hogsa.sequence import HAND_SIDES, CameraView, Frame, HandPose, Sequence, axis_angle_to_matrix, \
-    posed_object_vertices
+from tasks.hogsa.sequence import (
+    HAND_SIDES,
+    CameraView,
+    Frame,
+    HandPose,
+    Sequence,
+    axis_angle_to_matrix,
+    posed_object_vertices,
+)
 
 BACKGROUND = np.array([40, 50, 60], dtype=np.uint8)
 UNANNOTATED = (1, "left")  # (frame, hand) written with flag 0

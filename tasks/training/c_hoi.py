@@ -37,7 +37,8 @@ def read_hoi_rows(version) -> list[dict]:
     columns = set(version.manifest.columns)
     rows = []
     if {"boxes", "labels", "hoi_verbs"} <= columns:
-        for row in version.to_arrow(["image", "boxes", "labels", "hoi_subjects", "hoi_objects", "hoi_verbs"]).to_pylist():
+        table = version.to_arrow(["image", "boxes", "labels", "hoi_subjects", "hoi_objects", "hoi_verbs"])
+        for row in table.to_pylist():
             rows.append({"image": row["image"], "boxes": np.reshape(row["boxes"], (-1, 4)), "labels": row["labels"],
                          "triplets": list(zip(row["hoi_subjects"], row["hoi_objects"], row["hoi_verbs"]))})
     elif {"person_mask", "object_mask", "verb", "category"} <= columns:
@@ -60,7 +61,7 @@ class CHOITask:
     def load(self, datasets, options: dict[str, Any]) -> dict[str, list]:
         rows = [row for version in datasets for row in read_hoi_rows(version)]
         if self.vocabulary is None:  # the training data fixes the vocabulary; held-out data reuses it
-            objects = (BACKGROUND, PERSON) + tuple(sorted({l for r in rows for l in r["labels"]} - {PERSON}))
+            objects = (BACKGROUND, PERSON) + tuple(sorted({label for r in rows for label in r["labels"]} - {PERSON}))
             verbs = tuple(sorted({verb for r in rows for _, _, verb in r["triplets"]}))
             labels = torch.tensor([objects.index(r["labels"][o]) for r in rows for _, o, _ in r["triplets"]],
                                   dtype=torch.long)

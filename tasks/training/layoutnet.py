@@ -53,7 +53,8 @@ def random_layouts(count: int, sizes: torch.Tensor, generator: torch.Generator) 
 def load_pairs(datasets, size: int, with_hoi: bool = False) -> dict[str, torch.Tensor | list]:
     """HO3Pairs rows as training tensors at `size`: object images (and their SDEdited versions) in [-1, 1],
     layouts, hand masks, prompts (the object class), and the HOI images when asked."""
-    columns = ["object_image", "sdedit_image", "layout", "hand_mask", "object_class"] + (["hoi_image"] if with_hoi else [])
+    columns = (["object_image", "sdedit_image", "layout", "hand_mask", "object_class"]
+               + (["hoi_image"] if with_hoi else []))
     objects, edited, has_edit, layouts, hands, prompts, hoi = [], [], [], [], [], [], []
     for version in datasets:
         missing = set(columns) - set(version.manifest.columns)

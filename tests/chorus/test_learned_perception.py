@@ -46,7 +46,8 @@ def test_outputs_become_labelled_detections_with_the_overlapping_persons_keypoin
 
 
 def test_tiny_text_to_image_is_seeded_per_sample(tmp_path):
-    pipeline = load_diffusion("tiny", "text-to-image", cache_dir=tmp_path)  # built, saved with save_pretrained, loaded with from_pretrained
+    # built, saved with save_pretrained, loaded with from_pretrained
+    pipeline = load_diffusion("tiny", "text-to-image", cache_dir=tmp_path)
     assert (tmp_path / "tiny-text-to-image" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     sampling = Sampling(steps=2, guidance_scale=7.5, size=32)
     batch = generate(pipeline, ["a person holding a cup", "a person wearing a hat"], [1, 2], sampling)

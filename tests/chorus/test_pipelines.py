@@ -31,6 +31,7 @@ def test_views_record_each_filter_rejection(hat_views):
     train, _ = hat_views
     reasons = train.manifest.reject_reasons
     assert train.manifest.num_samples + train.manifest.num_rejects == 80
+    assert sum(reasons.values()) == train.manifest.num_rejects, reasons  # every rejection counted under its reason
     staged = train.to_pandas(["staged_defect"])["staged_defect"]
     assert (staged == "").all()  # every staged defect was caught
     # Only defects: 32 draws over 4 defect kinds, so each kind (and its reason) shows up. A close-up now and then

@@ -10,8 +10,7 @@ import pytest
 from hoi_factory.config import ConfigError, Settings, validate_run_config
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import PlanError
-from tasks.chorus.prompts import (VIEWPOINT_SUFFIXES, LLMConfig, LLMError, PromptsConfig, PromptsPipeline,
-                                  llm_prompts)
+from tasks.chorus.prompts import VIEWPOINT_SUFFIXES, LLMConfig, LLMError, PromptsConfig, PromptsPipeline, llm_prompts
 
 
 def test_viewpoint_phrases_are_the_papers_22():
@@ -49,7 +48,8 @@ class FakeLLM(BaseHTTPRequestHandler):
         payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                    "choices": [{"index": 0, "finish_reason": "stop",
                                 "message": {"role": "assistant", "content": content}}]}
-        data = json.dumps(payload if status == 200 else {"error": {"message": "overloaded"}}).encode()
+        message = f"bad credentials {self.headers.get('Authorization')}" if content == "ECHO" else "overloaded"
+        data = json.dumps(payload if status == 200 else {"error": {"message": message}}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -102,3 +102,12 @@ def test_the_llm_key_comes_from_the_runs_settings_not_another_variable(fake_llm)
     with pytest.raises(PlanError, match="HOI_LLM_API_KEY"):
         PromptsPipeline().plan(config, StageContext(Settings()))
     assert FakeLLM.requests == []  # refused before asking
+
+
+def test_an_endpoint_echoing_the_key_does_not_leak_it(fake_llm):
+    """A 401 whose body quotes the request's Authorization header: the error keeps the reason, not the key."""
+    FakeLLM.answers = [(401, "ECHO")] * 5
+    with pytest.raises(LLMError) as failure:
+        llm_prompts("cup", 3, fake_llm.model_copy(update={"max_attempts": 1}), api_key="sk-live-0123456789")
+    assert "bad credentials" in str(failure.value) and "0123456789" not in str(failure.value)
+    assert FakeLLM.requests[0]["auth"] == "Bearer sk-live-0123456789"  # it was sent, and echoed

@@ -120,7 +120,8 @@ def test_tiny_diffusers_inpainting_and_sdedit_run_batched_on_ray(scenes, local_s
         assert np.isfinite(row["psnr_sdedit"])
     # The sanity filter on its defaults drops the random-weight noise patches, with reasons.
     strict = run_pipeline(PairsPipeline(), config.model_copy(update={
-        "max_hand_residue": 0.5, "max_seam_score": 3.0, "output": config.output.model_copy(update={"dataset": "strict"})})).dataset
+        "max_hand_residue": 0.5, "max_seam_score": 3.0,
+        "output": config.output.model_copy(update={"dataset": "strict"})})).dataset
     assert any(reason.startswith("HandRemoved:") for reason in strict.manifest.reject_reasons)
 
 

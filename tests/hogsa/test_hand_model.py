@@ -10,8 +10,15 @@ from smplx.vertex_ids import vertex_ids
 
 from models.hand import load_hands
 from models.hand.mano import FINGERTIP_ORDER, OPENPOSE_FROM_MANO
-from models.hand.standin import (JOINT_NAMES, NUM_FACES, NUM_VERTICES, PARENTS, build_standin, flexion_axes,
-                                 write_standin)
+from models.hand.standin import (
+    JOINT_NAMES,
+    NUM_FACES,
+    NUM_VERTICES,
+    PARENTS,
+    build_standin,
+    flexion_axes,
+    write_standin,
+)
 
 MIRROR = np.array([-1.0, 1.0, 1.0])
 

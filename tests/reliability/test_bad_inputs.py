@@ -28,7 +28,8 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
 
 
 def save(image: Image.Image, fmt: str) -> bytes:
@@ -130,7 +131,7 @@ def test_nan_and_inf_outputs_are_rejected_with_their_column(local_store_env):
 
 
 def test_unknown_categories_fail_before_any_work(local_store_env):
-    from tasks.chorus.prompts import PromptsConfig, PromptsPipeline
+    from tasks.chorus.prompts import PromptsPipeline
 
     with pytest.raises(ConfigError, match=r"unknown categories.*'sofa-bed'"):
         run_pipeline(PromptsPipeline(), {"categories": ["cup", "sofa-bed"]})
@@ -198,3 +199,34 @@ def test_malformed_annotation_entries_are_rejected_one_by_one(local_store_env, t
     assert "parm_pose" in details and "parm_cam" in details and "bbox_scale" in details
     assert dataset.manifest.num_samples == 1 and dataset.validate() == []  # the one good fit is kept
     assert dataset.to_pandas().input_id.tolist() == [f"{fits[8]['annotId']}|backpack"]
+
+
+@pytest.mark.timeout(120)
+def test_hostile_entries_in_an_input_folder_are_each_a_reject_and_nothing_hangs(local_store_env, tmp_path):
+    """A FIFO named *.png (reading it would block forever), a symlink to a file outside the folder, a symlinked
+    folder, unknown extensions: every entry is a sample or a reject with its reason, none read, none lost."""
+    import os
+
+    from hoi_factory.run import run_pipeline
+    from tasks.images.ingest import IngestConfig, IngestPipeline
+
+    folder, outside = tmp_path / "inbox", tmp_path / "outside"
+    folder.mkdir()
+    (outside / "deep").mkdir(parents=True)
+    Image.new("RGB", (64, 48), "red").save(folder / "good.png")
+    Image.new("RGB", (64, 48), "blue").save(outside / "secret.png")
+    Image.new("RGB", (64, 48), "green").save(outside / "deep" / "inner.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "escape.png").symlink_to(outside / "secret.png")
+    (folder / "linked").symlink_to(outside / "deep", target_is_directory=True)
+    Image.new("RGB", (64, 48), "red").save(folder / "anim.gif")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "photo.jfif").write_bytes(b"\xff\xd8\xff")
+
+    dataset = run_pipeline(IngestPipeline(), IngestConfig(source=str(folder), execution={"executor": "local"})).dataset
+    reasons = {r["input_id"]: r["reason"] for r in dataset.rejects().to_pylist()}
+    assert dataset.to_pandas(["input_id"])["input_id"].tolist() == ["good.png"]
+    assert reasons == {"pipe.png": "not a regular file", "escape.png": "outside the input folder (symlink)",
+                       "linked": "symlinked folder (not followed)", "anim.gif": "unknown extension",
+                       "notes.txt": "unknown extension", "photo.jfif": "unknown extension"}
+    assert dataset.manifest.num_inputs == 7 == dataset.manifest.num_samples + dataset.manifest.num_rejects

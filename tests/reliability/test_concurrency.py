@@ -9,7 +9,8 @@ from hoi_factory.datasets import DatasetStore
 from hoi_factory.storage import Store
 from support.processes import venv_executable
 
-# ~25 s of work: the second CLI (seconds to start) must ask while the first still holds its lease, even on a busy machine.
+# ~25 s of work: the second CLI (seconds to start) must ask while the first still holds its lease,
+# even on a busy machine.
 RUN = ["run", "synthetic", "count=60", "work_ms=400", "execution.executor=local", "execution.shard_size=4"]
 
 

@@ -15,8 +15,8 @@ from hoi_factory.storage import Store
 from support.processes import venv_executable
 
 ROOT = Path(__file__).resolve().parents[2]
-UNSAFE_LOADS = re.compile(r"\bpickle\.loads?\(|(?<![\w.])torch\.load\((?!.*weights_only=True)|allow_pickle=True|yaml\.load\(|"
-                          r"(?<![\w.])eval\(|cloudpickle\.loads?\(|shell=True")
+UNSAFE_LOADS = re.compile(r"\bpickle\.loads?\(|(?<![\w.])torch\.load\((?!.*weights_only=True)|allow_pickle=True|"
+                          r"yaml\.load\(|(?<![\w.])eval\(|cloudpickle\.loads?\(|shell=True")
 
 
 def test_credentials_never_reach_logs_manifests_artifacts_or_reports(s3_store_env, moto_endpoint, clean_env,

@@ -138,7 +138,8 @@ def test_hoi_annotations_become_a_dataset_and_train_the_recognizer(tmp_path, loc
     (tmp_path / "images" / "a-folder").mkdir(parents=True)
     for name in ("a.jpg", "b.jpg"):
         Image.new("RGB", (128, 96), "gray").save(tmp_path / "images" / name)
-    good = {"annotations": [{"bbox": [10, 10, 50, 90], "category_id": 1}, {"bbox": [40, 40, 70, 70], "category_id": 47}],
+    good = {"annotations": [{"bbox": [10, 10, 50, 90], "category_id": 1},
+                            {"bbox": [40, 40, 70, 70], "category_id": 47}],
             "hoi_annotation": [{"subject_id": 0, "object_id": 1, "category_id": 2},
                                {"subject_id": 0, "object_id": -1, "category_id": 5}]}  # a role without object
     entries = [{"file_name": "a.jpg", **good}, {"file_name": "b.jpg", **good},
