@@ -92,6 +92,9 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+_honours_conditional_writes: set[str] = set()  # object stores probed in this process
+
+
 class Store:
     """A root URL plus the filesystem that serves it. Paths given to methods are relative to the root."""
 
@@ -204,6 +207,27 @@ class Store:
             if attempts > 1 and self.read_bytes(*parts) == data:
                 return
             raise AlreadyExists(self.full_url(*parts)) from None
+
+    def require_conditional_writes(self) -> None:
+        """Writers rest on exclusive creates: on an object store, check once per process that a second
+        `If-None-Match: *` PUT of one key fails (some S3-compatible servers and proxies drop the header, and two
+        writers would then both hold one version). Refuses to go on otherwise."""
+        if self.is_local or self.url in _honours_conditional_writes:
+            return
+        probe = ("_probes", f"conditional-write-{uuid.uuid4().hex}")
+        self.create_exclusive(b"first", *probe)
+        try:
+            self.create_exclusive(b"second", *probe)
+        except AlreadyExists:
+            _honours_conditional_writes.add(self.url)
+        else:
+            raise StoreError(
+                f"{self.url} ignored a conditional write (If-None-Match: *): a second exclusive create of one key "
+                "succeeded, so two runs could both publish one version. Point HOI_STORE_URL / HOI_S3_ENDPOINT_URL "
+                "at a server that honours conditional writes (AWS S3, MinIO, moto), not through a proxy that drops "
+                "the header; nothing was written")
+        finally:
+            self.remove(*probe)
 
     @_retried
     def remove(self, *parts: str) -> None:

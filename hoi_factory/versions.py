@@ -246,6 +246,7 @@ class VersionedArea:
         where = f"{self.area[:-1]} {name}/{version}"
         if self.is_published(name, version):
             raise VersionPublished(f"{where} is published and immutable; choose another version")
+        self.store.require_conditional_writes()
         lease = Lease(self, name, version, fingerprint, ttl=ttl)
         lock = self.parts(name, version, LOCK)
         try:
@@ -269,6 +270,8 @@ class VersionedArea:
             except AlreadyExists:
                 raise VersionBusy(f"{where} was just resumed by another run") from None
             self.store.write_json(lease.record(), *lock)
+        if self.store.read_json(*lock).get("run_id") != lease.run_id:  # read back: another writer's lock won
+            raise VersionBusy(f"{where} was just claimed by another run")
         lease.start_heartbeat()
         return lease
 

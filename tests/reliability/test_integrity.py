@@ -10,7 +10,7 @@ import pytest
 from hoi_factory.config import ConfigError, Settings, load_run_config
 from hoi_factory.datasets import CorruptShard, DatasetStore
 from hoi_factory.run import ErrorBudgetExceeded, run_pipeline
-from hoi_factory.storage import Store
+from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import LATEST, LOCK, MANIFEST, CorruptManifest, manifest_checksum
 from support.pipelines import ScaleConfig, ScalePipeline
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
@@ -130,3 +130,20 @@ def test_a_reader_never_gets_unverified_rows_from_a_parent(published):
     with pytest.raises(ErrorBudgetExceeded, match="CorruptShard"):
         run_pipeline(ScalePipeline(), ScaleConfig(parent="synthetic", execution={"executor": "local"}))
     assert DatasetStore(Store.from_settings(Settings())).versions("scaled") == []
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused_before_any_write(s3_store_env, moto_endpoint, monkeypatch):
+    """Behind a proxy that drops If-None-Match two writers could both publish one version: the first writer
+    probes the server, refuses to run and says why; the same store reached directly works."""
+    from support.header_proxy import start_header_dropping_proxy
+
+    proxy = start_header_dropping_proxy(int(moto_endpoint.rsplit(":", 1)[1]), {"if-none-match"})
+    try:
+        monkeypatch.setenv("HOI_S3_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_port}")
+        with pytest.raises(StoreError, match="ignored a conditional write"):
+            run_pipeline(SyntheticPipeline(), CONFIG)
+        assert DatasetStore(Store.from_settings(Settings())).names() == []
+    finally:
+        proxy.shutdown()
+    monkeypatch.setenv("HOI_S3_ENDPOINT_URL", moto_endpoint)
+    assert run_pipeline(SyntheticPipeline(), CONFIG).dataset.manifest.num_samples == 24
