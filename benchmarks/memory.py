@@ -20,15 +20,16 @@ from PIL import Image
 
 from benchmarks.results_table import interleaved, median, show_and_save
 
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork and exec).
 RUN = """
-import resource, sys
+import sys
 from hoi_factory.config import Settings
 from hoi_factory.run import run_pipeline
 from tasks.images.ingest import IngestConfig, IngestPipeline
 config = IngestConfig(source=sys.argv[1], max_side=256, max_pixels=20_000_000,
                       execution={"executor": "local", "shard_size": int(sys.argv[2])})
 run_pipeline(IngestPipeline(), config, Settings(store_url=sys.argv[3]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 

@@ -35,11 +35,20 @@ def _imported_modules(path: Path, module: str) -> set[str]:
     return {name for name in found if name.split(".")[0] in PROJECT_PACKAGES}
 
 
-def _source_file(module: str) -> Path | None:
+def _spec(module: str):
     try:
-        spec = importlib.util.find_spec(module)
+        return importlib.util.find_spec(module)  # imports the parent package (a project __init__), not `module`
     except (ImportError, ValueError):
         return None
+
+
+def _source_file(module: str) -> Path | None:
+    """The file of a project module; None for a name that is not a module (`from pkg.module import function`
+    names `pkg.module.function`: looking it up would import `pkg.module`, and with it torch or diffusers)."""
+    parent = module.rpartition(".")[0]
+    if parent and getattr(_spec(parent), "submodule_search_locations", None) is None:
+        return None
+    spec = _spec(module)
     return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
 
 
