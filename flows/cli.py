@@ -292,7 +292,8 @@ def status(runs: int = typer.Option(10, min=0, help="recent flow runs to show"))
 
     settings = _settings()
     console.print(f"store:   {settings.store_url}")
-    console.print(f"prefect: {settings.prefect_api_url or 'ephemeral (no server; set PREFECT_API_URL)'}")
+    api = settings.prefect_api_url or prefect_api_url()
+    console.print(f"prefect: {api or 'none (runs work in-process; set PREFECT_API_URL, or run --prefect)'}")
     if settings.ray_address:
         try:
             cluster = ray_cluster(settings.ray_address)

@@ -79,12 +79,13 @@ def test_cli_run_reports_to_a_prefect_server(prefect_server, clean_env, tmp_path
 def test_status_in_embedded_mode_lists_runs_and_datasets(clean_env, tmp_path):
     env = {**clean_env, "HOI_STORE_URL": str(tmp_path / "store")}
     cli = venv_executable("hoi-factory")
-    run = subprocess.run([cli, "run", "synthetic", "count=3", "work_ms=0", "execution.executor=local"],
+    # --prefect: a flow run on Prefect's temporary server (without it, and with no API, the run is in-process)
+    run = subprocess.run([cli, "run", "synthetic", "count=3", "work_ms=0", "execution.executor=local", "--prefect"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     status = subprocess.run([cli, "status"], env=env, capture_output=True, text=True, timeout=300)
     flat = " ".join(status.stdout.split())
-    assert status.returncode == 0 and "prefect: ephemeral" in flat and "ray: local" in flat
+    assert status.returncode == 0 and "prefect: none" in flat and "ray: local" in flat
     # the run, kept in PREFECT_HOME's database
     assert re.search(r"│ synthetic\s+│ [a-z]+-[a-z]+\s+│ COMPLETED", status.stdout)
     assert re.search(r"│ synthetic\s+│ v1\s+│ v1\s+│ 3\s+│", status.stdout)  # the dataset row

@@ -9,7 +9,7 @@ import pytest
 
 from hoi_factory.config import ConfigError, Settings, load_run_config
 from hoi_factory.datasets import CorruptShard, DatasetStore
-from hoi_factory.run import ErrorBudgetExceeded, run_pipeline
+from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import LATEST, LOCK, MANIFEST, CorruptManifest, manifest_checksum
 from support.pipelines import ScaleConfig, ScalePipeline
@@ -122,12 +122,12 @@ def test_config_edges_are_one_clear_error(tmp_path):
 
 
 def test_a_reader_never_gets_unverified_rows_from_a_parent(published):
-    """A child pipeline reading a tampered parent shard: every read fails as an error, the run fails, nothing
-    of the child is published."""
+    """A child pipeline reading a tampered parent shard: planning already reads every parent shard (their
+    sample ids), verified, so the run stops before any work, naming the file; nothing of the child is published."""
     data = bytearray(open(shard_path(published, 1), "rb").read())
     data[len(data) // 2] ^= 0x01
     open(shard_path(published, 1), "wb").write(bytes(data))
-    with pytest.raises(ErrorBudgetExceeded, match="CorruptShard"):
+    with pytest.raises(CorruptShard, match=f"{published.manifest.shards[1].file}: checksum mismatch"):
         run_pipeline(ScalePipeline(), ScaleConfig(parent="synthetic", execution={"executor": "local"}))
     assert DatasetStore(Store.from_settings(Settings())).versions("scaled") == []
 
