@@ -49,7 +49,7 @@ def test_flow_runs_unchanged_on_a_two_node_cluster(two_node_cluster, tmp_path, m
                            env=env, capture_output=True, text=True, timeout=120)
     assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr
 
-    done = subprocess.run([cli, "run", *RUN, "execution.executor=ray", "execution.workers=2"],
+    done = subprocess.run([cli, "run", *RUN, "execution.executor=ray", "execution.workers=2", "--prefect"],
                           env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"Ray: {env['RAY_ADDRESS']}, dashboard" in done.stdout + done.stderr  # said when the run starts

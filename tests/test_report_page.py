@@ -41,7 +41,8 @@ def test_report_page_shows_samples_funnel_and_stage_table(local_store_env, image
     assert loaded["sample-grid"][0] and loaded["sample-grid"][1] >= 4 * 100
     assert loaded["funnel"][0] and loaded["funnel"][1] > 300 and loaded["funnel"][2] > 150
     # The funnel table: a header, the inputs, then one row per stage with what went in and out.
-    assert [row.split("\t")[:3] for row in funnel_rows[1:3]] == [["inputs", "", "16"], ["ReadImage", "16", "13"]]
+    assert [row.split("\t")[:3] for row in funnel_rows[1:4]] == [["inputs", "", "16"], ["InputProblem", "16", "16"],
+                                                                  ["ReadImage", "16", "13"]]
     assert set(reasons) == {"ReadImage: empty file", "ReadImage: unreadable image",
                             "ImageShapeFilter: aspect ratio too extreme"}
     assert (ARTIFACTS / "report-page.png").stat().st_size > 10_000
