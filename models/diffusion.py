@@ -33,7 +33,7 @@ class Sampling:
     size: int
 
 
-SD14 = Sampling(steps=50, guidance_scale=7.5, size=512)  # DESIGN 5.1
+SD14 = Sampling(steps=50, guidance_scale=7.5, size=512)  # CHORUS: SD v1.4, 512 px, 50 steps, CFG 7.5
 
 
 DEFAULT_CACHE = Path.home() / ".cache" / "hoi-factory"  # Settings.cache_dir (HOI_CACHE) overrides it

@@ -24,8 +24,8 @@ from scipy import ndimage
 
 STICK_LENGTH = 3.5  # forearm length in units of a^2 (= 7 palm radii)
 STICK_HALF_WIDTH = 0.5  # in palm radii: the stick's width equals the palm radius
-MIN_HAND_PIXELS = 50  # DESIGN 5.2: fewer hand pixels -> no layout
-MIN_SPLAT_IOU = 0.5  # DESIGN 5.2: the splat must explain the hand mask at least this well
+MIN_HAND_PIXELS = 50  # Affordance Diffusion: fewer hand pixels -> no layout
+MIN_SPLAT_IOU = 0.5  # Affordance Diffusion: the splat must explain the hand mask at least this well
 
 # The template spans [-EXTENT, EXTENT]^2 palm radii, with the palm at its centre and the stick along +x.
 _EXTENT = 8.0

@@ -4,7 +4,7 @@ object image.
 Each denoising step sees 7 image channels — the object RGB, the soft splat of the current noisy layout and
 their blend — plus two coordinate channels; a small CNN turns them into a feature grid that the noisy layout
 (with the timestep) attends to, and the network predicts the noise. Loss: MSE on the noise + 0.1 x L1 between
-the splats of the predicted clean layout and the true one (DESIGN 5.2). Guided generation overwrites fixed
+the splats of the predicted clean layout and the true one (Affordance Diffusion). Guided generation overwrites fixed
 coordinates (location, size) with the known values at the current noise level after every step.
 
 Configs are data (`LayoutNetConfig`); weights and config go through `save_pretrained` / `from_pretrained`

@@ -1,7 +1,7 @@
 """HOGSA's super-resolution module (SRM, paper section 3.4): a coarse low-resolution render in, a sharp image out.
 
 The paper names a StyleUNet-like encoder-decoder inside a GAN (after StyleAvatar) and the loss
-L = 5 * L1 + 0.03 * VGG + GAN (DESIGN 5.3); everything else here is our choice:
+L = 5 * L1 + 0.03 * VGG + GAN (the HOGSA paper); everything else here is our choice:
 - generator (`StyleUNet`): a U-Net whose skip connections carry local detail, while a style vector pooled from
   the bottleneck carries global content into every decoder convolution (StyleGAN2 modulation with
   demodulation). After the U-Net's decoder reaches the input size, log2(scale) more style blocks upsample to the

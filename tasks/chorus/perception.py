@@ -1,5 +1,5 @@
 """Perception for CHORUS: instance segmentation + 2D person keypoints behind one interface, and the
-paper's filter rules (Sec. 3.2, DESIGN 5.1), each rejection with its reason.
+paper's filter rules (CHORUS Sec. 3.2), each rejection with its reason.
 
 Backends: `ground_truth` reads the exact instances a procedural scene carries; `torchvision` runs Mask R-CNN
 and Keypoint R-CNN (models/perception.py) on any image, on a GPU when its workers are given one (`perception_gpus`).

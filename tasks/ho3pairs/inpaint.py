@@ -14,7 +14,7 @@ from hoi_factory.context import StageContext
 from hoi_factory.stage import Resources, Row, Stage
 from models.diffusion import Sampling, inpaint, load_diffusion, repaint, sdedit
 
-MASK_GROWTH = 7  # DESIGN 5.2: the hand mask is grown with a 7x7 kernel before inpainting
+MASK_GROWTH = 7  # Affordance Diffusion (HO3Pairs): the hand mask is grown with a 7x7 kernel before inpainting
 NO_MODEL = "none"
 
 
