@@ -7,6 +7,7 @@ import io
 import os
 import stat
 import struct
+import threading
 import warnings
 from typing import Any, Callable
 
@@ -32,6 +33,28 @@ def read_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+def read_with_deadline(fs: fsspec.AbstractFileSystem, path: str, seconds: float) -> bytes:
+    """The file's bytes, or TimeoutError after `seconds`: a stalled mount or endpoint costs one sample, not the
+    run. The reading thread is a daemon, so a read that never returns cannot keep the worker from exiting."""
+    outcome: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with fs.open(path, "rb") as handle:
+                outcome["data"] = handle.read()
+        except BaseException as exc:  # handed to the caller, who decides
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read, name=f"read {path}", daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if reader.is_alive():
+        raise TimeoutError(path)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["data"]
+
+
 class InputProblem(Filter):
     """Drops the inputs the plan found unusable (`problem`: unknown extension, not a regular file...)."""
 
@@ -49,9 +72,10 @@ class ReadImage(MapStage):
     needs = frozenset({"path"})
     makes = frozenset({"pixels", "source_sha256"})
 
-    def __init__(self, max_pixels: int = 50_000_000, max_bytes: int = 512 * 1024**2):
+    def __init__(self, max_pixels: int = 50_000_000, max_bytes: int = 512 * 1024**2, read_seconds: float = 120.0):
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
+        self.read_seconds = read_seconds
 
     def setup(self, context: StageContext) -> None:
         self.storage_options: Callable[[str], dict[str, Any]] = context.storage_options
@@ -71,8 +95,9 @@ class ReadImage(MapStage):
             fs, path = fsspec.core.url_to_fs(row["path"], **self.storage_options(row["path"]))
             if refusal := self._refusal(fs, path):
                 return Reject.of(row, refusal, row["path"])
-            with fs.open(path, "rb") as handle:
-                data = handle.read()
+            data = read_with_deadline(fs, path, self.read_seconds)
+        except TimeoutError:
+            return Reject.of(row, "read timed out", f"{row['path']}: no answer in {self.read_seconds:g} s")
         except FileNotFoundError:  # a folder lists what exists; an annotation file may name what does not
             return Reject.of(row, "missing file", row["path"])
         except IsADirectoryError:  # an annotation file may name a folder

@@ -230,3 +230,45 @@ def test_hostile_entries_in_an_input_folder_are_each_a_reject_and_nothing_hangs(
                        "linked": "symlinked folder (not followed)", "anim.gif": "unknown extension",
                        "notes.txt": "unknown extension", "photo.jfif": "unknown extension"}
     assert dataset.manifest.num_inputs == 7 == dataset.manifest.num_samples + dataset.manifest.num_rejects
+
+
+def test_a_read_that_never_answers_is_a_reject_after_its_deadline():
+    """A stalled mount or endpoint: the read gives up after `read_seconds`, the sample is rejected, the rest go on."""
+    import threading
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from hoi_factory.config import Settings
+    from hoi_factory.context import StageContext
+    from tasks.images.stages import ReadImage
+
+    released = threading.Event()
+
+    class StalledFileSystem(MemoryFileSystem):
+        protocol = "stalledtest"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(path.replace("stalledtest://", "memory://", 1))
+
+        def _open(self, path, mode="rb", **kwargs):
+            if "stalled" in path:
+                released.wait(30)  # as a read from a dead NFS server would
+            return super()._open(path, mode, **kwargs)
+
+    fsspec.register_implementation("stalledtest", StalledFileSystem, clobber=True)
+    fs = StalledFileSystem()
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
+    fs.pipe({"/ok.png": buffer.getvalue(), "/stalled.png": buffer.getvalue()})
+    stage = ReadImage(read_seconds=0.5)
+    stage.setup(StageContext(Settings()))
+    try:
+        stalled = stage.process_row({"sample_id": "s", "input_id": "s", "path": "stalledtest:///stalled.png"})
+        fine = stage.process_row({"sample_id": "o", "input_id": "o", "path": "stalledtest:///ok.png"})
+    finally:
+        released.set()
+        fs.rm(["/ok.png", "/stalled.png"])  # the memory filesystem's store is shared by the whole process
+    assert stalled.reason == "read timed out" and "0.5 s" in stalled.detail
+    assert fine["pixels"].shape == (8, 8, 3)
