@@ -28,9 +28,10 @@ from PIL import Image
 
 from benchmarks.results_table import interleaved, median, show_and_save
 from hoi_factory.config import Settings
+from hoi_factory.context import device_for
 from hoi_factory.run import run_pipeline
 from hoi_factory.stage import Reject
-from models.diffusion import Sampling, best_device, inpaint, load_diffusion, sdedit
+from models.diffusion import Sampling, inpaint, load_diffusion, sdedit
 from tasks.ho3pairs.crop import CropAroundInteraction, ExtractLayout
 from tasks.ho3pairs.inpaint import InpaintHands, grow
 from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
@@ -40,8 +41,8 @@ from tasks.procedural.hand_object import write_hand_object_folder
 def bare_loop(folder: Path, config: PairsConfig, pairs: list[int]) -> float:
     """Pairs/s of the pipeline's own steps called in a plain loop, nothing stored; appends the pair count."""
     started = time.perf_counter()
-    inpainter = load_diffusion(config.inpainting_model, "inpainting", best_device())
-    editor = load_diffusion(config.sdedit_model, "image-to-image", best_device())
+    inpainter = load_diffusion(config.inpainting_model, "inpainting", device_for(1))
+    editor = load_diffusion(config.sdedit_model, "image-to-image", device_for(1))
     sampling = Sampling(config.steps, config.guidance_scale, config.size)
     # the pipeline's own stages, called directly
     crop, layout = CropAroundInteraction(config.size), ExtractLayout(config.min_layout_iou)
@@ -122,7 +123,7 @@ def main() -> None:
                   f"{args.model}, batch {InpaintHands.batch_size} (wall time: Ray runs in other processes)", "pairs/s",
                   rates, ratios, args.out, benchmark="ho3pairs", timing="wall", pairs=pairs, count=args.count,
                   size=args.size, steps=args.steps, model=args.model, batch_size=InpaintHands.batch_size,
-                  device=best_device())
+                  device=device_for(1))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,20 @@ def sample_grid(images: list[bytes], captions: list[str] | None = None) -> bytes
     return buffer.getvalue()
 
 
+def stacked_rows(strips: list[bytes]) -> bytes:
+    """PNG strips stacked top to bottom, one per line, on white (a pipeline's per-sample picture strips)."""
+    images = [Image.open(io.BytesIO(strip)).convert("RGB") for strip in strips]
+    width = max((image.width for image in images), default=1)
+    sheet = Image.new("RGB", (width, sum(image.height + 4 for image in images) or 1), "white")
+    top = 0
+    for image in images:
+        sheet.paste(image, (0, top))
+        top += image.height + 4
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def funnel_chart(funnel: list[dict], reasons: dict[str, int], title: str) -> bytes:
     """Horizontal bars: how many rows leave each step; the largest reject reasons listed beneath."""
     labels = [step["stage"] for step in funnel]

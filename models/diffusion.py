@@ -127,9 +127,6 @@ def load_diffusion(source: str, task: Task, device: str = "cpu", cache_dir: Path
     return pipeline.to(device)
 
 
-def best_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 def _generators(pipeline, seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator(pipeline.device).manual_seed(seed) for seed in seeds]

@@ -21,6 +21,7 @@ from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.parents import ReadParentRows
 from hoi_factory.pipeline import Pipeline
+from hoi_factory.report import stacked_rows
 from hoi_factory.stage import MapStage, Row
 from models.diffusion import Sampling
 from models.layout import MIN_SPLAT_IOU, splat_mask
@@ -200,12 +201,4 @@ class PairsPipeline(Pipeline[PairsConfig]):
                                       "layout", "input_id"]).to_pylist()[:8] if version.manifest.shards else []
         if not rows:
             return {}
-        return {"pairs": sample_grid_rows([pair_strip(row) for row in rows])}
-
-
-def sample_grid_rows(strips: list[bytes]) -> bytes:
-    """Strips stacked top to bottom (one pair per line)."""
-    images = [_decode(strip) for strip in strips]
-    width = max(image.shape[1] for image in images)
-    padded = [np.pad(image, ((0, 4), (0, width - image.shape[1]), (0, 0)), constant_values=255) for image in images]
-    return png_bytes(np.concatenate(padded, 0))
+        return {"pairs": stacked_rows([pair_strip(row) for row in rows])}

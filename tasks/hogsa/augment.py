@@ -339,8 +339,8 @@ class AugmentPipeline(Pipeline[AugmentConfig]):
         rows = version.read_shard(0, columns).to_pylist()[:8] if version.manifest.shards else []
         if not rows:
             return {}
-        from tasks.ho3pairs.pipeline import sample_grid_rows
+        from hoi_factory.report import stacked_rows
 
         strips = [png_bytes(np.concatenate([annotated(row), read_png(row["object_only_image"])[..., :3]], 1))
                   for row in rows]
-        return {"annotations": sample_grid_rows(strips)}
+        return {"annotations": stacked_rows(strips)}
