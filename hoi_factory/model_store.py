@@ -33,6 +33,7 @@ class ModelFile(BaseModel):
 
 
 class ModelManifest(BaseModel):
+    schema_version: int = 2  # 2: the manifest carries its own checksum (hoi_factory.versions)
     name: str
     version: str
     created: str

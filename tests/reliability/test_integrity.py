@@ -79,6 +79,15 @@ def test_a_changed_manifest_is_refused_and_one_rewritten_with_its_checksum_still
     assert any("inputs but 16 samples" in p for p in problems) and any("cover 16 of 24" in p for p in problems)
 
 
+def test_manifests_from_before_checksums_are_still_read_but_a_stripped_new_one_is_not(published):
+    datasets = DatasetStore(Store.from_settings(Settings()))
+    tamper_manifest(published, lambda m: m.pop("checksum"))  # a version 2 manifest whose checksum was removed
+    with pytest.raises(CorruptManifest):
+        datasets.open("synthetic", published.version)
+    tamper_manifest(published, lambda m: m.update(schema_version=1))  # as written before checksums existed
+    assert datasets.open("synthetic", published.version).manifest.num_samples == 24
+
+
 def test_a_manifest_that_is_not_json_is_one_line_in_the_cli(published):
     from typer.testing import CliRunner
 
