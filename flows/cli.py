@@ -134,15 +134,15 @@ def run(
     from hoi_factory.config import load_run_config
     from hoi_factory.run import check_run
 
-    cls = pipeline_class(pipeline)
+    chosen = pipeline_class(pipeline)()
     try:
-        run_config = load_run_config(cls.config_class, config, overrides or [])
+        run_config = load_run_config(chosen.config_class, config, overrides or [])
         settings = _settings()
-        check_run(cls(), run_config, settings)  # before Prefect or Ray start: plain messages, no traceback
         if prefect if prefect is not None else bool(prefect_api_url()):
+            check_run(chosen, run_config, settings)  # before Prefect starts: plain messages, no traceback
             result = _with_progress(lambda: pipeline_flow(pipeline)(run_config))
-        else:
-            result = _with_progress(lambda: _run_in_process(cls(), run_config, settings))
+        else:  # run_pipeline makes the same checks itself, before any work
+            result = _with_progress(lambda: _run_in_process(chosen, run_config, settings))
     except _user_errors() as exc:
         _fail(exc)
     _print_results([result])

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
     llm_api_key: SecretStr | None = Field(
         None, description="API key of the CHORUS prompt LLM endpoint (HOI_LLM_API_KEY)")
-    cache_dir: Path | None = Field(None, validation_alias=AliasChoices("HOI_CACHE", "cache_dir"),
+    cache_dir: Path | None = Field(None, validation_alias=AliasChoices("HOI_CACHE"),
                                    description="where models built on first use (the `tiny` stand-ins) are kept")
 
     def secrets(self) -> list[str]:

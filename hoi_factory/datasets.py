@@ -65,6 +65,20 @@ class ShardRecord(BaseModel):
         return range(self.index, self.index + self.inputs)
 
 
+def coverage_problems(shards: list[ShardRecord], num_inputs: int) -> list[str]:
+    """Shards must cover the plan's positions exactly once: a gap loses samples, an overlap doubles them."""
+    problems = []
+    position = 0
+    for shard in sorted(shards, key=lambda s: s.index):
+        if shard.index != position:
+            problems.append(f"plan positions {min(position, shard.index)}-{max(position, shard.index)} "
+                            f"{'covered twice' if shard.index < position else 'covered by no shard'}")
+        position = max(position, shard.covers.stop)
+    if position != num_inputs:
+        problems.append(f"shards cover {position} of {num_inputs} inputs")
+    return problems
+
+
 class DatasetManifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -89,6 +103,16 @@ class DatasetManifest(BaseModel):
     report: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, float | None] = Field(default_factory=dict)  # the pipeline's figures of the version
     run: dict[str, Any] = Field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """What does not add up: every input a sample, a reject or an error, once; shard rows the sample count."""
+        problems = [f"manifest: {p}" for p in coverage_problems(self.shards, self.num_inputs)]
+        if sum(s.rows for s in self.shards) != self.num_samples:
+            problems.append("manifest: shard rows do not add up to num_samples")
+        if self.num_inputs != self.num_samples + self.num_rejects + self.num_errors:
+            problems.append(f"manifest: {self.num_inputs} inputs but {self.num_samples} samples + "
+                            f"{self.num_rejects} rejects + {self.num_errors} errors")
+        return problems
 
 
 def type_name(arrow_type: pa.DataType) -> str:
@@ -333,20 +357,7 @@ class DatasetVersion:
         for file in self.store.list_files(AREA, self.name, self.version, "data"):
             if file not in listed:
                 problems.append(f"data/{file}: a shard file the manifest does not list")
-        if sum(s.rows for s in manifest.shards) != manifest.num_samples:
-            problems.append("manifest: shard rows do not add up to num_samples")
-        if manifest.num_inputs != manifest.num_samples + manifest.num_rejects + manifest.num_errors:
-            problems.append(f"manifest: {manifest.num_inputs} inputs but {manifest.num_samples} samples + "
-                            f"{manifest.num_rejects} rejects + {manifest.num_errors} errors")
-        position = 0
-        for shard in sorted(manifest.shards, key=lambda s: s.index):
-            if shard.index != position:
-                problems.append(f"manifest: plan positions {min(position, shard.index)}-{max(position, shard.index)} "
-                                f"{'covered twice' if shard.index < position else 'covered by no shard'}")
-            position = max(position, shard.index + shard.inputs)
-        if position != manifest.num_inputs:
-            problems.append(f"manifest: shards cover {position} of {manifest.num_inputs} inputs")
-        return problems
+        return problems + manifest.problems()
 
 
 class DatasetWriter:
@@ -370,10 +381,8 @@ class DatasetWriter:
             errors=[e for r in records for e in r.first_errors][:10], columns=column_types(self.sink.schema),
             shards=records, funnel=steps, reject_reasons=reasons, **fields,
         )
-        if manifest.num_inputs != manifest.num_samples + manifest.num_rejects + manifest.num_errors:
-            raise RuntimeError(f"{self.lease.name}/{self.lease.version}: {manifest.num_inputs} inputs but "
-                               f"{manifest.num_samples} samples + {manifest.num_rejects} rejects + "
-                               f"{manifest.num_errors} errors: not publishing")
+        if problems := manifest.problems():  # a lost or doubled sample is never published
+            raise RuntimeError(f"{self.lease.name}/{self.lease.version}: {'; '.join(problems)}: not publishing")
         version = DatasetVersion(self.area.store, manifest)
         if before_manifest:
             manifest.report = before_manifest(version)

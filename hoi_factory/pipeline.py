@@ -170,18 +170,6 @@ def cut_shards(items: list[dict[str, Any]], shard_size: int, covered: list[range
     return jobs
 
 
-def check_coverage(covered: list[range], num_items: int) -> None:
-    """Finished shards must cover the plan exactly once: no gap, no overlap (else a sample is lost or doubled)."""
-    position = 0
-    for span in sorted(covered, key=lambda r: r.start):
-        if span.start != position:
-            what = "overlap" if span.start < position else "gap"
-            raise RuntimeError(f"shards {what} at plan position {min(span.start, position)}: not publishing")
-        position = span.stop
-    if position != num_items:
-        raise RuntimeError(f"shards cover {position} of {num_items} planned items: not publishing")
-
-
 def worker_info() -> dict[str, Any]:
     info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
     try:

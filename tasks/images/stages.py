@@ -83,12 +83,15 @@ class ReadImage(MapStage):
     def _refusal(self, fs: fsspec.AbstractFileSystem, path: str) -> str | None:
         """Checked before opening: a FIFO or device would block the read forever, a huge file fill memory."""
         if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            mode = os.stat(path).st_mode
-            if stat.S_ISDIR(mode):
+            info = os.stat(path)
+            if stat.S_ISDIR(info.st_mode):
                 return "not a file"
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(info.st_mode):
                 return "not a regular file"
-        return "file too large" if fs.size(path) > self.max_bytes else None
+            size = info.st_size
+        else:
+            size = fs.size(path)
+        return "file too large" if size > self.max_bytes else None
 
     def process_row(self, row: Row) -> Row | Reject:
         try:
