@@ -35,7 +35,7 @@ from hoi_factory.context import StageContext
 from tasks.hogsa.augment import AugmentConfig, CompositeAndAnnotate, NovelPose, RenderNovelView
 from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig
 from tasks.hogsa.posing import frame_to_json
-from tasks.procedural.hand_sequences import procedural_sequence
+from tasks.hogsa.standin_sequences import procedural_sequence
 
 PAPER_SECONDS_PER_IMAGE = 0.06
 SIZE = 224

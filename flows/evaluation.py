@@ -24,9 +24,9 @@ from hoi_factory.datasets import DatasetStore
 from hoi_factory.model_store import ModelStore
 from hoi_factory.report import sample_grid
 from hoi_factory.storage import Store
-from models.affordance import synthesize
-from models.contentnet import ContentNet
-from models.layoutnet import LayoutNet
+from models.affordance.contentnet import ContentNet
+from models.affordance.layoutnet import LayoutNet
+from models.affordance.synthesis import synthesize
 from models.metrics import LPIPS, InceptionFeatures, contact_recall, fid
 from tasks.ho3pairs.hands import make_segmenter
 from tasks.images.stages import png_bytes

@@ -1,5 +1,7 @@
 """The command line, as a user types it (in-process through typer's runner, flows under Prefect's harness)."""
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from hoi_factory.datasets import DatasetStore
 from hoi_factory.model_store import ModelStore
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.storage import Store
+from support.demo_digests import DEMO_STORE, GOLDEN, demo_digests
 from support.processes import venv_executable
 
 runner = CliRunner()
@@ -88,7 +91,21 @@ def test_models_and_status(local_store_env):
     assert ("prefect: none" in flat(status) or "prefect: http://127.0.0.1" in flat(status)) and "tiny" in status.output
 
 
-def test_demo_makes_every_pipelines_demo_dataset_and_says_where(local_store_env, prefect_harness):
+@pytest.fixture
+def golden_demo_store(monkeypatch):
+    """The demo where the golden copy was made, on one thread (see tests/support/demo_digests.py)."""
+    url = DEMO_STORE
+    shutil.rmtree(url, ignore_errors=True)
+    monkeypatch.setenv("HOI_STORE_URL", str(url))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield str(url)
+    torch.set_num_threads(threads)
+    shutil.rmtree(url, ignore_errors=True)
+
+
+def test_demo_makes_every_pipelines_demo_dataset_and_says_where(golden_demo_store, prefect_harness):
+    """...and the same data as the golden copy: moving code around must not change what the demo makes."""
     from flows.registry import PIPELINES, pipeline_class
 
     first = cli("demo", "--executor", "local")
@@ -101,6 +118,7 @@ def test_demo_makes_every_pipelines_demo_dataset_and_says_where(local_store_env,
         version = DatasetStore(store).open(name)
         assert version.manifest.num_samples > 0 and version.validate() == []
         assert f"report of {name}/{version.version}: file://" in flat(first)
+    assert demo_digests(store) == json.loads(GOLDEN.read_text())
     again = cli("demo", "--executor", "local")
     assert again.exit_code == 0 and "(already" in again.output  # nothing made twice
     assert all(DatasetStore(store).versions(name) == ["v1"] for name in made)

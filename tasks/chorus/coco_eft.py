@@ -40,9 +40,9 @@ from models.perception import Detection
 from models.render.camera import camera_azimuth, intrinsics, project
 from tasks.chorus import lexicon
 from tasks.chorus.perception import InteractionFilter, KeepInteraction
+from tasks.chorus.standin_coco_eft import write_coco_eft
 from tasks.chorus.views import EncodeView, ViewsPipeline
 from tasks.images.stages import ReadImage
-from tasks.procedural.coco_eft import write_coco_eft
 
 EFT_CROP_PX = 224  # EFT/SPIN regress the camera for a 224 x 224 crop ...
 EFT_BOX_UNIT_PX = 200  # ... of a box whose side is bbox_scale * 200 px

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from hoi_factory.stage import MapStage, Reject, Row
-from models.layout import layout_from_mask
+from models.affordance.layout import layout_from_mask
 
 # The crop side is 1.8 x the longer side of the hand + object box. A DEVIATION: the official code crops the object
 # box alone at 2.6 x, kept inside the frame (an open issue).

@@ -23,8 +23,8 @@ from hoi_factory.parents import ReadParentRows
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.report import stacked_rows
 from hoi_factory.stage import MapStage, Row
+from models.affordance.layout import MIN_SPLAT_IOU, splat_mask
 from models.diffusion import Sampling
-from models.layout import MIN_SPLAT_IOU, splat_mask
 from tasks.ho3pairs.checks import HandRemoved, MeasureObjectImage
 from tasks.ho3pairs.crop import PADDING, CropAroundInteraction, ExtractLayout
 from tasks.ho3pairs.hands import SegmentHands

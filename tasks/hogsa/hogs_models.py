@@ -69,7 +69,7 @@ def read_sequence(config: HOGSModelsConfig, name: str, seed: int, rejects: list[
     """The named sequence from the configured source, its files opened with `storage_options` (PlanError when
     it cannot be read)."""
     if config.source == "procedural":
-        from tasks.procedural.hand_sequences import procedural_sequence
+        from tasks.hogsa.standin_sequences import procedural_sequence
 
         return procedural_sequence(seed, name, frames=config.procedural_frames, cameras=config.procedural_cameras,
                                    width=config.procedural_size, height=config.procedural_size)

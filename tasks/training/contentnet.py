@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from hoi_factory.training import saved_files
-from models.contentnet import ContentNet
-from models.layout import splat
+from models.affordance.contentnet import ContentNet
+from models.affordance.layout import splat
 from tasks.training.augment import augment_objects
 from tasks.training.layoutnet import load_pairs
 

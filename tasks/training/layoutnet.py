@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from hoi_factory.training import saved_files
-from models.layout import splat
-from models.layoutnet import LayoutNet, LayoutNetConfig
+from models.affordance.layout import splat
+from models.affordance.layoutnet import LayoutNet, LayoutNetConfig
 from tasks.training.augment import augment_objects
 
 EVALUATED = 32  # pairs scored by `evaluate`

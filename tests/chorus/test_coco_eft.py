@@ -8,8 +8,8 @@ from hoi_factory.run import run_pipeline
 from models.body.smpl import load_body_model
 from models.render.camera import intrinsics, project
 from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline, perspective_from_weak
+from tasks.chorus.standin_coco_eft import weak_perspective_fit, write_coco_eft
 from tasks.chorus.views import ViewsPipeline
-from tasks.procedural.coco_eft import weak_perspective_fit, write_coco_eft
 
 
 def test_weak_perspective_camera_converts_to_the_perspective_camera_it_approximates():

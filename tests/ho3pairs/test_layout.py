@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.layout import MIN_HAND_PIXELS, iou, layout_from_mask, splat, splat_mask
+from models.affordance.layout import MIN_HAND_PIXELS, iou, layout_from_mask, splat, splat_mask
 
 SIZE = 256
 

@@ -14,11 +14,11 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from hoi_factory.pipeline import PlanError
+from support.arctic_fixture import write_arctic_fixture
+from support.h2o_fixture import write_h2o_fixture
 from tasks.hogsa.arctic import read_arctic
 from tasks.hogsa.h2o import read_h2o
 from tasks.hogsa.sequence import posed_object_vertices
-from tasks.procedural.arctic_fixture import write_arctic_fixture
-from tasks.procedural.h2o_fixture import write_h2o_fixture
 
 SUBJECT, SEQUENCE = "s01", "box_grab_01"
 TAKE = ("subject1", "h1/0")

@@ -17,8 +17,8 @@ from models.hogsa.hogs import ACTORS
 from tasks.hogsa.augment import AugmentConfig, AugmentPipeline, CompositeAndAnnotate
 from tasks.hogsa.hogs_models import HOGSModelsConfig, HOGSModelsPipeline
 from tasks.hogsa.sequence import CameraView, Frame
+from tasks.hogsa.standin_sequences import render_scene, skin_colours
 from tasks.images.stages import read_png
-from tasks.procedural.hand_sequences import render_scene, skin_colours
 
 LOCAL = ExecutionConfig(executor="local")
 CROP = 96

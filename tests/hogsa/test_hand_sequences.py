@@ -13,7 +13,7 @@ from scipy.spatial import cKDTree
 from models.hand import load_hands
 from models.render.camera import project
 from tasks.hogsa.sequence import Sequence, posed_object_vertices
-from tasks.procedural.hand_sequences import CONTACT_GAP, procedural_sequence, render_frame, render_scene
+from tasks.hogsa.standin_sequences import CONTACT_GAP, procedural_sequence, render_frame, render_scene
 
 PENETRATION_TOLERANCE = 0.0005  # metres a hand vertex may sit inside the object mesh
 TOUCH_DISTANCE = 0.003  # metres: a hand part closer than this touches the object

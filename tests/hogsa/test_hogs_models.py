@@ -14,7 +14,7 @@ from hoi_factory.stage import Reject
 from models.hogsa.hogs import HOGS
 from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig, HOGSModelsPipeline
 from tasks.hogsa.posing import camera_of, hand_output, scene_pose
-from tasks.procedural.hand_sequences import procedural_sequence
+from tasks.hogsa.standin_sequences import procedural_sequence
 
 SMALL = dict(procedural_size=40, procedural_cameras=4, procedural_frames=1, gaussians_per_face=1, sh_degree=0)
 

@@ -15,7 +15,7 @@ from models.hand import load_hands
 from models.hogsa import pose_optimization as pom
 from models.hogsa.sdf import MeshDistance, SignedDistanceGrid
 from tasks.hogsa.sequence import posed_object_vertices
-from tasks.procedural.hand_sequences import procedural_sequence, signed_distance
+from tasks.hogsa.standin_sequences import procedural_sequence, signed_distance
 
 TEST_ITERATIONS = 100  # the paper's 200 take about twice as long; 100 already show the effect
 

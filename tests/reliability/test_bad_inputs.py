@@ -140,7 +140,7 @@ def test_unknown_categories_fail_before_any_work(local_store_env):
 
 def test_malformed_annotation_files_fail_the_plan_naming_the_file(local_store_env, tmp_path):
     from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline
-    from tasks.procedural.coco_eft import write_coco_eft
+    from tasks.chorus.standin_coco_eft import write_coco_eft
 
     files = write_coco_eft(tmp_path / "coco", ["cup"], count=1)
     broken = {"missing.json": None, "truncated.json": '{"data": [{"annotId": 1,', "latin1.json": b"\xff\xfe{",
@@ -163,7 +163,7 @@ def test_malformed_annotation_files_fail_the_plan_naming_the_file(local_store_en
 
 def test_malformed_annotation_entries_are_rejected_one_by_one(local_store_env, tmp_path):
     from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline
-    from tasks.procedural.coco_eft import write_coco_eft
+    from tasks.chorus.standin_coco_eft import write_coco_eft
 
     files = write_coco_eft(tmp_path / "coco", ["backpack"], count=9, seed=4)
     eft = json.loads(Path(files["eft"]).read_text())

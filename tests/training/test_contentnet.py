@@ -8,9 +8,9 @@ import torch
 from hoi_factory.config import ExecutionConfig, Settings
 from hoi_factory.run import run_pipeline
 from hoi_factory.training import TrainConfig, train
-from models.affordance import synthesize
-from models.contentnet import ContentNet
-from models.layoutnet import LayoutNet, LayoutNetConfig
+from models.affordance.contentnet import ContentNet
+from models.affordance.layoutnet import LayoutNet, LayoutNetConfig
+from models.affordance.synthesis import synthesize
 from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 from tasks.procedural.hand_object import write_hand_object_folder
 from tasks.training.contentnet import ContentNetTask

@@ -10,7 +10,7 @@ from hoi_factory.model_store import ModelStore
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store
 from hoi_factory.training import TrainConfig, train
-from models.layoutnet import LayoutNet, LayoutNetConfig
+from models.affordance.layoutnet import LayoutNet, LayoutNetConfig
 from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 from tasks.procedural.hand_object import write_hand_object_folder
 from tasks.training.layoutnet import LayoutNetTask

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layout import splat
+from models.affordance.layout import splat
 from models.pretrained import load_pretrained, save_pretrained
 
 GUIDABLE = {"x": 0, "y": 1, "size": 2}  # coordinates guided generation can fix

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.affordance.layout import splat
 from models.diffusion import load_diffusion
-from models.layout import splat
 
 
 class ContentNet(nn.Module):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.contentnet import ContentNet
-from models.layoutnet import LayoutNet
+from models.affordance.contentnet import ContentNet
+from models.affordance.layoutnet import LayoutNet
 
 
 def synthesize(object_image: np.ndarray, layoutnet: LayoutNet, contentnet: ContentNet, prompt: str, count: int = 4,
