@@ -1,5 +1,5 @@
-"""Prefect flows, one module per pipeline family, plus the CLI. `flows.registry` lists what `hoi-factory run`
-can run. Importing this package imports no flow (the CLI starts fast)."""
+"""Prefect flows and the CLI. `flows.registry` lists what `hoi-factory run` can run, one line per pipeline, and
+makes each pipeline's flow from its class. Importing this package imports no flow (the CLI starts fast)."""
 
 from __future__ import annotations
 

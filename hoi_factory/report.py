@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 
 import jinja2
 import matplotlib
@@ -114,11 +113,9 @@ def render_html(version, pictures: dict[str, bytes]) -> str:
 
 
 def write_report(version, pipeline) -> dict[str, str]:
-    """Write the report of `version` (not yet published) and return {kind: path relative to the version}.
-    Also fills in the manifest's `metrics` (the pipeline's figures of the whole version), shown in the report."""
+    """Write the report of `version` (not yet published, its manifest's metrics already measured by the run)
+    and return {kind: path relative to the version}."""
     manifest = version.manifest
-    manifest.metrics = {name: value if math.isfinite(value) else None  # JSON has no NaN: None = not measured
-                        for name, value in pipeline.dataset_metrics(version).items()}
     pictures = {"funnel": funnel_chart(manifest.funnel, manifest.reject_reasons, f"{version.ref}: rejection funnel")}
     if pipeline.preview_column:
         images, captions = preview_images(version, pipeline.preview_column)

@@ -7,6 +7,7 @@ ids and seeds, and the manifest is written only when every shard is there.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -69,6 +70,13 @@ def _budget_message(where: str, records: list[ShardRecord], num_inputs: int, bud
         lines.append(f"--- {error['stage']} on sample {error['sample_id']} (input {error['input_id']}): "
                      f"{error['error']}\n{error['traceback'].rstrip()}")
     return "\n".join(lines)
+
+
+def _measure_and_report(version: DatasetVersion, pipeline: Pipeline) -> dict[str, str]:
+    """The pipeline's figures of the whole version into the manifest, then the report that draws them."""
+    version.manifest.metrics = {name: value if math.isfinite(value) else None  # JSON has no NaN: None = not measured
+                                for name, value in pipeline.dataset_metrics(version).items()}
+    return write_report(version, pipeline)
 
 
 def check_run(pipeline: Pipeline, config: RunConfig, settings: Settings) -> None:
@@ -139,7 +147,7 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
             raise RuntimeError(f"{where}: shards {missing} did not finish; re-run to resume")
         dataset = writer.commit(
             list(done.values()),
-            before_manifest=lambda version: write_report(version, pipeline),
+            before_manifest=lambda version: _measure_and_report(version, pipeline),
             pipeline=pipeline.name, config=config.content_dict(), config_hash=config_hash,
             code_version=f"{code['package']}+{code['git']}" if code["git"] else code["package"], code=code,
             num_inputs=len(items),

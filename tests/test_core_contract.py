@@ -291,3 +291,21 @@ def test_a_stage_needing_a_resource_the_cluster_lacks_is_refused(local_store_env
 
     with pytest.raises(NoResourcesForStage, match="NeedsGPU.*needs .*num_gpus=1"):
         run_pipeline(GPUPipeline(), RunConfig(execution={"executor": "ray"}))
+
+
+class MeasuredSynthetic(SyntheticPipeline):
+    """Its whole-version figures come from the run's metrics hook; the report only draws them."""
+
+    def dataset_metrics(self, version):
+        return {"num_rows_read": float(version.to_arrow().num_rows), "unmeasured": float("nan")}
+
+
+def test_the_run_measures_a_version_before_its_report_and_manifest(tmp_path):
+    settings = Settings(store_url=str(tmp_path / "store"))
+    result = run_pipeline(MeasuredSynthetic(), SyntheticConfig(count=7, work_ms=0, execution={"executor": "local"}),
+                          settings)
+    manifest = DatasetStore(Store(settings.store_url)).open("synthetic").manifest
+    assert manifest.metrics == {"num_rows_read": 7.0, "unmeasured": None}  # JSON has no NaN
+    assert result.summary()["num_rows_read"] == 7.0
+    page = Store(settings.store_url).read_bytes("datasets", "synthetic", "v1", manifest.report["html"]).decode()
+    assert "num rows read" in page and "n/a" in page

@@ -62,20 +62,17 @@ def test_factory_services_get_every_setting_the_flows_read(monkeypatch):
 
 
 def test_prefect_deployments_point_at_real_flows():
-    deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
-    from flows.maintenance import validate_dataset
-    from flows.training import retrain_on_publish, train_model
+    from prefect.flows import load_flow_from_entrypoint
 
-    flows = {flow.fn.__module__.replace(".", "/") + ".py:" + flow.fn.__name__
-             for flow in [*map(pipeline_flow, PIPELINES), validate_dataset, train_model, retrain_on_publish]}
-    for deployment in deployments:
-        assert deployment["entrypoint"] in flows, deployment["entrypoint"]
+    deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
+    flow_names = {*PIPELINES, "validate-dataset", "train-model", "retrain-on-publish"}
+    for deployment in deployments:  # loaded the way a Prefect worker loads it
         assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
-    configs = {f"{flow.replace('.', '/').replace(':', '.py:', 1)}": pipeline_class(name).config_class
-               for name, (_, flow) in PIPELINES.items()}
-    for deployment in deployments:  # a pipeline deployment's parameters are a valid config of that pipeline
-        if deployment["entrypoint"] in configs:
-            configs[deployment["entrypoint"]].model_validate(deployment["parameters"]["config"])
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]), use_placeholder_flow=False)
+        assert flow.name in flow_names, deployment["entrypoint"]
+        if flow.name in PIPELINES:  # a pipeline deployment's parameters are a valid config of that pipeline
+            assert flow is pipeline_flow(flow.name)
+            pipeline_class(flow.name).config_class.model_validate(deployment["parameters"]["config"])
     [trigger] = next(d for d in deployments if d["name"] == "validate-on-publish")["triggers"]
     assert trigger["expect"] == [PUBLISHED_EVENT] and trigger["match"]["prefect.resource.id"] == "hoi.dataset.*"
     [retrain] = next(d for d in deployments if d["name"] == "retrain-layoutnet")["triggers"]

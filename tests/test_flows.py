@@ -6,10 +6,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.ingest import ingest
 from flows.maintenance import DatasetInvalid, validate_dataset
+from flows.pipelines import ingest, synthetic
 from flows.runner import PUBLISHED_EVENT
-from flows.synthetic import synthetic
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.storage import Store
