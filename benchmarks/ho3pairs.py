@@ -41,8 +41,8 @@ from tasks.procedural.hand_object import write_hand_object_folder
 def bare_loop(folder: Path, config: PairsConfig, pairs: list[int]) -> float:
     """Pairs/s of the pipeline's own steps called in a plain loop, nothing stored; appends the pair count."""
     started = time.perf_counter()
-    inpainter = load_diffusion(config.inpainting_model, "inpainting", device_for(1))
-    editor = load_diffusion(config.sdedit_model, "image-to-image", device_for(1))
+    inpainter = load_diffusion(config.inpainter.model, "inpainting", device_for(1))
+    editor = load_diffusion(config.sdedit.model, "image-to-image", device_for(1))
     sampling = Sampling(config.steps, config.guidance_scale, config.size)
     # the pipeline's own stages, called directly
     crop, layout = CropAroundInteraction(config.size), ExtractLayout(config.min_layout_iou)
@@ -61,7 +61,7 @@ def bare_loop(folder: Path, config: PairsConfig, pairs: list[int]) -> float:
         images, masks = zip(*crops[start : start + batch])
         seeds = list(range(start, start + len(images)))
         painted = inpaint(inpainter, list(images), list(masks), ["object"] * len(images), seeds, sampling)
-        sdedit(editor, painted, ["object"] * len(images), seeds, config.sdedit_strength, sampling)
+        sdedit(editor, painted, ["object"] * len(images), seeds, config.sdedit.strength, sampling)
     seconds = time.perf_counter() - started
     pairs.append(len(crops))
     return len(crops) / seconds
@@ -95,7 +95,7 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     folder = Path(tempfile.mkdtemp(prefix="ho3pairs-bench-"))
     write_hand_object_folder(folder, args.count, seed=0, with_bad_files=False)
-    config = PairsConfig(inputs=str(folder), inpainting_model=args.model, sdedit_model=args.sdedit_model,
+    config = PairsConfig(inputs=str(folder), inpainter={"model": args.model}, sdedit={"model": args.sdedit_model},
                          steps=args.steps, size=args.size, max_hand_residue=1.0, max_seam_score=1e9,
                          execution={"shard_size": 8})
     load_diffusion(args.model, "inpainting")  # warm-up: build / cache the models once

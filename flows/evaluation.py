@@ -9,16 +9,15 @@ grid in Prefect, and `<store>/evaluations/<contentnet>-<version>_on_<dataset>-<v
 from __future__ import annotations
 
 import base64
-import io
 import math
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from hoi_factory.codec import encode_png, open_image
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.model_store import ModelStore
@@ -29,7 +28,6 @@ from models.affordance.layoutnet import LayoutNet
 from models.affordance.synthesis import synthesize
 from models.metrics import LPIPS, InceptionFeatures, contact_recall, fid
 from tasks.ho3pairs.hands import make_segmenter
-from tasks.images.stages import png_bytes
 
 
 class EvalConfig(BaseModel):
@@ -48,7 +46,7 @@ class EvalConfig(BaseModel):
 
 
 def _decode(data: bytes, size: int | None = None) -> np.ndarray:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = open_image(data, "RGB")
     return np.asarray(image.resize((size, size)) if size else image)
 
 
@@ -91,7 +89,7 @@ def evaluate_hoi_synthesis(config: EvalConfig) -> dict[str, Any]:
     store.write_json(record, "evaluations", name)
     create_table_artifact([{**metrics, "contentnet": record["contentnet"], "dataset": dataset.ref}],
                           key="hoi-synthesis-evaluation", description="FID, LPIPS, contact recall")
-    grid = sample_grid([png_bytes(np.concatenate([t, g], 1)) for t, g in zip(truth, generated)])
+    grid = sample_grid([encode_png(np.concatenate([t, g], 1)) for t, g in zip(truth, generated)])
     create_markdown_artifact(f"# {record['contentnet']} on {dataset.ref}\n\ntrue | generated\n\n"
                              f"![samples](data:image/png;base64,{base64.b64encode(grid).decode()})",
                              key="hoi-synthesis-samples")

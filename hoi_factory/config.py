@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hoi_factory.storage import StoreError, check_name
@@ -75,11 +85,53 @@ class Settings(BaseSettings):
         return options
 
 
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (Optional included), or the annotation alone."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+
+
 def _number_types(annotation: Any) -> set[type]:
     """int/float named by an annotation (through Optional and unions), unless bool is allowed too."""
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
-        else (annotation,)
+    args = _union_args(annotation)
     return set() if bool in args else {a for a in args if a in (int, float)}
+
+
+def _variants(annotation: Any) -> dict[str, type[Variant]]:
+    """kind -> variant, for a field annotated with a union of variants; empty for any other field."""
+    return {a.model_fields["kind"].default: a for a in _union_args(annotation)
+            if isinstance(a, type) and issubclass(a, Variant)}
+
+
+def _shorthand(name: str, field: FieldInfo, value: Any) -> Any:
+    """A variant written as its kind alone, or as a mapping without one, becomes the mapping pydantic's
+    discriminator reads; an unknown kind, or a field of another variant, fails naming the key and the choices."""
+    variants = _variants(field.annotation)
+    if not variants or not isinstance(value, str | dict):
+        return value
+    data = {"kind": value} if isinstance(value, str) else value
+    if "kind" not in data and not field.is_required():
+        data = {"kind": field.get_default(call_default_factory=True).kind, **data}
+    kind, choices = data.get("kind"), ", ".join(variants)
+    if "kind" not in data:
+        raise ValueError(f"{name} needs a kind: one of {choices}")
+    if not isinstance(kind, str) or kind not in variants:
+        raise ValueError(f"{name} is one of {choices}, not {kind!r}")
+    own = variants[kind].model_fields
+    stray = next((key for key in data if key not in own), None)
+    if stray is not None:
+        owners = ", ".join(f"{name}={other}" for other, variant in variants.items() if stray in variant.model_fields)
+        belongs = f"; {stray} belongs to {owners}" if owners else ""
+        takes = ", ".join(key for key in own if key != "kind") or "no fields"
+        raise ValueError(f"{name}={kind} has no field {stray!r}{belongs} ({name}={kind} takes: {takes})")
+    return data
+
+
+def _typed(name: str, field: FieldInfo, value: Any) -> Any:
+    """A value a person typed, for `field`: `true` is not a number, and a variant may be written as its kind."""
+    if isinstance(value, bool) and _number_types(field.annotation):
+        raise ValueError(f"expected a number, got the boolean {value}")
+    return _shorthand(name, field, value)
 
 
 class ConfigModel(BaseModel):
@@ -89,10 +141,38 @@ class ConfigModel(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
-        if isinstance(value, bool) and _number_types(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"expected a number, got the boolean {value}")
-        return value
+    def _typed_fields(cls, value: Any, info) -> Any:
+        return _typed(info.field_name, cls.model_fields[info.field_name], value)
+
+
+class Variant(BaseModel):
+    """One of the shapes a config field can take (an input layout, a backend), with only its own fields.
+
+    Subclasses name themselves with `kind: Literal["name"] = "name"`; the field holding them is annotated with the
+    union and `Field(default_factory=TheDefault, discriminator="kind")`. It then reads `source: video` (that variant
+    on its defaults), `{kind: video, frame_rate: 2}`, a mapping without `kind` (the default's), and overrides
+    `source=video source.frame_rate=2` in either order.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_fields(cls, data: Any) -> Any:
+        """ConfigModel's checks, run over the fields here: pydantic's discriminator refuses any before-validator on
+        `kind`, which a validator of every field would be."""
+        if not isinstance(data, dict):
+            return data
+        typed = dict(data)
+        for name, value in data.items():
+            if name in cls.model_fields and name != "kind":
+                try:
+                    typed[name] = _typed(name, cls.model_fields[name], value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        return typed
 
 
 class ExecutionConfig(ConfigModel):
@@ -168,13 +248,37 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                           f"e.g. {key.strip()}='\"...\"'") from None
 
 
-def _describe(error: ValidationError) -> str:
+def _locate(model: type[BaseModel], loc: typing.Sequence[str | int]) -> tuple[str, FieldInfo | None]:
+    """A location in a config as the dotted key a person types (pydantic puts the kind of a variant after its
+    field's name: dropped), and the field there (None past the fields, e.g. in a list)."""
+    key, models, field, variants = [], [model], None, {}
+    for part in loc:
+        if part in variants:
+            models, variants = [variants[part]], {}
+            continue
+        key.append(str(part))
+        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        annotation = field.annotation if field else None
+        variants = _variants(annotation)
+        models = list(variants.values()) or [a for a in _union_args(annotation)
+                                             if isinstance(a, type) and issubclass(a, BaseModel)]
+    return ".".join(key), field
+
+
+def _holds_variants(model: type[BaseModel], keys: list[str]) -> bool:
+    field = _locate(model, keys)[1]
+    return field is not None and bool(_variants(field.annotation))
+
+
+def _describe(error: ValidationError, config_class: type[BaseModel]) -> str:
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(config)"
+        where, field = _locate(config_class, problem["loc"])
         value = problem.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {where}: {problem['msg']}{shown}")
+        if problem["type"] == "missing" and field is not None and field.description:
+            shown = f" ({field.description})"
+        lines.append(f"  {where or '(config)'}: {problem['msg']}{shown}")
     return "\n".join(lines)
 
 
@@ -200,10 +304,17 @@ def load_run_config(
     for text in overrides or []:
         keys, value = parse_override(text)
         node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if isinstance(child, str) and _holds_variants(config_class, keys[:depth + 1]):
+                child = node[key] = {"kind": child}  # `source=video source.frame_rate=2`
+            if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: {key} is not a section")
+            node = child
+        chosen = node.get(keys[-1])
+        if isinstance(value, str) and isinstance(chosen, dict) and chosen.get("kind", value) == value \
+                and _holds_variants(config_class, keys):
+            value = {**chosen, "kind": value}  # `source.frame_rate=2 source=video` keeps the rate
         node[keys[-1]] = value
     return validate_run_config(config_class, data, source=str(path) if path else "overrides")
 
@@ -214,4 +325,4 @@ def validate_run_config(config_class: type[ConfigT], data: dict[str, Any] | Conf
     try:
         return config_class.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid {config_class.__name__} from {source}:\n{_describe(exc)}") from None
+        raise ConfigError(f"invalid {config_class.__name__} from {source}:\n{_describe(exc, config_class)}") from None

@@ -19,6 +19,8 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from hoi_factory.codec import encode_png, open_image  # noqa: E402
+
 GRID_COLUMNS = 4
 GRID_SAMPLES = 16
 THUMBNAIL = 128
@@ -28,7 +30,7 @@ def sample_grid(images: list[bytes], captions: list[str] | None = None) -> bytes
     """A PNG grid of up to GRID_SAMPLES images, each scaled to fit a THUMBNAIL square, captions beneath."""
     thumbnails = []
     for data in images[:GRID_SAMPLES]:
-        thumbnail = Image.open(io.BytesIO(data)).convert("RGB")
+        thumbnail = open_image(data, "RGB")
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
         thumbnails.append(thumbnail)
     caption_height = 14 if captions else 0
@@ -42,23 +44,19 @@ def sample_grid(images: list[bytes], captions: list[str] | None = None) -> bytes
         grid.paste(thumbnail, (x, y))
         if captions:
             draw.text((x, y + thumbnail.height + 1), captions[i][:20], fill="black")
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_png(grid)
 
 
 def stacked_rows(strips: list[bytes]) -> bytes:
     """PNG strips stacked top to bottom, one per line, on white (a pipeline's per-sample picture strips)."""
-    images = [Image.open(io.BytesIO(strip)).convert("RGB") for strip in strips]
+    images = [open_image(strip, "RGB") for strip in strips]
     width = max((image.width for image in images), default=1)
     sheet = Image.new("RGB", (width, sum(image.height + 4 for image in images) or 1), "white")
     top = 0
     for image in images:
         sheet.paste(image, (0, top))
         top += image.height + 4
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_png(sheet)
 
 
 def funnel_chart(funnel: list[dict], reasons: dict[str, int], title: str) -> bytes:

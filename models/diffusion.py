@@ -5,7 +5,8 @@ is the CHORUS setting (with 512 px, 50 steps, CFG 7.5, see `SD14`). `tiny` is a 
 pipeline (UNet, VAE, CLIP text encoder, PNDM scheduler) with random weights and a byte-level tokenizer, written
 once with `save_pretrained` and loaded back through the same `from_pretrained` call as real weights: it
 exercises every line of the real path in seconds, offline. Its images are noise, not pictures. Weights load
-from safetensors only (no pickled checkpoints).
+from safetensors only (no pickled checkpoints). Not models/pretrained.py's mixin: these are diffusers pipelines,
+saved and loaded in diffusers' own folder layout.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Metric networks need weights nobody can download here; each takes a path and say
   off a hand-object detector; here the state comes from masks (a hand mask from a segmenter, the object mask of
   the input) — `in_contact` — so any segmenter can feed it.
 `weights="random"` builds a network with random weights: the plumbing runs, the numbers mean nothing.
+Not models/pretrained.py's mixin: the weights are third-party state dicts of torchvision / lpips networks.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 `RCNNPerception.from_pretrained(weights)` takes `"torchvision"` (torchvision's COCO weights, fetched once
 into TORCH_HOME by torchvision) or a folder holding `mask_rcnn.safetensors` and `keypoint_rcnn.safetensors`
 (state dicts of the two torchvision models; `save_pretrained` writes one). torchvision is optional:
-`pip install 'hoi-factory[vision]'`.
+`pip install 'hoi-factory[vision]'`. Not models/pretrained.py's mixin: the weights are torchvision's own state
+dicts of two torchvision models, not one model of ours.
 
 Keypoint confidences are the heatmap scores Keypoint R-CNN gives (as detectron2's, which CHORUS thresholds).
 """

@@ -1,13 +1,13 @@
 """The dataset store, on a local folder and on a real S3 endpoint (moto server on 127.0.0.1, through s3fs)."""
 
 import hashlib
-import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hoi_factory import ids
+from hoi_factory.codec import open_image
 from hoi_factory.config import ExecutionConfig, Settings
 from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore
 from hoi_factory.pipeline import check_columns
@@ -34,7 +34,7 @@ def test_ingest_round_trip(store_env, image_folder):
     assert sorted(table.input_id) == [f"scenes/scene-{i:05d}.png" for i in range(12)]
     # Images come back as the pipeline made them: the source scene, scaled to fit 64 px.
     source = Image.open(folder / table.input_id[0])
-    stored = Image.open(io.BytesIO(table.image[0]))
+    stored = open_image(table.image[0])
     assert max(stored.size) == 64 and stored.size == (table.width[0], table.height[0])
     assert table.source_sha256[0] == hashlib.sha256((folder / table.input_id[0]).read_bytes()).hexdigest()
     assert abs(stored.size[0] / stored.size[1] - source.size[0] / source.size[1]) < 0.02

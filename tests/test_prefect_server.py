@@ -129,7 +129,7 @@ def test_a_published_dataset_triggers_retraining_on_a_prefect_server(prefect_ser
             time.sleep(1)
         write_hand_object_folder(tmp_path / "scenes", 12, seed=2, with_bad_files=False)
         run = subprocess.run([venv_executable("hoi-factory"), "run", "ho3pairs", f"inputs={tmp_path / 'scenes'}",
-                              "inpainter=biharmonic", "sdedit_model=none", "size=64", "max_seam_score=1e9",
+                              "inpainter=biharmonic", "sdedit=none", "size=64", "max_seam_score=1e9",
                               "execution.executor=local", "output.dataset=ho3pairs"],
                              env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

@@ -6,7 +6,8 @@ conditioning image. ContentNet keeps that network and gives it the object image 
 of it, the model needs what is underneath) and the hard splat of the layout, and learns to produce the HOI
 image. The prompt is the object class. Loading goes through diffusers (`from_pretrained` of a hub id, a folder
 or `tiny`), saving through `save_pretrained` (a diffusers folder), so a fine-tuned ContentNet loads like any
-inpainting pipeline; `from_pretrained` also takes `s3://` (the folder is fetched first).
+inpainting pipeline; `from_pretrained` also takes `s3://` (the folder is fetched first). Not models/pretrained.py's
+mixin: ContentNet is built from a pipeline, not from a config, and its folder must stay diffusers' own.
 """
 
 from __future__ import annotations

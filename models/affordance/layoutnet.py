@@ -8,20 +8,20 @@ the splats of the predicted clean layout and the true one (Affordance Diffusion)
 coordinates (location, size) with the known values at the current noise level after every step.
 
 Configs are data (`LayoutNetConfig`); weights and config go through `save_pretrained` / `from_pretrained`
-(a local folder or any fsspec URL, e.g. s3://.../models/layoutnet/v3), safetensors only.
+(models/pretrained.py: a local folder or any fsspec URL, e.g. s3://.../models/layoutnet/v3, safetensors only).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.affordance.layout import splat
-from models.pretrained import load_pretrained, save_pretrained
+from models.pretrained import PretrainedMixin
 
 GUIDABLE = {"x": 0, "y": 1, "size": 2}  # coordinates guided generation can fix
 
@@ -47,7 +47,7 @@ def _timestep_embedding(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], 1)
 
 
-class LayoutNet(nn.Module):
+class LayoutNet(PretrainedMixin, nn.Module):
     def __init__(self, config: LayoutNetConfig = LayoutNetConfig()):
         super().__init__()
         self.config = config
@@ -118,16 +118,6 @@ class LayoutNet(nn.Module):
                         noise = torch.randn(len(objects), generator=generator).to(objects.device)
                         layouts[:, dim] = scheduler.add_noise(value, noise, following.reshape(1))
         return layouts
-
-    def save_pretrained(self, folder: str, **storage_options) -> None:
-        save_pretrained(self, asdict(self.config), folder, **storage_options)
-
-    @classmethod
-    def from_pretrained(cls, url: str, **storage_options) -> LayoutNet:
-        config, state = load_pretrained(url, **storage_options)
-        model = cls(LayoutNetConfig(**{**config, "channels": tuple(config["channels"])}))
-        model.load_state_dict(state)
-        return model.eval()
 
 
 def _schedule(timesteps: int):

@@ -10,7 +10,7 @@ detection, RRM keeps the top 64 pairs and the last stage's RCM scores their verb
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
 
 from models.c_hoi.relation import MIN_DETECTION_SCORE, TOP_PAIRS, RelationModule, candidate_pairs, pair_masks
-from models.pretrained import load_pretrained, save_pretrained
+from models.pretrained import PretrainedMixin
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_WEIGHTS = (1.0, 0.5, 0.25)
@@ -63,7 +63,7 @@ class CascadeStage(nn.Module):
         self.matcher = det_utils.Matcher(iou, iou, allow_low_quality_matches=False)
 
 
-class CascadeHOI(nn.Module):
+class CascadeHOI(PretrainedMixin, nn.Module):
     def __init__(self, config: CHOIConfig):
         super().__init__()
         self.config = config
@@ -190,15 +190,3 @@ class CascadeHOI(nn.Module):
             result["boxes"] = result["boxes"] * scale
             results.append(result)
         return results
-
-    # -- persistence -------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str, **storage_options) -> None:
-        save_pretrained(self, asdict(self.config), folder, **storage_options)
-
-    @classmethod
-    def from_pretrained(cls, url: str, **storage_options) -> CascadeHOI:
-        config, state = load_pretrained(url, **storage_options)
-        model = cls(CHOIConfig(**{**config, "object_classes": tuple(config["object_classes"]),
-                                  "verbs": tuple(config["verbs"])}))
-        model.load_state_dict(state)
-        return model.eval()

@@ -13,8 +13,7 @@ Colour: per-Gaussian SH coefficients, evaluated for the view direction expressed
 
 Trainable too (as in the paper): the SH coefficients and opacity logits, and per-vertex offsets
 of the canonical mesh (`canonical_vertices()` = rest vertices + offsets; a fit keeps them near the initial mesh
-with L_R). Weights + config go through `save_pretrained` / `from_pretrained` (models/pretrained.py: a folder or
-any fsspec URL, safetensors).
+with L_R). Saved and loaded by `save_pretrained` / `from_pretrained` (models/pretrained.py).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from torch import nn
 from models.gaussians.projection import matrix_to_quaternion
 from models.gaussians.render import rasterize_gaussians
 from models.gaussians.spherical_harmonics import rgb_to_sh_dc, sh_to_rgb
-from models.pretrained import load_pretrained, save_pretrained
+from models.pretrained import PretrainedMixin
 
 NORMAL_SCALE = 0.01  # thickness along the normal, as a fraction of the in-plane scale
 MIN_SCALE = 1e-7  # metres: keeps degenerate (zero-area) faces from producing zero or NaN scales
@@ -40,7 +39,7 @@ INITIAL_BARYCENTRICS = [
     (5 / 12, 5 / 12, 1 / 6), (1 / 6, 5 / 12, 5 / 12), (5 / 12, 1 / 6, 5 / 12), (_THIRD, _THIRD, _THIRD)]
 
 
-class MeshGaussians(nn.Module):
+class MeshGaussians(PretrainedMixin, nn.Module):
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, per_face: int = 2, sh_degree: int = 3,
                  initial_opacity: float = 0.9, initial_scale: float | None = None):
         """vertices (V, 3) float: the canonical (rest) mesh; faces (F, 3) int. `initial_scale` multiplies the
@@ -151,16 +150,6 @@ class MeshGaussians(nn.Module):
         return sh_to_rgb(self.sh, local)
 
     def config(self) -> dict:
+        """What HOGS's dataset-row blob records of each of its meshes (models/hogsa/hogs.py)."""
         return {"num_vertices": len(self.rest_vertices), "num_faces": len(self.faces), "per_face": self.per_face,
                 "sh_degree": self.sh_degree}
-
-    def save_pretrained(self, folder: str, **storage_options) -> None:
-        save_pretrained(self, self.config(), folder, **storage_options)
-
-    @classmethod
-    def from_pretrained(cls, url: str, **storage_options) -> MeshGaussians:
-        config, state = load_pretrained(url, **storage_options)
-        model = cls(torch.zeros(config["num_vertices"], 3), torch.zeros(config["num_faces"], 3, dtype=torch.long),
-                    config["per_face"], config["sh_degree"])
-        model.load_state_dict(state)
-        return model

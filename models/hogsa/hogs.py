@@ -7,7 +7,8 @@ hand on their MANO meshes (shaped by the sequence's betas), the object on its me
 - object Gaussians follow the articulation (moving part about its axis) and then the rigid pose (Eq. 4);
 - all of them are splatted together (models/gaussians/render.py), so hands and object occlude each other.
 
-Everything lives in one safetensors blob (`to_bytes` / `from_bytes`): what a dataset row of `hogsa-models` holds.
+A dataset row of `hogsa-models` holds the model as one safetensors blob (`to_bytes` / `from_bytes`: the state
+dict, and the config in its metadata); `save_pretrained` / `from_pretrained` are models/pretrained.py's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from models.gaussians.fit import distance_to_initial_mesh, incident_faces
 from models.gaussians.mesh_gaussians import MeshGaussians
 from models.gaussians.render import rasterize_gaussians
+from models.pretrained import PretrainedMixin, safetensors_bytes, safetensors_metadata
 
 HANDS = ("left", "right")
 ACTORS = (*HANDS, "object")
@@ -62,7 +64,7 @@ def _rotation_about(axis: torch.Tensor, angle: float) -> torch.Tensor:
     return torch.eye(3, dtype=axis.dtype) + torch.sin(angle) * cross + (1 - torch.cos(angle)) * cross @ cross
 
 
-class HOGS(nn.Module):
+class HOGS(PretrainedMixin, nn.Module):
     def __init__(self, hand_vertices: dict[str, torch.Tensor], hand_faces: dict[str, torch.Tensor],
                  lbs_weights: dict[str, torch.Tensor], object_vertices: torch.Tensor, object_faces: torch.Tensor,
                  object_part: torch.Tensor | None = None, articulation_axis: torch.Tensor | None = None,
@@ -136,22 +138,19 @@ class HOGS(nn.Module):
                 **{actor: self.actors[actor].config() for actor in ACTORS}}
 
     def to_bytes(self) -> bytes:
-        import safetensors.torch
-
-        return safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                                      metadata={"config": json.dumps(self.config())})
+        return safetensors_bytes(self.state_dict(), metadata={"config": json.dumps(self.config())})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HOGS:
+        """The model in eval mode, its meshes taken from the weights."""
         import safetensors.torch
 
         state = safetensors.torch.load(data)
-        header_size = int.from_bytes(data[:8], "little")  # safetensors: 8-byte length, then the JSON header
-        config = json.loads(json.loads(data[8:8 + header_size])["__metadata__"]["config"])
+        config = json.loads(safetensors_metadata(data)["config"])
         model = cls({s: state[f"actors.{s}.rest_vertices"] for s in HANDS},
                      {s: state[f"actors.{s}.faces"] for s in HANDS},
                      {s: state[f"{s}_lbs_weights"] for s in HANDS},
                      state["actors.object.rest_vertices"], state["actors.object.faces"],
                      per_face=config["per_face"], sh_degree=config["sh_degree"])
         model.load_state_dict(state)
-        return model
+        return model.eval()

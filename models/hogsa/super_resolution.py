@@ -15,7 +15,8 @@ L = 5 * L1 + 0.03 * VGG + GAN (the HOGSA paper); everything else here is our cho
 - sizes: the paper gives none. The default config maps 256 px renders to 512 px (scale 2); `tiny()` is a
   CPU-test size (not a useful model) that turns the VGG term off (it has no weights to load).
 Images are float tensors (N, 3, H, W) in [0, 1]. Weights and config go through `save_pretrained` /
-`from_pretrained` (a local folder or any fsspec URL, e.g. s3://.../models/srm/v2), safetensors only.
+`from_pretrained` (models/pretrained.py: a local folder or any fsspec URL, e.g. s3://.../models/srm/v2,
+safetensors only).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from torch import nn
 
 from hoi_factory.optional import require
 from models.metrics import IMAGENET_MEAN, IMAGENET_STD, load_weights
-from models.pretrained import load_pretrained, save_pretrained
+from models.pretrained import PretrainedMixin
 
 log = logging.getLogger(__name__)
 # VGG-19 `features` index of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 -> weight of its feature L1
@@ -205,7 +206,7 @@ class VGGPerceptual:
                    zip(VGG_LAYERS.values(), self._activations(output), targets))
 
 
-class SuperResolution(nn.Module):
+class SuperResolution(PretrainedMixin, nn.Module):
     """The SRM: generator + discriminator (both saved), and the SRM loss."""
 
     def __init__(self, config: SRMConfig = SRMConfig()):
@@ -259,13 +260,3 @@ class SuperResolution(nn.Module):
                      + config.adversarial_weight * adversarial)
         return {"l1": l1, "perceptual": perceptual, "adversarial": adversarial, "generator": generator,
                 "discriminator": discriminator, "total": generator + discriminator}
-
-    def save_pretrained(self, folder: str, **storage_options) -> None:
-        save_pretrained(self, asdict(self.config), folder, **storage_options)
-
-    @classmethod
-    def from_pretrained(cls, url: str, **storage_options) -> SuperResolution:
-        config, state = load_pretrained(url, **storage_options)
-        model = cls(SRMConfig(**config))
-        model.load_state_dict(state)
-        return model.eval()

@@ -7,7 +7,6 @@ poses and cameras from the views dataset itself.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal
@@ -17,6 +16,7 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
+from hoi_factory.codec import decode_mask, encode_npy, encode_png
 from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore
@@ -28,8 +28,7 @@ from models.chorus.aggregate import Views, aggregate
 from models.chorus.canonical import Grid, backward_warp, canonical_weights
 from models.render.camera import project
 from tasks.chorus import lexicon
-from tasks.chorus.scenes import canonical_object_voxels, interaction_pose, png
-from tasks.images.stages import read_png
+from tasks.chorus.scenes import canonical_object_voxels, interaction_pose
 
 BODY_PARTS = {"hands": (20, 21, 22, 23), "feet": (7, 8, 10, 11), "head": (12, 15), "torso": (0, 3, 6, 9, 13, 14)}
 VIEW_COLUMNS = ["sample_id", "object_mask", "person_mask", "body_pose", "K", "R", "t", "azimuth", "width", "height",
@@ -108,14 +107,14 @@ class AggregateCluster(MapStage):
             return Reject.of(row, "too few views", f"{len(views)} < {self.config.min_views}")
         bones, _ = self._bones(np.array([v["body_pose"] for v in views]))
         batch = Views(
-            masks=[read_png(v["object_mask"]) > 0 for v in views],
+            masks=[decode_mask(v["object_mask"]) for v in views],
             K=torch.tensor([v["K"] for v in views]).reshape(-1, 3, 3),
             R=torch.tensor([v["R"] for v in views]).reshape(-1, 3, 3),
             t=torch.tensor([v["t"] for v in views]), bones=bones, azimuths=torch.tensor([v["azimuth"] for v in views]),
         )
         occupancy = aggregate(self.centres, self.weights, batch).reshape((self.config.resolution,) * 3)
         scores = self._evaluate(occupancy, row)
-        return {**row, "num_views": len(views), "occupancy": _npy(occupancy.numpy().astype(np.float16)),
+        return {**row, "num_views": len(views), "occupancy": encode_npy(occupancy.numpy().astype(np.float16)),
                 "mesh_ply": self._mesh(occupancy), "preview": self._preview(occupancy),
                 "truth_iou": self._truth_iou(occupancy, {v["verb"] for v in views}, row["category"]), **scores}
 
@@ -125,7 +124,7 @@ class AggregateCluster(MapStage):
         owner = self.body.lbs_weights.argmax(1).numpy()
         region = vertices[0].numpy()[np.isin(owner, BODY_PARTS[part])]
         pixels = project(region, np.reshape(view["K"], (3, 3)), np.reshape(view["R"], (3, 3)), np.array(view["t"]))
-        mask = read_png(view["object_mask"]) > 0
+        mask = decode_mask(view["object_mask"])
         u, v = np.floor(pixels[:, 0]).astype(int), np.floor(pixels[:, 1]).astype(int)
         inside = (u >= 0) & (u < mask.shape[1]) & (v >= 0) & (v < mask.shape[0]) & (pixels[:, 2] > 0)
         return bool(mask[v[inside], u[inside]].any())
@@ -159,8 +158,8 @@ class AggregateCluster(MapStage):
         K[:2] *= width / view["width"]
         scores = pap.project_max(query.numpy(), values, K, np.reshape(view["R"], (3, 3)), np.array(view["t"]),
                                  width, height)
-        truth = _downsample(read_png(view["object_mask"]) > 0, width, height)
-        human = _downsample(read_png(view["person_mask"]) > 0, width, height)
+        truth = _downsample(decode_mask(view["object_mask"]), width, height)
+        human = _downsample(decode_mask(view["person_mask"]), width, height)
         return pap.image_ap(scores, truth, human)
 
     def _truth_iou(self, occupancy: torch.Tensor, verbs: set[str], category: str) -> float:
@@ -207,17 +206,7 @@ class AggregateCluster(MapStage):
             picture = np.stack([silhouette * 90.0 + heat * 255] + [silhouette * 90.0 + heat * 60] * 2, -1)
             panels.append(np.flipud(picture.transpose(1, 0, 2)))  # y up
         picture = np.concatenate(panels, 1).clip(0, 255).astype(np.uint8)
-        return png(np.kron(picture, np.ones((3, 3, 1), dtype=np.uint8)))
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def load_occupancy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+        return encode_png(np.kron(picture, np.ones((3, 3, 1), dtype=np.uint8)))
 
 
 def _downsample(mask: np.ndarray, width: int, height: int) -> np.ndarray:

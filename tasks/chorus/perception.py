@@ -2,7 +2,7 @@
 paper's filter rules (CHORUS Sec. 3.2), each rejection with its reason.
 
 Backends: `ground_truth` reads the exact instances a procedural scene carries; `torchvision` runs Mask R-CNN
-and Keypoint R-CNN (models/perception.py) on any image, on a GPU when its workers are given one (`perception_gpus`).
+and Keypoint R-CNN (models/perception.py) on any image, on a GPU when its workers are given one (`perception.gpus`).
 """
 
 from __future__ import annotations

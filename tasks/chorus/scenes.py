@@ -9,12 +9,10 @@ the person, the torso out of the frame.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from models.body.smpl import NUM_BODY_JOINTS, BodyModel
 from models.body.standin import JOINT_NAMES
@@ -144,12 +142,6 @@ def _shade(meshes, K, R, t, size: int, rng: np.random.Generator) -> tuple[np.nda
     image[covered] = colours[face_index[covered]] * shade[face_index[covered], None]
     instance_ids = np.where(covered, owners[np.maximum(face_index, 0)], -1)
     return image.clip(0, 255).astype(np.uint8), instance_ids
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8) * (255 if array.dtype == bool else 1)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def inside_convex(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ keypoints and camera). Every later stage runs the same code whichever source mad
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.codec import encode_png
+from hoi_factory.config import ExecutionConfig, RunConfig, Variant
 from hoi_factory.context import StageContext
 from hoi_factory.parents import PARENT_KEYS, ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
@@ -24,44 +26,80 @@ from models.diffusion import SD14, Sampling, generate, load_diffusion
 from tasks.chorus import lexicon
 from tasks.chorus.calibration import Calibrate
 from tasks.chorus.perception import InteractionFilter, KeepInteraction, Perceive
-from tasks.chorus.scenes import DEFECTS, png, render_scene
+from tasks.chorus.scenes import DEFECTS, render_scene
 
 f32 = pa.list_(pa.float32())
+
+
+class ProceduralImages(Variant):
+    """Stand-in scenes (tasks/chorus/scenes.py) with exact masks, keypoints and camera."""
+
+    kind: Literal["procedural"] = "procedural"
+    size: int = Field(128, ge=32, le=2048, description="image side, pixels")
+    pose_jitter: float = Field(0.25, ge=0, le=1.5, description="pose noise (radians) per joint axis")
+    defect_rate: float = Field(0.0, ge=0, le=1, description="share of scenes staged as bad samples")
+
+
+class DiffusersImages(Variant):
+    """Text-to-image generation, the paper's SD v1.4 setting by default."""
+
+    kind: Literal["diffusers"] = "diffusers"
+    model: str = Field("CompVis/stable-diffusion-v1-4", description="hub id, local folder or 'tiny' (random "
+                       "weights, for tests)")
+    steps: int = Field(SD14.steps, ge=1, le=1000, description="denoising steps")
+    guidance_scale: float = Field(SD14.guidance_scale, ge=0, le=50, description="classifier-free guidance")
+    size: int = Field(SD14.size, ge=32, le=2048, description="image side, pixels")
+    gpus: float = Field(0.0, ge=0, le=8, description="GPUs per worker")
+
+
+class GroundTruthPerception(Variant):
+    """The exact instances of procedural scenes."""
+
+    kind: Literal["ground_truth"] = "ground_truth"
+
+
+class TorchvisionPerception(Variant):
+    """Mask R-CNN + Keypoint R-CNN."""
+
+    kind: Literal["torchvision"] = "torchvision"
+    weights: str = Field("torchvision", description="'torchvision' (its COCO weights) or a folder with "
+                         "mask_rcnn.safetensors and keypoint_rcnn.safetensors")
+    image_size: int = Field(800, ge=32, le=4096, description="shorter side the R-CNNs see (800 as trained)")
+    gpus: float = Field(0.0, ge=0, le=8, description="GPUs per perception worker (fractions share one)")
+
+
+class FitCalibration(Variant):
+    """SMPL pose and camera fitted to the keypoints."""
+
+    kind: Literal["fit"] = "fit"
+    steps: int = Field(200, ge=1, le=5000)
+    max_reprojection_error_px: float = Field(6.0, gt=0, description="worse fits are rejected")
+
+
+class GivenCalibration(Variant):
+    """The procedural scene's true pose and camera."""
+
+    kind: Literal["given"] = "given"
 
 
 class ViewsConfig(RunConfig):
     prompts: str = Field("chorus-prompts", description="prompts dataset: name (latest) or name/version")
     images_per_prompt: int = Field(4, ge=1, le=100_000)
-    source: Literal["procedural", "diffusers"] = Field("procedural", description="image source")
-    text_to_image: str = Field("CompVis/stable-diffusion-v1-4", description="diffusers: hub id, local folder "
-                               "or 'tiny' (random weights, for tests)")
-    steps: int = Field(SD14.steps, ge=1, le=1000, description="diffusers: denoising steps")
-    guidance_scale: float = Field(SD14.guidance_scale, ge=0, le=50, description="diffusers: classifier-free guidance")
-    text_to_image_gpus: float = Field(0.0, ge=0, le=8, description="diffusers: GPUs per worker")
-    image_size: int | None = Field(None, ge=32, le=2048, description="pixels; default 128 procedural, 512 diffusers")
-    pose_jitter: float = Field(0.25, ge=0, le=1.5, description="procedural: pose noise (radians) per joint axis")
-    defect_rate: float = Field(0.0, ge=0, le=1, description="procedural: share of scenes staged as bad samples")
-    perception: Literal["ground_truth", "torchvision"] = Field(
-        "ground_truth", description="exact instances of procedural scenes, or Mask/Keypoint R-CNN")
-    perception_weights: str = Field("torchvision", description="'torchvision' (its COCO weights) or a folder "
-                                    "with mask_rcnn.safetensors and keypoint_rcnn.safetensors")
-    perception_image_size: int = Field(800, ge=32, le=4096, description="shorter side the R-CNNs see (800 as trained)")
-    perception_gpus: float = Field(0.0, ge=0, le=8, description="GPUs per perception worker (fractions share one)")
-    calibration: Literal["fit", "given"] = Field("fit", description="fit SMPL to keypoints, or the true pose")
+    source: ProceduralImages | DiffusersImages = Field(default_factory=ProceduralImages, discriminator="kind",
+                                                       description="image source")
+    perception: GroundTruthPerception | TorchvisionPerception = Field(default_factory=GroundTruthPerception,
+                                                                      discriminator="kind")
+    calibration: FitCalibration | GivenCalibration = Field(default_factory=FitCalibration, discriminator="kind")
     body_model: str = Field("standin", description="'standin' or a path to an SMPL .npz")
-    fit_steps: int = Field(200, ge=1, le=5000)
-    max_reprojection_error_px: float = Field(6.0, gt=0)
 
     @model_validator(mode="after")
-    def _consistent(self) -> ViewsConfig:
-        if self.source == "diffusers" and (self.perception == "ground_truth" or self.calibration == "given"):
+    def _truth_for_the_source(self) -> ViewsConfig:
+        """Only procedural scenes carry true instances and poses."""
+        if isinstance(self.source, DiffusersImages) and not (
+                isinstance(self.perception, TorchvisionPerception) and isinstance(self.calibration, FitCalibration)):
             raise ValueError("generated images carry no ground truth: use perception=torchvision and "
                              "calibration=fit with source=diffusers")
         return self
-
-    @property
-    def size(self) -> int:
-        return self.image_size or (SD14.size if self.source == "diffusers" else 128)
 
 
 class TextToImage(Stage):
@@ -71,13 +109,13 @@ class TextToImage(Stage):
     needs = frozenset({"prompt", "seed"})
     makes = frozenset({"image_array", "staged_defect"})
 
-    def __init__(self, config: ViewsConfig):
-        self.source = config.text_to_image
-        self.sampling = Sampling(config.steps, config.guidance_scale, config.size)
-        self.resources = Resources(num_cpus=1.0, num_gpus=config.text_to_image_gpus)
+    def __init__(self, source: DiffusersImages):
+        self.model = source.model
+        self.sampling = Sampling(source.steps, source.guidance_scale, source.size)
+        self.resources = Resources(num_cpus=1.0, num_gpus=source.gpus)
 
     def setup(self, context: StageContext) -> None:
-        self.pipeline = load_diffusion(self.source, "text-to-image", context.device, context.settings.cache_dir)
+        self.pipeline = load_diffusion(self.model, "text-to-image", context.device, context.settings.cache_dir)
 
     def process(self, batch: list[Row]) -> list[Row]:
         images = generate(self.pipeline, [row["prompt"] for row in batch], [row["seed"] for row in batch],
@@ -92,20 +130,20 @@ class ProceduralImage(MapStage):
     needs = frozenset({"category", "verb", "base_prompt", "seed"})
     makes = frozenset({"image_array", "instances", "true_pose", "true_R", "true_t", "staged_defect"})
 
-    def __init__(self, config: ViewsConfig):
-        self.config = config
+    def __init__(self, source: ProceduralImages, body_model: str):
+        self.source, self.body_model = source, body_model
 
     def setup(self, context: StageContext) -> None:
-        self.body = load_body_model(self.config.body_model)
+        self.body = load_body_model(self.body_model)
 
     def process_row(self, row: Row) -> Row | Reject:
         category, verb = row["category"], row["verb"]
         if category not in lexicon.CATEGORIES or verb not in lexicon.CATEGORIES[category].interactions:
             return Reject.of(row, "no procedural placement for this prompt", row["base_prompt"])
         rng = np.random.default_rng(row["seed"])
-        defect = DEFECTS[rng.integers(len(DEFECTS))] if rng.random() < self.config.defect_rate else None
-        scene = render_scene(self.body, category, verb, int(rng.integers(2**31)), self.config.size,
-                             self.config.pose_jitter, defect)
+        defect = DEFECTS[rng.integers(len(DEFECTS))] if rng.random() < self.source.defect_rate else None
+        scene = render_scene(self.body, category, verb, int(rng.integers(2**31)), self.source.size,
+                             self.source.pose_jitter, defect)
         return {**row, "image_array": scene.image, "instances": scene.instances, "true_pose": scene.body_pose,
                 "true_R": scene.R, "true_t": scene.t, "staged_defect": defect or ""}
 
@@ -121,8 +159,8 @@ class EncodeView(MapStage):
 
     def process_row(self, row: Row) -> Row:
         height, width = row["image_array"].shape[:2]
-        return {**row, "image": png(row["image_array"]), "person_mask": png(row["person_mask_array"]),
-                "object_mask": png(row["object_mask_array"]), "width": width, "height": height,
+        return {**row, "image": encode_png(row["image_array"]), "person_mask": encode_png(row["person_mask_array"]),
+                "object_mask": encode_png(row["object_mask_array"]), "width": width, "height": height,
                 **{key: np.asarray(row[key], dtype=np.float32).reshape(-1).tolist()
                    for key in ("keypoints", "body_pose", "K", "R", "t")}}
 
@@ -146,17 +184,25 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
         return [{**item, "index": i} for item in items_from_dataset(prompts) for i in range(config.images_per_prompt)]
 
     def stages(self, config: ViewsConfig):
+        source, perception, calibration = config.source, config.perception, config.calibration
+        images = (TextToImage(source) if isinstance(source, DiffusersImages)
+                  else ProceduralImage(source, config.body_model))
+        perceive = (Perceive("torchvision", perception.weights, perception.image_size, perception.gpus)
+                    if isinstance(perception, TorchvisionPerception) else Perceive("ground_truth"))
+        calibrate = (Calibrate("fit", config.body_model, calibration.max_reprojection_error_px, calibration.steps)
+                     if isinstance(calibration, FitCalibration)
+                     else Calibrate("given", config.body_model, math.inf))  # the truth: no error to bound
         return [
             ReadParentRows(["category", "prompt", "base_prompt", "verb", "augmentation"]),
-            TextToImage(config) if config.source == "diffusers" else ProceduralImage(config),
-            Perceive(config.perception, config.perception_weights, config.perception_image_size,
-                     config.perception_gpus),
+            images,
+            perceive,
             InteractionFilter(),
             KeepInteraction(),
-            Calibrate(config.calibration, config.body_model, config.max_reprojection_error_px, config.fit_steps),
+            calibrate,
             EncodeView(),
         ]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> ViewsConfig:
-        return ViewsConfig(prompts="demo-chorus-prompts", images_per_prompt=1, defect_rate=0.15,
-                           execution=execution, output={"dataset": "demo-chorus-views"})
+        return ViewsConfig(prompts="demo-chorus-prompts", images_per_prompt=1,
+                           source=ProceduralImages(defect_rate=0.15), execution=execution,
+                           output={"dataset": "demo-chorus-views"})

@@ -83,8 +83,8 @@ class Detectron2Hands:
         root = Path(folder or "")
         for name in ("config.yaml", "model.safetensors"):
             if not (root / name).is_file():
-                raise ValueError(f"hand_segmentation=detectron2 needs detectron2_hand_model: a folder with "
-                                 f"config.yaml and model.safetensors; {str(root / name)!r} is not a file")
+                raise ValueError(f"hands=detectron2 needs hands.model: a folder with config.yaml and "
+                                 f"model.safetensors; {str(root / name)!r} is not a file")
         require("detectron2", "detectron2", "detectron2 hand segmentation (build it: infra/Dockerfile "
                 "WITH_DETECTRON2=true)")
         import safetensors.torch

@@ -7,17 +7,16 @@ encode. One work item per image (or sampled video frame).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 from pydantic import Field, model_validator
 from scipy import ndimage
 
-from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.codec import decode_image, decode_mask, encode_png
+from hoi_factory.config import ExecutionConfig, RunConfig, Variant
 from hoi_factory.context import StageContext
 from hoi_factory.parents import ReadParentRows
 from hoi_factory.pipeline import Pipeline
@@ -28,7 +27,7 @@ from models.diffusion import Sampling
 from tasks.ho3pairs.checks import HandRemoved, MeasureObjectImage
 from tasks.ho3pairs.crop import PADDING, CropAroundInteraction, ExtractLayout
 from tasks.ho3pairs.hands import SegmentHands
-from tasks.ho3pairs.inpaint import InpaintHands, SDEdit
+from tasks.ho3pairs.inpaint import NO_MODEL, InpaintHands, SDEdit
 from tasks.ho3pairs.sources import (
     HOGSA_COLUMNS,
     SOURCE_ITEM_KEYS,
@@ -39,63 +38,126 @@ from tasks.ho3pairs.sources import (
     plan_hoi4d,
     plan_video,
 )
-from tasks.images.stages import png_bytes
 
 f32 = pa.list_(pa.float32())
 SD_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 QUALITY_COLUMNS = ("psnr", "ssim", "psnr_inpainted", "psnr_sdedit", "hand_residue", "seam_score")
 
 
+class FolderSource(Variant):
+    """`images/`, with optional `hand_masks/`, `object_masks/`, `object_only/`, `classes.json`, `hand_boxes.json`."""
+
+    kind: Literal["folder"] = "folder"
+    object_class: str = Field("object", description="class (the inpainting prompt) of images classes.json does "
+                              "not name")
+
+
+class HOI4DSource(Variant):
+    """HOI4D's `align_rgb/` frames and `2Dseg/mask/` colour masks; the class comes from the `C<k>` folder."""
+
+    kind: Literal["hoi4d"] = "hoi4d"
+    hand_colours: list[tuple[int, int, int]] = Field(
+        default_factory=list, description="RGB colours of hand pixels in 2Dseg masks (your release's palette)")
+
+
+class VideoSource(Variant):
+    """Video files: no masks, so hands come from a detector."""
+
+    kind: Literal["video"] = "video"
+    frame_rate: float = Field(1.0, gt=0, le=120, description="frames sampled per second")
+    object_class: str = Field("object", description="class (the inpainting prompt) of every frame")
+
+
+class HOGSASource(Variant):
+    """A `hogsa` dataset (`inputs` = name[/version]): exact masks and the true object-only view."""
+
+    kind: Literal["hogsa"] = "hogsa"
+
+
+class ProvidedMasks(Variant):
+    """The masks that came with the input."""
+
+    kind: Literal["provided"] = "provided"
+
+
+class MediaPipeLandmarker(Variant):
+    kind: Literal["mediapipe"] = "mediapipe"
+    model: str = Field(..., description="path of a MediaPipe hand_landmarker.task file")
+
+
+class Detectron2Segmenter(Variant):
+    kind: Literal["detectron2"] = "detectron2"
+    model: str = Field(..., description="folder with config.yaml and model.safetensors of a hand "
+                       "instance-segmentation model")
+
+
+class DiffusersInpainter(Variant):
+    kind: Literal["diffusers"] = "diffusers"
+    model: str = Field(SD_INPAINTING, description="a latent inpainting pipeline: hub id, folder or 'tiny'")
+
+
+class RePaintInpainter(Variant):
+    """RePaint resampling, as FusionNet inpaints."""
+
+    kind: Literal["repaint"] = "repaint"
+    model: str = Field(..., description="an unconditional pixel-space DDPM (DDPMPipeline layout): hub id, folder "
+                       "or 'tiny'")
+    jump_length: int = Field(10, ge=1, le=100, description="steps taken back per jump")
+    resamples: int = Field(10, ge=1, le=100, description="times each jump is resampled")
+
+
+class BiharmonicInpainter(Variant):
+    """scikit-image's smooth fill: no model."""
+
+    kind: Literal["biharmonic"] = "biharmonic"
+
+
+class DiffusersSDEdit(Variant):
+    kind: Literal["diffusers"] = "diffusers"
+    model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                       description="an image-to-image pipeline: hub id, folder or 'tiny'")
+    strength: float = Field(0.05, gt=0, le=1, description="share of the diffusion process SDEdit noises to")
+
+
+class NoSDEdit(Variant):
+    kind: Literal["none"] = "none"
+
+
 class PairsConfig(RunConfig):
-    source: Literal["folder", "hoi4d", "video", "hogsa"] = Field("folder", description="input layout "
-                                                                  "(tasks/ho3pairs/sources.py)")
+    source: FolderSource | HOI4DSource | VideoSource | HOGSASource = Field(
+        default_factory=FolderSource, discriminator="kind", description="input layout (tasks/ho3pairs/sources.py)")
     inputs: str = Field(..., description="input folder (a path or s3:// URL); hogsa: the dataset (name[/version])")
-    object_class: str = Field("object", description="class name (the inpainting prompt) when the input has none")
-    frame_rate: float = Field(1.0, gt=0, le=120, description="video: frames sampled per second")
-    hoi4d_hand_colours: list[tuple[int, int, int]] = Field(
-        default_factory=list, description="hoi4d: RGB colours of hand pixels in 2Dseg masks (your release's palette)")
-    hand_segmentation: Literal["provided", "mediapipe", "detectron2"] = Field(
-        "provided", description="masks from the input, MediaPipe's hand landmarker, or a detectron2 segmenter")
-    hand_landmarker: str | None = Field(None, description="mediapipe: path of a hand_landmarker.task file")
-    detectron2_hand_model: str | None = Field(None, description="detectron2: folder with config.yaml and "
-                                              "model.safetensors of a hand instance-segmentation model")
+    hands: ProvidedMasks | MediaPipeLandmarker | Detectron2Segmenter = Field(
+        default_factory=ProvidedMasks, discriminator="kind",
+        description="masks from the input, MediaPipe's hand landmarker, or a detectron2 segmenter")
     size: int = Field(256, ge=32, le=2048, description="side of the square crops, pixels")
     crop_padding: float = Field(PADDING, ge=0, le=5, description="crop side = (1 + padding) x hand+object box")
-    inpainter: Literal["diffusers", "repaint", "biharmonic"] = Field("diffusers")
-    inpainting_model: str = Field(SD_INPAINTING, description="diffusers: an inpainting pipeline; repaint: an "
-                                  "unconditional DDPM (DDPMPipeline layout); hub id, folder or 'tiny'")
-    repaint_jump_length: int = Field(10, ge=1, le=100, description="repaint: steps taken back per jump")
-    repaint_resamples: int = Field(10, ge=1, le=100, description="repaint: times each jump is resampled")
-    sdedit_model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
-                              description="diffusers image-to-image pipeline: hub id, folder, 'tiny' or 'none'")
+    inpainter: DiffusersInpainter | RePaintInpainter | BiharmonicInpainter = Field(
+        default_factory=DiffusersInpainter, discriminator="kind")
+    sdedit: DiffusersSDEdit | NoSDEdit = Field(default_factory=DiffusersSDEdit, discriminator="kind")
     steps: int = Field(50, ge=1, le=1000, description="denoising steps (SDEdit runs strength x steps of them)")
     guidance_scale: float = Field(7.5, ge=0, le=50)
-    sdedit_strength: float = Field(0.05, gt=0, le=1, description="share of the diffusion process SDEdit noises to")
     gpus: float = Field(0.0, ge=0, le=8, description="GPUs per inpainting / SDEdit (and detectron2) worker")
     min_layout_iou: float = Field(MIN_SPLAT_IOU, ge=0, le=1, description="reject layouts whose splat overlaps "
                                   "the hand mask less (the paper: 0.5; MANO hands without forearm fit worse)")
     max_hand_residue: float = Field(0.5, ge=0, le=1, description="sanity filter: repainted pixels still hand-like")
     max_seam_score: float = Field(3.0, gt=0, description="sanity filter: boundary gradient / gradient elsewhere")
 
-    @property
-    def segmenter_model(self) -> str | None:
-        return self.detectron2_hand_model if self.hand_segmentation == "detectron2" else self.hand_landmarker
-
     @model_validator(mode="after")
-    def _consistent(self) -> PairsConfig:
-        if self.source == "video" and self.hand_segmentation == "provided":
-            raise ValueError("videos carry no hand masks: use hand_segmentation=mediapipe or detectron2 with "
-                             "source=video")
-        if self.inpainter == "repaint" and self.inpainting_model == SD_INPAINTING:
-            raise ValueError("inpainter=repaint needs inpainting_model: an unconditional pixel-space DDPM "
-                             "(hub id or folder in the DDPMPipeline layout), not a latent inpainting pipeline")
-        if self.source == "hoi4d" and self.hand_segmentation == "provided" and not self.hoi4d_hand_colours:
-            raise ValueError("source=hoi4d needs hoi4d_hand_colours: the RGB colours of hands in its 2Dseg masks")
+    def _hands_for_the_source(self) -> PairsConfig:
+        """Provided masks only exist where the source has them."""
+        if isinstance(self.hands, ProvidedMasks):
+            if isinstance(self.source, VideoSource):
+                raise ValueError("videos carry no hand masks: use hands=mediapipe or hands=detectron2 with "
+                                 "source=video")
+            if isinstance(self.source, HOI4DSource) and not self.source.hand_colours:
+                raise ValueError("source=hoi4d needs source.hand_colours: the RGB colours of hands in its 2Dseg "
+                                 "masks")
         return self
 
 
 def _png_or_empty(array: np.ndarray | None) -> bytes:
-    return b"" if array is None else png_bytes(array.astype(np.uint8) * 255 if array.dtype == bool else array)
+    return b"" if array is None else encode_png(array)
 
 
 class EncodePair(MapStage):
@@ -105,7 +167,7 @@ class EncodePair(MapStage):
                        "true_object_image", "size"})
 
     def process_row(self, row: Row) -> Row:
-        return {**row, "hoi_image": png_bytes(row["image_array"]), "object_image": png_bytes(row["object_array"]),
+        return {**row, "hoi_image": encode_png(row["image_array"]), "object_image": encode_png(row["object_array"]),
                 "sdedit_image": _png_or_empty(row.get("sdedit_array")),
                 "hand_mask": _png_or_empty(row["hand_mask_array"]),
                 "inpaint_mask": _png_or_empty(row["inpaint_mask_array"]),
@@ -114,22 +176,18 @@ class EncodePair(MapStage):
                 "size": row["image_array"].shape[0]}
 
 
-def _decode(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 def pair_strip(row: dict) -> bytes:
     """HOI | hand mask with the layout's splat outlined | object-only | SDEdit | truth (when there)."""
-    hoi = _decode(row["hoi_image"])
+    hoi = decode_image(row["hoi_image"], "RGB")
     size = hoi.shape[0]
-    mask = _decode(row["hand_mask"])[..., 0] > 127
+    mask = decode_mask(row["hand_mask"])
     splat = splat_mask(np.asarray(row["layout"]), size)
     overlay = hoi // 3
     overlay[mask] = [255, 255, 255]
     overlay[splat & ~ndimage.binary_erosion(splat)] = [255, 40, 40]
-    panels = [hoi, overlay, _decode(row["object_image"])]
-    panels += [_decode(row[key]) for key in ("sdedit_image", "true_object_image") if row[key]]
-    return png_bytes(np.concatenate(panels, 1))
+    panels = [hoi, overlay, decode_image(row["object_image"], "RGB")]
+    panels += [decode_image(row[key], "RGB") for key in ("sdedit_image", "true_object_image") if row[key]]
+    return encode_png(np.concatenate(panels, 1))
 
 
 class PairsPipeline(Pipeline[PairsConfig]):
@@ -151,33 +209,44 @@ class PairsPipeline(Pipeline[PairsConfig]):
 
     def planned_keys(self, config: PairsConfig) -> frozenset[str]:
         """Hogsa items point at parent rows, the other sources' at files."""
-        return SOURCE_ITEM_KEYS[config.source] | {"source"}
+        return SOURCE_ITEM_KEYS[config.source.kind] | {"source"}
 
     def plan(self, config: PairsConfig, context: StageContext) -> list[dict]:
         options = context.storage_options(config.inputs)
-        if config.source == "hogsa":
-            items = plan_hogsa(context.datasets, config.inputs)
-        elif config.source == "folder":
-            items = plan_folder(config.inputs, config.object_class, options)
-        elif config.source == "hoi4d":
-            items = plan_hoi4d(config.inputs, options)
-        else:
-            items = plan_video(config.inputs, config.frame_rate, config.object_class, options)
-        return [{**item, "source": config.source} for item in items]
+        match config.source:
+            case HOGSASource():
+                items = plan_hogsa(context.datasets, config.inputs)
+            case FolderSource(object_class=object_class):
+                items = plan_folder(config.inputs, object_class, options)
+            case HOI4DSource():
+                items = plan_hoi4d(config.inputs, options)
+            case VideoSource(frame_rate=frame_rate, object_class=object_class):
+                items = plan_video(config.inputs, frame_rate, object_class, options)
+        return [{**item, "source": config.source.kind} for item in items]
 
     def stages(self, config: PairsConfig):
         sampling = Sampling(config.steps, config.guidance_scale, config.size)
-        load = ([ReadParentRows(HOGSA_COLUMNS), LoadHOGSASample()] if config.source == "hogsa"
-                else [LoadSample(config.source, config.hoi4d_hand_colours)])
+        source, hands, inpainter, sdedit = config.source, config.hands, config.inpainter, config.sdedit
+        load = ([ReadParentRows(HOGSA_COLUMNS), LoadHOGSASample()] if isinstance(source, HOGSASource)
+                else [LoadSample(source.kind, source.hand_colours if isinstance(source, HOI4DSource) else [])])
+        segmenter = hands.kind, None if isinstance(hands, ProvidedMasks) else hands.model
+        match inpainter:
+            case RePaintInpainter():
+                inpaint = InpaintHands("repaint", inpainter.model, sampling, config.gpus, inpainter.jump_length,
+                                       inpainter.resamples)
+            case DiffusersInpainter():
+                inpaint = InpaintHands("diffusers", inpainter.model, sampling, config.gpus)
+            case BiharmonicInpainter():
+                inpaint = InpaintHands("biharmonic", "", sampling, config.gpus)
+        edit = sdedit if isinstance(sdedit, DiffusersSDEdit) else DiffusersSDEdit(model=NO_MODEL)  # rows pass on
         return [
             *load,
-            SegmentHands(config.hand_segmentation, config.segmenter_model, config.gpus),
+            SegmentHands(*segmenter, config.gpus),
             CropAroundInteraction(config.size, config.crop_padding),
             ExtractLayout(config.min_layout_iou),
-            InpaintHands(config.inpainter, config.inpainting_model, sampling, config.gpus, config.repaint_jump_length,
-                         config.repaint_resamples),
-            SDEdit(config.sdedit_model, config.sdedit_strength, sampling, config.gpus),
-            MeasureObjectImage(config.hand_segmentation, config.segmenter_model, config.gpus),
+            inpaint,
+            SDEdit(edit.model, edit.strength, sampling, config.gpus),
+            MeasureObjectImage(*segmenter, config.gpus),
             HandRemoved(config.max_hand_residue, config.max_seam_score),
             EncodePair(),
         ]
@@ -190,7 +259,7 @@ class PairsPipeline(Pipeline[PairsConfig]):
         # diffusion weights offline: the smooth biharmonic fill, and no SDEdit (the tiny random-weight models give
         # noise; the tests run them).
         write_hand_object_folder(inputs, count=24, seed=0)
-        return PairsConfig(inputs=str(inputs), inpainter="biharmonic", sdedit_model="none", size=128,
+        return PairsConfig(inputs=str(inputs), inpainter="biharmonic", sdedit="none", size=128,
                            execution=execution, output={"dataset": "demo-ho3pairs"})
 
     def dataset_metrics(self, version) -> dict[str, float]:

@@ -2,12 +2,12 @@
 
 - `folder`: `images/<stem>.<ext>`, with optional `hand_masks/<stem>.png` (hand + forearm),
   `object_masks/<stem>.png` (white = in), `object_only/<stem>.<ext>` (the true object-only view, for quality
-  figures), `classes.json` ({stem: object class}; else the config's `object_class`) and `hand_boxes.json`
+  figures), `classes.json` ({stem: object class}; else the config's `source.object_class`) and `hand_boxes.json`
   ({stem: [x0, y0, x1, y1]}, the hand without the forearm, as a hand detector gives it: the layout's palm).
 - `hoi4d`: HOI4D's layout, `<...>/C<k>/<...>/align_rgb/<frame>.jpg` (decoded frames) with
   `2Dseg/mask/<frame>.png` beside `align_rgb`; the object class comes from the `C<k>` folder, hand pixels are
-  those of `hoi4d_hand_colours` in the mask, object pixels any other non-black colour.
-- `video`: video files (any container PyAV/FFmpeg reads), one frame every 1/`frame_rate` seconds; no masks,
+  those of `source.hand_colours` in the mask, object pixels any other non-black colour.
+- `video`: video files (any container PyAV/FFmpeg reads), one frame every 1/`source.frame_rate` seconds; no masks,
   so hands come from a detector.
 - `hogsa`: a `hogsa` dataset version (name or name/version in `inputs`): composites with exact hand and object
   masks and the true object-only render of the same view.
@@ -26,12 +26,13 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from hoi_factory.codec import decode_image, decode_mask
 from hoi_factory.context import StageContext
 from hoi_factory.optional import require
 from hoi_factory.parents import PARENT_KEYS
 from hoi_factory.pipeline import PlanError
 from hoi_factory.stage import MapStage, Reject, Row
-from tasks.images.stages import ReadImage, read_png
+from tasks.images.stages import ReadImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -187,7 +188,7 @@ class LoadHOGSASample(MapStage):
         decoded = {}
         for key in ("image", "object_only_image", "left_mask", "right_mask", "object_mask"):
             try:
-                decoded[key] = read_png(row[key])
+                decoded[key] = decode_mask(row[key]) if key.endswith("_mask") else decode_image(row[key])
             except (OSError, ValueError):  # PIL: not an image (UnidentifiedImageError is an OSError), truncated data
                 return Reject.of(row, "unreadable parent image", key)
         image, truth = decoded["image"][..., :3], decoded["object_only_image"][..., :3]
@@ -195,9 +196,9 @@ class LoadHOGSASample(MapStage):
             if decoded[key].shape[:2] != image.shape[:2]:
                 return Reject.of(row, "parent image sizes differ",
                                  f"{key} {decoded[key].shape[:2]} vs {image.shape[:2]}")
-        hands = (decoded["left_mask"] > 127) | (decoded["right_mask"] > 127)
+        hands = decoded["left_mask"] | decoded["right_mask"]
         return {**row, "object_class": row["object_name"], "image_array": image, "hand_mask_array": hands,
-                "object_mask_array": decoded["object_mask"] > 127, "object_only_array": truth}
+                "object_mask_array": decoded["object_mask"], "object_only_array": truth}
 
 
 class LoadSample(MapStage):

@@ -38,6 +38,7 @@ import pickle
 import numpy as np
 import trimesh
 
+from hoi_factory.codec import decode_npy
 from hoi_factory.pipeline import PlanError
 from tasks.hogsa.sequence import (
     HAND_SIDES,
@@ -99,7 +100,7 @@ def load_npy(data: bytes, where: str):
         shape, fortran, dtype = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
                                  else np.lib.format.read_array_header_2_0(handle))
         if not dtype.hasobject:
-            return np.load(io.BytesIO(data), allow_pickle=False)
+            return decode_npy(data)
         value = NumpyOnlyUnpickler(handle).load()
     except RefusedPickle as exc:
         raise PlanError(f"{where}: {exc}") from None

@@ -21,6 +21,7 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
+from hoi_factory.codec import decode_image, encode_png, open_image
 from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.parents import PARENT_KEYS, ReadParentRows, items_from_dataset
@@ -41,7 +42,6 @@ from tasks.hogsa.composite import (
 )
 from tasks.hogsa.posing import camera_of, frame_from_json, hand_output, scene_pose
 from tasks.hogsa.sequence import CameraView, Frame, HandPose
-from tasks.images.stages import png_bytes, read_png
 
 f32 = pa.list_(pa.float32())
 POM_COLUMNS = ("penetration_before", "penetration_after", "contact_before", "contact_after")
@@ -200,7 +200,7 @@ class SuperResolve(MapStage):
 
         ref = self.config.super_resolution
         url = ref if "://" in ref or Path(ref).exists() else context.models.open_ref(ref).url
-        self.model = SuperResolution.from_pretrained(url, **context.storage_options(url)).eval().to(context.device)
+        self.model = SuperResolution.from_pretrained(url, context.device, **context.storage_options(url))
         if self.model.config.input_size != self.config.render_size:
             raise ValueError(f"super_resolution model {ref!r} takes {self.model.config.input_size} px renders; set "
                              f"render_size={self.model.config.input_size}")
@@ -273,9 +273,9 @@ class CompositeAndAnnotate(MapStage):
                 f"{side}_mano": np.concatenate([_params(pose)[k] for k in pom.PARAMETERS]).tolist(),
                 f"{side}_joints_3d": in_camera.reshape(-1).tolist(),
                 f"{side}_joints_2d": (pixels[:, :2] / pixels[:, 2:]).reshape(-1).tolist()})
-        return {**row, **annotations, "image": png_bytes(crop.apply(image)),
-                "object_only_image": png_bytes(crop.apply(object_only)),
-                **{f"{actor}_mask": png_bytes(crop.apply(masks[actor]).astype(np.uint8) * 255) for actor in ACTORS},
+        return {**row, **annotations, "image": encode_png(crop.apply(image)),
+                "object_only_image": encode_png(crop.apply(object_only)),
+                **{f"{actor}_mask": encode_png(crop.apply(masks[actor])) for actor in ACTORS},
                 "K": K.reshape(-1).tolist(), "R": np.asarray(camera.R).reshape(-1).tolist(),
                 "t": np.asarray(camera.t).tolist(),
                 "object_rotation": np.asarray(frame.object_rotation).reshape(-1).tolist(),
@@ -285,9 +285,9 @@ class CompositeAndAnnotate(MapStage):
 
 def annotated(row: dict) -> np.ndarray:
     """The crop with the 2D joints drawn (left red, right blue)."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
-    image = Image.fromarray(read_png(row["image"])[..., :3])
+    image = open_image(row["image"], "RGB")
     draw = ImageDraw.Draw(image)
     for side, colour in (("left", (255, 60, 60)), ("right", (60, 140, 255))):
         joints = np.asarray(row[f"{side}_joints_2d"]).reshape(-1, 2)
@@ -341,6 +341,6 @@ class AugmentPipeline(Pipeline[AugmentConfig]):
             return {}
         from hoi_factory.report import stacked_rows
 
-        strips = [png_bytes(np.concatenate([annotated(row), read_png(row["object_only_image"])[..., :3]], 1))
+        strips = [encode_png(np.concatenate([annotated(row), decode_image(row["object_only_image"], "RGB")], 1))
                   for row in rows]
         return {"annotations": stacked_rows(strips)}

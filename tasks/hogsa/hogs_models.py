@@ -15,9 +15,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from hoi_factory.config import ExecutionConfig, RunConfig
+from hoi_factory.codec import encode_png
+from hoi_factory.config import ExecutionConfig, RunConfig, Variant
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Reject, Resources, Row
@@ -29,58 +30,73 @@ from tasks.hogsa.arctic import read_arctic
 from tasks.hogsa.h2o import read_h2o
 from tasks.hogsa.posing import camera_of, camera_to_json, frame_to_json, scene_pose, sequence_betas
 from tasks.hogsa.sequence import FrameReject, Sequence, StorageOptions
-from tasks.images.stages import png_bytes
 
 QUALITY_COLUMNS = ("psnr_train", "psnr_heldout", "ssim_heldout")
 MODEL_COLUMNS = ("object_name", "hogs", "frames", "cameras", "hand_model", "flat_hand_mean", "num_gaussians",
                  "train_views", "held_out_views", "skipped_frames", *QUALITY_COLUMNS, "preview")
 
 
-class HOGSModelsConfig(RunConfig):
-    source: Literal["procedural", "arctic", "h2o"] = Field("procedural", description="sequence layout")
-    inputs: str | None = Field(None, description="arctic: arctic_data/data; h2o: the dataset root")
-    objects: str | None = Field(None, description="h2o: the object meshes root (default: inputs/object)")
-    sequences: list[str] = Field(default_factory=list, description="arctic 's01/box_grab_01', h2o "
-                                 "'subject1/h1/0'; procedural: stand-in objects (box, bottle, ball, mug)")
+class ProceduralSequences(Variant):
+    """STAND-IN bimanual grasps rendered exactly from a ring of cameras (tasks/hogsa/standin_sequences.py)."""
+
+    kind: Literal["procedural"] = "procedural"
+    size: int = Field(96, ge=32, le=1024, description="image side, pixels")
+    cameras: int = Field(8, ge=2, le=64, description="cameras on a ring")
+    frames: int = Field(3, ge=1, le=100, description="frames per sequence")
+
+
+class RecordedSequences(Variant):
+    """What the ARCTIC and H2O readers share."""
+
+    inputs: str = Field(..., description="the dataset root")
     cameras: list[str] | None = Field(None, description="camera names to use (default: all)")
     frames: list[int] | None = Field(None, description="frame indices to use (default: all)")
     image_scale: int = Field(1, ge=1, le=16, description="shrink images and intrinsics by this factor")
+
+
+class ArcticSequences(RecordedSequences):
+    """ARCTIC's released layout (`inputs`: arctic_data/data)."""
+
+    kind: Literal["arctic"] = "arctic"
+
+
+class H2OSequences(RecordedSequences):
+    """H2O's subject/scene/take/cam<k>/ layout."""
+
+    kind: Literal["h2o"] = "h2o"
+    objects: str | None = Field(None, description="the object meshes root (default: inputs/object)")
+
+
+class HOGSModelsConfig(RunConfig):
+    source: ProceduralSequences | ArcticSequences | H2OSequences = Field(
+        default_factory=ProceduralSequences, discriminator="kind", description="sequence layout")
+    sequences: list[str] = Field(..., min_length=1, description="arctic 's01/box_grab_01', h2o 'subject1/h1/0'; "
+                                 "procedural: stand-in objects (box, bottle, ball, mug)")
     held_out_cameras: int = Field(1, ge=0, description="the last N cameras score novel views, unseen in training")
     hand_model: str = Field("standin", description="'standin' or a folder with MANO_LEFT.npz / MANO_RIGHT.npz")
     iterations: int = Field(3000, ge=1, le=1_000_000, description="fitting steps (the paper: 50k)")
     gaussians_per_face: int = Field(2, ge=1, le=7, description="the paper's k")
     sh_degree: int = Field(1, ge=0, le=3)
-    procedural_size: int = Field(96, ge=32, le=1024, description="procedural: image side, pixels")
-    procedural_cameras: int = Field(8, ge=2, le=64, description="procedural: cameras on a ring")
-    procedural_frames: int = Field(3, ge=1, le=100, description="procedural: frames per sequence")
     gpus: float = Field(0.0, ge=0, le=8, description="GPUs per fitting worker")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> HOGSModelsConfig:
-        if self.source != "procedural" and not self.inputs:
-            raise ValueError(f"source={self.source} needs inputs: the dataset root")
-        if not self.sequences:
-            raise ValueError("sequences: name at least one sequence")
-        return self
 
-
-def read_sequence(config: HOGSModelsConfig, name: str, seed: int, rejects: list[FrameReject],
-                  storage_options: StorageOptions | None = None) -> Sequence:
-    """The named sequence from the configured source, its files opened with `storage_options` (PlanError when
-    it cannot be read)."""
-    if config.source == "procedural":
+def read_sequence(source: ProceduralSequences | ArcticSequences | H2OSequences, name: str, seed: int,
+                  rejects: list[FrameReject], storage_options: StorageOptions | None = None) -> Sequence:
+    """The named sequence from `source`, its files opened with `storage_options` (PlanError when it cannot be
+    read)."""
+    if isinstance(source, ProceduralSequences):
         from tasks.hogsa.standin_sequences import procedural_sequence
 
-        return procedural_sequence(seed, name, frames=config.procedural_frames, cameras=config.procedural_cameras,
-                                   width=config.procedural_size, height=config.procedural_size)
+        return procedural_sequence(seed, name, frames=source.frames, cameras=source.cameras, width=source.size,
+                                   height=source.size)
     subject, _, sequence = name.partition("/")
     if not subject or not sequence:
         raise PlanError(f"sequence {name!r}: expected '<subject>/<sequence>'")
-    if config.source == "arctic":
-        return read_arctic(config.inputs, subject, sequence, config.cameras, config.frames,
-                           image_scale=config.image_scale, rejects=rejects, storage_options=storage_options)
-    return read_h2o(config.inputs, subject, sequence, config.cameras, config.frames, objects_root=config.objects,
-                    image_scale=config.image_scale, rejects=rejects, storage_options=storage_options)
+    if isinstance(source, ArcticSequences):
+        return read_arctic(source.inputs, subject, sequence, source.cameras, source.frames,
+                           image_scale=source.image_scale, rejects=rejects, storage_options=storage_options)
+    return read_h2o(source.inputs, subject, sequence, source.cameras, source.frames, objects_root=source.objects,
+                    image_scale=source.image_scale, rejects=rejects, storage_options=storage_options)
 
 
 def flat_hand_mean(source: str) -> bool:
@@ -98,7 +114,7 @@ class FitHOGS(MapStage):
         self.resources = Resources(num_cpus=1, num_gpus=config.gpus)
 
     def setup(self, context: StageContext) -> None:
-        self.hands = load_hands(self.config.hand_model, flat_hand_mean=flat_hand_mean(self.config.source))
+        self.hands = load_hands(self.config.hand_model, flat_hand_mean=flat_hand_mean(self.config.source.kind))
         self.device = context.device
         self.storage_options = context.storage_options
 
@@ -117,7 +133,8 @@ class FitHOGS(MapStage):
     def process_row(self, row: Row) -> Row | Reject:
         config, frame_rejects = self.config, []
         try:
-            sequence = read_sequence(config, row["sequence"], row["seed"] % 2**31, frame_rejects, self.storage_options)
+            sequence = read_sequence(config.source, row["sequence"], row["seed"] % 2**31, frame_rejects,
+                                     self.storage_options)
         except PlanError as exc:
             return Reject.of(row, "unreadable sequence", str(exc))
         names = [c.name for c in sequence.cameras]
@@ -141,7 +158,7 @@ class FitHOGS(MapStage):
         return {**row, **self.score(model, views), "hogs": model.to_bytes(), "object_name": sequence.object_name,
                 "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
                 "cameras": json.dumps([camera_to_json(c) for c in sequence.cameras]),
-                "hand_model": config.hand_model, "flat_hand_mean": flat_hand_mean(config.source),
+                "hand_model": config.hand_model, "flat_hand_mean": flat_hand_mean(config.source.kind),
                 "num_gaussians": sum(m.num_gaussians for m in model.actors.values()),
                 "train_views": len(views["train"]), "held_out_views": len(views["held_out"]),
                 "skipped_frames": len(frame_rejects)}
@@ -157,7 +174,7 @@ class FitHOGS(MapStage):
                                                ) if renders else float("nan")
         shown = (views["held_out"] or views["train"])[0]
         render = model.render(shown.camera, shown.pose)["image"].clamp(0, 1)
-        scores["preview"] = png_bytes((torch.cat([shown.image, render], 1) * 255).round().byte().cpu().numpy())
+        scores["preview"] = encode_png((torch.cat([shown.image, render], 1) * 255).round().byte().cpu().numpy())
         return scores
 
 
@@ -179,12 +196,13 @@ class HOGSModelsPipeline(Pipeline[HOGSModelsConfig]):
     def plan(self, config: HOGSModelsConfig, context: StageContext) -> list[dict]:
         from tasks.procedural.hand_object import OBJECTS
 
-        unknown = set(config.sequences) - set(OBJECTS) if config.source == "procedural" else set()
+        source = config.source
+        unknown = set(config.sequences) - set(OBJECTS) if isinstance(source, ProceduralSequences) else set()
         if unknown:
             raise PlanError(f"procedural sequences are named by their stand-in object ({', '.join(OBJECTS)}), "
                             f"not {', '.join(sorted(unknown))}")
-        if config.source != "procedural" and not Path(config.inputs).exists() and "://" not in config.inputs:
-            raise PlanError(f"inputs {config.inputs!r} does not exist")
+        if isinstance(source, RecordedSequences) and not Path(source.inputs).exists() and "://" not in source.inputs:
+            raise PlanError(f"inputs {source.inputs!r} does not exist")
         if len(set(config.sequences)) != len(config.sequences):
             raise PlanError("sequences: a sequence is named twice")
         return [{"input_id": name, "sequence": name} for name in config.sequences]
@@ -193,8 +211,8 @@ class HOGSModelsPipeline(Pipeline[HOGSModelsConfig]):
         return [FitHOGS(config)]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> HOGSModelsConfig:
-        return HOGSModelsConfig(sequences=["box"], iterations=150, procedural_size=64, procedural_cameras=6,
-                                procedural_frames=2, gaussians_per_face=1, sh_degree=0, execution=execution,
+        return HOGSModelsConfig(source=ProceduralSequences(size=64, cameras=6, frames=2), sequences=["box"],
+                                iterations=150, gaussians_per_face=1, sh_degree=0, execution=execution,
                                 output={"dataset": "demo-hogsa-models"})
 
     def dataset_metrics(self, version) -> dict[str, float]:

@@ -11,7 +11,6 @@ wrist joint.
 
 from __future__ import annotations
 
-import io
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ import trimesh
 from fsspec.core import url_to_fs
 from PIL import Image
 
+from hoi_factory.codec import open_image
 from hoi_factory.pipeline import PlanError
 
 HAND_SIDES = ("left", "right")
@@ -172,14 +172,13 @@ def read_image(folder: DatasetFolder, parts: tuple[str, ...], camera: CameraView
         data = folder.read_bytes(*parts)
     except FileNotFoundError:
         raise BadFrame("missing file", where) from None
-    return decode_image(data, where, camera.width, camera.height, factor)
+    return decode_frame(data, where, camera.width, camera.height, factor)
 
 
-def decode_image(data: bytes, where: str, width: int, height: int, factor: int = 1) -> np.ndarray:
+def decode_frame(data: bytes, where: str, width: int, height: int, factor: int = 1) -> np.ndarray:
     """(H, W, 3) uint8 from encoded bytes that must be `width` x `height`, shrunk by `factor`; BadFrame otherwise."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        image = open_image(data)
     except Image.UnidentifiedImageError:
         raise BadFrame("unreadable image", f"{where}: not in any image format PIL reads") from None
     except (OSError, SyntaxError, ValueError) as exc:

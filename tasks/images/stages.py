@@ -15,22 +15,12 @@ import fsspec
 import numpy as np
 from PIL import Image
 
+from hoi_factory.codec import encode_png
 from hoi_factory.context import StageContext
 from hoi_factory.stage import Filter, MapStage, Reject, Row
 
 # Modes PIL converts to RGB faithfully; 16-bit and float images (I;16, I, F) would be clipped: refused.
 CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"}
-
-
-def png_bytes(image: np.ndarray | Image.Image) -> bytes:
-    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def read_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def read_with_deadline(fs: fsspec.AbstractFileSystem, path: str, seconds: float) -> bytes:
@@ -172,4 +162,4 @@ class EncodePNG(MapStage):
 
     def process_row(self, row: Row) -> Row:
         pixels = row.pop("pixels")
-        return {**row, "image": png_bytes(pixels), "width": pixels.shape[1], "height": pixels.shape[0]}
+        return {**row, "image": encode_png(pixels), "width": pixels.shape[1], "height": pixels.shape[0]}

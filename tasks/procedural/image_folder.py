@@ -6,11 +6,12 @@ and a file that only claims to be an image. Each has the reject reason the inges
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from hoi_factory.codec import encode_png
 
 # file name -> the reason the ingest pipeline must reject it with
 BAD_FILES = {
@@ -48,9 +49,8 @@ def write_image_folder(folder: str | Path, count: int, seed: int = 0, with_bad_f
         return {}
     (folder / "bad").mkdir(exist_ok=True)
     (folder / "bad/empty.png").write_bytes(b"")
-    buffer = io.BytesIO()
-    scene(seed).save(buffer, format="PNG")
-    (folder / "bad/truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    whole = encode_png(scene(seed))
+    (folder / "bad/truncated.png").write_bytes(whole[: len(whole) // 2])
     Image.new("RGB", (300, 20), "gray").save(folder / "bad/sliver.png")
     (folder / "bad/not-an-image.jpg").write_text("this is not a JPEG")
     return dict(BAD_FILES)

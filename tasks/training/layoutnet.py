@@ -8,7 +8,6 @@ where hands go.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hoi_factory.codec import open_image
 from hoi_factory.training import saved_files
 from models.affordance.layout import splat
 from models.affordance.layoutnet import LayoutNet, LayoutNetConfig
@@ -26,7 +26,7 @@ EVALUATED = 32  # pairs scored by `evaluate`
 
 
 def _image(data: bytes, size: int, mode: str = "RGB") -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert(mode).resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(open_image(data, mode).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _to_model_range(images: list[np.ndarray]) -> torch.Tensor:

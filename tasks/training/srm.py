@@ -20,7 +20,6 @@ Evaluation: PSNR and SSIM of the SRM output against the target, beside the same 
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict
 from typing import Any
 
@@ -31,6 +30,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from hoi_factory.codec import open_image
 from hoi_factory.training import saved_files
 from models.hogsa.super_resolution import SRMConfig, SuperResolution, bicubic
 
@@ -50,7 +50,7 @@ def degrade(high: torch.Tensor, scale: int, blur_sigma: float = 0.0) -> torch.Te
 
 def square_image(data: bytes, size: int) -> np.ndarray:
     """PNG (any decodable image) bytes -> centre square crop resized to `size`, uint8 (3, size, size)."""
-    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = open_image(data, "RGB")
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)

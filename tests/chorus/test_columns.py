@@ -8,7 +8,7 @@ from hoi_factory.pipeline import ColumnError, check_columns
 from tasks.chorus.coco_eft import COCOEFTConfig, COCOEFTPipeline
 from tasks.chorus.occupancy import OccupancyConfig, OccupancyPipeline
 from tasks.chorus.prompts import PromptsConfig, PromptsPipeline
-from tasks.chorus.views import ViewsConfig, ViewsPipeline
+from tasks.chorus.views import DiffusersImages, GivenCalibration, TorchvisionPerception, ViewsConfig, ViewsPipeline
 
 LOCAL = ExecutionConfig(executor="local")
 COCO_INPUTS = {"eft": "eft.json", "annotations": ["instances.json"], "images": "images", "categories": ["cup"]}
@@ -44,10 +44,10 @@ def test_the_demo_chain_makes_what_it_needs_and_writes(pipeline_class, tmp_path)
 
 def test_ground_truth_stages_after_generated_images_are_refused_before_any_work():
     # The config refuses this pairing; the declared columns refuse it too, should a config slip through.
-    config = ViewsConfig.model_construct(**{**ViewsConfig().__dict__, "source": "diffusers"})
+    config = ViewsConfig.model_construct(**{**ViewsConfig().__dict__, "source": DiffusersImages()})
     with pytest.raises(ColumnError, match=r"Perceive.*\['instances'\]"):
         check_columns(ViewsPipeline(), ViewsPipeline().stages(config))
-    config = ViewsConfig.model_construct(**{**ViewsConfig().__dict__, "source": "diffusers",
-                                            "perception": "torchvision", "calibration": "given"})
+    config = ViewsConfig.model_construct(**{**ViewsConfig().__dict__, "source": DiffusersImages(),
+                                            "perception": TorchvisionPerception(), "calibration": GivenCalibration()})
     with pytest.raises(ColumnError, match=r"Calibrate.*\['true_R', 'true_pose', 'true_t'\]"):
         check_columns(ViewsPipeline(), ViewsPipeline().stages(config))

@@ -79,10 +79,9 @@ def test_save_and_load_round_trip_and_the_views_pipeline_runs_on_it(local_store_
     run_pipeline(PromptsPipeline(), PromptsConfig(categories=["cup"], prompts_per_category=1, viewpoints=False,
                                                   execution={"executor": "local"}, output={"dataset": "p"}))
     views = run_pipeline(ViewsPipeline(), ViewsConfig(
-        prompts="p", images_per_prompt=2, source="diffusers", text_to_image="tiny", steps=2, image_size=64,
-        perception="torchvision",
-        perception_weights=str(tmp_path / "weights"),
-        perception_image_size=64, execution={"executor": "local"})).dataset
+        prompts="p", images_per_prompt=2, source={"kind": "diffusers", "model": "tiny", "steps": 2, "size": 64},
+        perception={"kind": "torchvision", "weights": str(tmp_path / "weights"), "image_size": 64},
+        execution={"executor": "local"})).dataset
     # Noise images, untrained detectors: every image is accounted for, by the paper's filter or calibration.
     assert views.manifest.num_samples + views.manifest.num_rejects == 2
     assert all(reason.startswith(("InteractionFilter", "Calibrate")) for reason in views.manifest.reject_reasons)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import trimesh
 
+from hoi_factory.codec import decode_npy
 from hoi_factory.config import ExecutionConfig
 from hoi_factory.run import run_pipeline
-from tasks.chorus.occupancy import OccupancyConfig, OccupancyPipeline, load_occupancy
+from tasks.chorus.occupancy import OccupancyConfig, OccupancyPipeline
 from tasks.chorus.prompts import PromptsConfig, PromptsPipeline
 from tasks.chorus.views import ViewsConfig, ViewsPipeline
 
@@ -20,8 +21,9 @@ LOCAL = ExecutionConfig(executor="local", shard_size=32)
 def hat_views(local_store_env):
     run_pipeline(PromptsPipeline(), PromptsConfig(categories=["hat"], prompts_per_category=2, viewpoints=False,
                                                   execution=LOCAL))
-    train = run_pipeline(ViewsPipeline(), ViewsConfig(images_per_prompt=40, defect_rate=0.25, calibration="given",
-                                                      pose_jitter=0.3, execution=LOCAL)).dataset
+    train = run_pipeline(ViewsPipeline(), ViewsConfig(images_per_prompt=40, calibration="given",
+                                                      source={"defect_rate": 0.25, "pose_jitter": 0.3},
+                                                      execution=LOCAL)).dataset
     test = run_pipeline(ViewsPipeline(), ViewsConfig(images_per_prompt=5, calibration="given", seed=99,
                                                      execution=LOCAL, output={"dataset": "hat-test"})).dataset
     return train, test
@@ -33,10 +35,13 @@ def test_views_record_each_filter_rejection(hat_views):
     assert train.manifest.num_samples + train.manifest.num_rejects == 80
     assert sum(reasons.values()) == train.manifest.num_rejects, reasons  # every rejection counted under its reason
     staged = train.to_pandas(["staged_defect"])["staged_defect"]
-    assert (staged == "").all()  # every staged defect was caught
+    # Every staged defect was caught but a close-up that still shows a shoulder and a hip (see below): the seeds,
+    # which derive from the config hash, decide whether one is drawn.
+    assert set(staged) <= {"", "torso_out_of_frame"}
     # Only defects: 32 draws over 4 defect kinds, so each kind (and its reason) shows up. A close-up now and then
     # still shows a shoulder and a hip: the filter rightly keeps it, so a few kept samples are allowed.
-    defects = run_pipeline(ViewsPipeline(), ViewsConfig(images_per_prompt=16, defect_rate=1.0, calibration="given",
+    defects = run_pipeline(ViewsPipeline(), ViewsConfig(images_per_prompt=16, source={"defect_rate": 1.0},
+                                                        calibration="given",
                                                         execution=LOCAL, output={"dataset": "defects"})).dataset
     assert defects.manifest.num_samples + defects.manifest.num_rejects == 32 and defects.manifest.num_rejects >= 28
     assert set(defects.to_pandas(["staged_defect"]).staged_defect) <= {"torso_out_of_frame"}
@@ -57,7 +62,7 @@ def test_occupancy_recovers_the_hat_and_scores_pap_on_held_out_poses(hat_views):
     assert everything["truth_iou"] >= 0.5
     assert everything["num_test_views"] == test.manifest.num_samples
     assert 0.5 < everything["pap"] <= 1 and everything["pap_strict"] <= everything["pap"] + 1e-6
-    grid = load_occupancy(everything["occupancy"])
+    grid = decode_npy(everything["occupancy"])
     assert grid.shape == (48, 48, 48) and grid.dtype == np.float16 and 0 <= grid.min() and grid.max() <= 1
     mesh = trimesh.load(io.BytesIO(everything["mesh_ply"]), file_type="ply")
     assert mesh.bounds[0][1] > 0.5  # the isosurface sits above the shoulders, where the hat is

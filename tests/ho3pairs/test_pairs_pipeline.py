@@ -1,6 +1,5 @@
 """HO3Pairs end to end on procedural hand–object scenes, whose true object-only image is known."""
 
-import io
 import itertools
 import json
 import math
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hoi_factory.codec import decode_image, decode_mask, encode_png
 from hoi_factory.config import ConfigError, ExecutionConfig, Settings
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import PlanError, check_columns
@@ -18,16 +18,11 @@ from models.diffusion import sdedit_steps
 from tasks.ho3pairs.checks import hand_residue, seam_score
 from tasks.ho3pairs.crop import crop_resize, square_box
 from tasks.ho3pairs.inpaint import grow
-from tasks.ho3pairs.pipeline import SD_INPAINTING, PairsConfig, PairsPipeline
+from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 from tasks.ho3pairs.sources import SOURCE_ITEM_KEYS, LoadHOGSASample, LoadSample
-from tasks.images.stages import png_bytes
 from tasks.procedural.hand_object import render_hand_object, write_hand_object_folder
 
 LOCAL = ExecutionConfig(executor="local", shard_size=8)
-
-
-def decode(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,7 +39,7 @@ def scenes(tmp_path):
 
 def test_pairs_from_procedural_scenes_keep_every_input_accounted_for(scenes, local_store_env):
     folder, expected = scenes
-    dataset = run_pipeline(PairsPipeline(), PairsConfig(inputs=str(folder), inpainter="biharmonic", sdedit_model="none",
+    dataset = run_pipeline(PairsPipeline(), PairsConfig(inputs=str(folder), inpainter="biharmonic", sdedit="none",
                                                         size=128, execution=LOCAL)).dataset
     manifest = dataset.manifest
     assert manifest.num_inputs == 12 + len(expected) == manifest.num_samples + manifest.num_rejects
@@ -58,8 +53,8 @@ def test_pairs_from_procedural_scenes_keep_every_input_accounted_for(scenes, loc
     for row in rows:
         stem = row["input_id"].split("/")[-1].rsplit(".", 1)[0]
         assert row["object_class"] == classes[stem]
-        hoi, obj, truth = decode(row["hoi_image"]), decode(row["object_image"]), decode(row["true_object_image"])
-        region = decode(row["inpaint_mask"]) > 127
+        hoi, obj, truth = (decode_image(row[key]) for key in ("hoi_image", "object_image", "true_object_image"))
+        region = decode_mask(row["inpaint_mask"])
         assert hoi.shape == obj.shape == truth.shape == (128, 128, 3) and len(row["layout"]) == 5
         assert (obj[~region] == hoi[~region]).all()  # only the repainted region changes
         # The figures stored are the ones an independent computation gives, and inpainting beats leaving the hand.
@@ -103,7 +98,7 @@ def test_sdedit_always_runs_at_least_one_step():
 
 def test_tiny_diffusers_inpainting_and_sdedit_run_batched_on_ray(scenes, local_store_env, local_ray):
     folder, _ = scenes
-    config = PairsConfig(inputs=str(folder), inpainting_model="tiny", sdedit_model="tiny", steps=4, size=64,
+    config = PairsConfig(inputs=str(folder), inpainter={"model": "tiny"}, sdedit={"model": "tiny"}, steps=4, size=64,
                          max_hand_residue=1.0, max_seam_score=1e9,  # random weights: keep the noise to inspect it
                          execution=ExecutionConfig(executor="ray", workers=2, shard_size=4))
     dataset = run_pipeline(PairsPipeline(), config).dataset
@@ -113,8 +108,8 @@ def test_tiny_diffusers_inpainting_and_sdedit_run_batched_on_ray(scenes, local_s
     rows = dataset.to_arrow().to_pylist()
     assert rows and {r["input_id"] for r in rows}.isdisjoint(r["input_id"] for r in dataset.rejects().to_pylist())
     for row in rows:
-        hoi, obj, edited = decode(row["hoi_image"]), decode(row["object_image"]), decode(row["sdedit_image"])
-        region = decode(row["inpaint_mask"]) > 127
+        hoi, obj, edited = (decode_image(row[key]) for key in ("hoi_image", "object_image", "sdedit_image"))
+        region = decode_mask(row["inpaint_mask"])
         assert obj.shape == edited.shape == (64, 64, 3)
         assert (obj[~region] == hoi[~region]).all() and (obj[region] != hoi[region]).any()
         assert np.isfinite(row["psnr_sdedit"])
@@ -137,11 +132,11 @@ def test_hoi4d_layout_reads_colour_masks_and_the_class_folder(tmp_path, local_st
         colours[scene.hand_mask] = (128, 0, 0)
         if frame < 2:  # the last frame has no mask: rejected
             Image.fromarray(colours).save(sequence / "2Dseg" / "mask" / f"{frame:05d}.png")
-    with pytest.raises(ConfigError, match="hoi4d_hand_colours"):
+    with pytest.raises(ConfigError, match="source.hand_colours"):
         from hoi_factory.config import validate_run_config
         validate_run_config(PairsConfig, {"source": "hoi4d", "inputs": str(tmp_path / "hoi4d")})
-    config = PairsConfig(source="hoi4d", inputs=str(tmp_path / "hoi4d"), hoi4d_hand_colours=[(128, 0, 0)],
-                         inpainter="biharmonic", sdedit_model="none", size=96, max_seam_score=1e9, execution=LOCAL)
+    config = PairsConfig(source={"kind": "hoi4d", "hand_colours": [(128, 0, 0)]}, inputs=str(tmp_path / "hoi4d"),
+                         inpainter="biharmonic", sdedit="none", size=96, max_seam_score=1e9, execution=LOCAL)
     dataset = run_pipeline(PairsPipeline(), config).dataset
     assert dataset.manifest.num_inputs == 3 and dataset.manifest.num_errors == 0
     assert {r["reason"] for r in dataset.rejects().to_pylist()} >= {"no hand mask provided"}
@@ -201,7 +196,7 @@ def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_sto
 
     with pytest.raises(ValueError, match="hand_landmarker"):
         make_segmenter("mediapipe", None)
-    with pytest.raises(ValueError, match="needs detectron2_hand_model: a folder with config.yaml"):
+    with pytest.raises(ValueError, match="needs hands.model: a folder with config.yaml"):
         make_segmenter("detectron2", str(tmp_path))
     (tmp_path / "config.yaml").write_text("MODEL: {}\n")
     (tmp_path / "model.safetensors").write_bytes(b"")
@@ -226,31 +221,31 @@ def test_mediapipe_landmarks_become_a_hand_and_forearm_mask():
 
 def test_repaint_inpainting_keeps_known_pixels(scenes, local_store_env):
     folder, _ = scenes
-    with pytest.raises(ConfigError, match="unconditional pixel-space DDPM"):
+    with pytest.raises(ConfigError, match=r"inpainter.model: Field required \(an unconditional pixel-space DDPM"):
         from hoi_factory.config import validate_run_config
         validate_run_config(PairsConfig, {"inputs": str(folder), "inpainter": "repaint"})
-    config = PairsConfig(inputs=str(folder), inpainter="repaint", inpainting_model="tiny", steps=4,
-                         repaint_jump_length=2, repaint_resamples=2, sdedit_model="none", size=32,
+    config = PairsConfig(inputs=str(folder), inpainter={"kind": "repaint", "model": "tiny", "jump_length": 2,
+                                                        "resamples": 2}, steps=4, sdedit="none", size=32,
                          max_hand_residue=1.0, max_seam_score=1e9, execution=LOCAL)
     rows = run_pipeline(PairsPipeline(), config).dataset.to_arrow().to_pylist()
     assert rows
     for row in rows:
-        hoi, obj = decode(row["hoi_image"]), decode(row["object_image"])
-        region = decode(row["inpaint_mask"]) > 127
+        hoi, obj = decode_image(row["hoi_image"]), decode_image(row["object_image"])
+        region = decode_mask(row["inpaint_mask"])
         assert (obj[~region] == hoi[~region]).all() and (obj[region] != hoi[region]).any()
 
 
 def test_corrupt_or_mismatched_hogsa_renders_are_rejected_with_the_reason():
     image, mask = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8)
     mask[8:16, 8:16] = 255
-    row = {"sample_id": "s", "input_id": "i", "image": png_bytes(image), "object_only_image": png_bytes(image),
-           "left_mask": png_bytes(mask), "right_mask": png_bytes(mask), "object_mask": png_bytes(mask),
+    row = {"sample_id": "s", "input_id": "i", "image": encode_png(image), "object_only_image": encode_png(image),
+           "left_mask": encode_png(mask), "right_mask": encode_png(mask), "object_mask": encode_png(mask),
            "object_name": "mug"}
     loaded = LoadHOGSASample().process_row(row)
     assert loaded["hand_mask_array"].sum() == 64 and loaded["object_class"] == "mug"
     corrupt = LoadHOGSASample().process_row({**row, "left_mask": b"not a png"})
     assert (corrupt.reason, corrupt.detail) == ("unreadable parent image", "left_mask")
-    smaller = LoadHOGSASample().process_row({**row, "object_mask": png_bytes(mask[:-4])})
+    smaller = LoadHOGSASample().process_row({**row, "object_mask": encode_png(mask[:-4])})
     assert smaller.reason == "parent image sizes differ"
 
 
@@ -258,15 +253,15 @@ def test_every_config_variant_declares_a_chain_that_holds(tmp_path):
     pipeline = PairsPipeline()
     configs = [PairsConfig(inputs=str(tmp_path)),
                pipeline.demo_config(tmp_path / "demo", ExecutionConfig(executor="local"))]
-    for source, inpainter, segmentation, sdedit_model in itertools.product(
-            ("folder", "hoi4d", "video", "hogsa"), ("diffusers", "repaint", "biharmonic"),
-            ("provided", "mediapipe", "detectron2"), ("none", "tiny")):
-        if source == "video" and segmentation == "provided":
+    sources = ["folder", {"kind": "hoi4d", "hand_colours": [(128, 0, 0)]}, "video", "hogsa"]
+    inpainters = ["diffusers", {"kind": "repaint", "model": "tiny"}, "biharmonic"]
+    hands = ["provided", {"kind": "mediapipe", "model": "hand_landmarker.task"},
+             {"kind": "detectron2", "model": "hands"}]
+    for source, inpainter, hand, sdedit in itertools.product(sources, inpainters, hands, ("none", {"model": "tiny"})):
+        if source == "video" and hand == "provided":
             continue  # refused by the config: videos carry no masks
-        configs.append(PairsConfig(
-            source=source, inputs=str(tmp_path), inpainter=inpainter, hand_segmentation=segmentation,
-            inpainting_model="tiny" if inpainter == "repaint" else SD_INPAINTING, sdedit_model=sdedit_model,
-            hoi4d_hand_colours=[(128, 0, 0)], gpus=1.0 if sdedit_model == "tiny" else 0.0))
+        configs.append(PairsConfig(source=source, inputs=str(tmp_path), inpainter=inpainter, hands=hand,
+                                   sdedit=sdedit, gpus=0.0 if sdedit == "none" else 1.0))
     for config in configs:
         check_columns(pipeline, pipeline.stages(config), config)
-        assert pipeline.planned_keys(config) == SOURCE_ITEM_KEYS[config.source] | {"source"}
+        assert pipeline.planned_keys(config) == SOURCE_ITEM_KEYS[config.source.kind] | {"source"}

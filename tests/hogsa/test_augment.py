@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from hoi_factory.codec import decode_image, decode_mask
 from hoi_factory.config import ExecutionConfig, Settings
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import check_columns, stage_groups
@@ -18,7 +19,6 @@ from tasks.hogsa.augment import AugmentConfig, AugmentPipeline, CompositeAndAnno
 from tasks.hogsa.hogs_models import HOGSModelsConfig, HOGSModelsPipeline
 from tasks.hogsa.sequence import CameraView, Frame
 from tasks.hogsa.standin_sequences import render_scene, skin_colours
-from tasks.images.stages import read_png
 
 LOCAL = ExecutionConfig(executor="local")
 CROP = 96
@@ -32,7 +32,7 @@ def settings(tmp_path_factory):
 @pytest.fixture(scope="module")
 def augmented(settings):
     run_pipeline(HOGSModelsPipeline(), HOGSModelsConfig(
-        sequences=["bottle"], iterations=30, procedural_size=48, procedural_cameras=4, procedural_frames=1,
+        sequences=["bottle"], iterations=30, source={"size": 48, "cameras": 4, "frames": 1},
         gaussians_per_face=1, sh_degree=0, execution=LOCAL, output={"dataset": "models"}), settings)
     return run_pipeline(AugmentPipeline(), AugmentConfig(
         models="models", samples_per_sequence=3, pom_iterations=20, render_size=96, crop_size=CROP,
@@ -82,7 +82,7 @@ def test_projected_joints_land_on_the_exactly_rendered_hand(augmented):
     for row in rows:
         crop_camera = CameraView("crop", np.reshape(row["K"], (3, 3)), np.reshape(row["R"], (3, 3)),
                                  np.asarray(row["t"]), CROP, CROP)
-        assert read_png(row["image"]).shape[:2] == (CROP, CROP)
+        assert decode_image(row["image"]).shape[:2] == (CROP, CROP)
         for side in ("left", "right"):
             if not row[f"{side}_mano"]:
                 continue
@@ -101,7 +101,7 @@ def test_projected_joints_land_on_the_exactly_rendered_hand(augmented):
             # (a hand can reach past the novel camera's image edge: those joints fall outside the crop)
             assert inside_image.sum() >= 10 and on_hand.mean() > 0.95, (side, inside_image.sum(), on_hand.mean())
             # the Gaussian render's visible hand lies on the exact hand
-            visible = read_png(row[f"{side}_mask"]) > 127
+            visible = decode_mask(row[f"{side}_mask"])
             if visible.sum() > 20:
                 assert (visible & ndimage.binary_dilation(masks[side], iterations=2)).sum() / visible.sum() > 0.8
             checked += 1
@@ -120,7 +120,7 @@ def test_ho3pairs_reads_hogsa_renders_with_their_true_object_only_view(augmented
 
     # Two MANO hands without forearms fit the one-hand lollipop layout loosely: accept any overlap here.
     pairs = run_pipeline(PairsPipeline(), PairsConfig(
-        source="hogsa", inputs="augmented", inpainter="biharmonic", sdedit_model="none", size=64,
+        source="hogsa", inputs="augmented", inpainter="biharmonic", sdedit="none", size=64,
         min_layout_iou=0.0, max_hand_residue=1.0, max_seam_score=100.0, execution=LOCAL,
         output={"dataset": "pairs"}), settings).dataset
     assert pairs.manifest.parents == [augmented.ref]
@@ -128,4 +128,4 @@ def test_ho3pairs_reads_hogsa_renders_with_their_true_object_only_view(augmented
     assert len(rows) == len(augmented), pairs.rejects().to_pylist()
     for row in rows:  # every pair is scored against HOGSA's object-only render of the same view
         assert row["object_class"] == "bottle" and np.isfinite(row["psnr"]) and np.isfinite(row["psnr_inpainted"])
-        assert (read_png(row["hand_mask"]) > 127).sum() >= 50
+        assert decode_mask(row["hand_mask"]).sum() >= 50

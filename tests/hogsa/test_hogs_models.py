@@ -12,11 +12,11 @@ from hoi_factory.context import StageContext
 from hoi_factory.pipeline import check_columns
 from hoi_factory.stage import Reject
 from models.hogsa.hogs import HOGS
-from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig, HOGSModelsPipeline
+from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig, HOGSModelsPipeline, ProceduralSequences
 from tasks.hogsa.posing import camera_of, hand_output, scene_pose
 from tasks.hogsa.standin_sequences import procedural_sequence
 
-SMALL = dict(procedural_size=40, procedural_cameras=4, procedural_frames=1, gaussians_per_face=1, sh_degree=0)
+SMALL = dict(source=ProceduralSequences(size=40, cameras=4, frames=1), gaussians_per_face=1, sh_degree=0)
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,15 @@ def test_fit_lowers_the_hogs_loss(fitted):
 @pytest.mark.parametrize("source", ["procedural", "arctic", "h2o"])
 def test_declared_columns_chain_for_every_source(source, tmp_path):
     pipeline = HOGSModelsPipeline()
-    inputs = None if source == "procedural" else str(tmp_path)
-    for config in (HOGSModelsConfig(source=source, inputs=inputs, sequences=["s"]),
+    chosen = source if source == "procedural" else {"kind": source, "inputs": str(tmp_path)}
+    for config in (HOGSModelsConfig(source=chosen, sequences=["s"]),
                    pipeline.demo_config(tmp_path, ExecutionConfig(executor="local"))):
         check_columns(pipeline, pipeline.stages(config))
 
 
 def test_a_sequence_that_cannot_be_read_is_an_explicit_reject(tmp_path):
-    stage = FitHOGS(HOGSModelsConfig(source="arctic", inputs=str(tmp_path), sequences=["s01/box_grab_01"], **SMALL))
+    stage = FitHOGS(HOGSModelsConfig(**{**SMALL, "source": {"kind": "arctic", "inputs": str(tmp_path)}},
+                                     sequences=["s01/box_grab_01"]))
     stage.setup(StageContext(Settings(store_url=str(tmp_path / "store"))))
     result = stage.process_row({"sample_id": "a", "input_id": "s01/box_grab_01", "seed": 1,
                                 "sequence": "s01/box_grab_01"})

@@ -38,7 +38,7 @@ def test_contentnet_training_publishes_a_diffusers_folder_that_loads_back(tmp_pa
     monkeypatch.setenv("HOI_CACHE", str(tmp_path / "cache"))
     write_hand_object_folder(tmp_path / "scenes", 12, seed=4, with_bad_files=False)
     pairs = run_pipeline(PairsPipeline(), PairsConfig(
-        inputs=str(tmp_path / "scenes"), inpainter="biharmonic", sdedit_model="none", size=32, max_seam_score=1e9,
+        inputs=str(tmp_path / "scenes"), inpainter="biharmonic", sdedit="none", size=32, max_seam_score=1e9,
         execution=ExecutionConfig(executor="local"))).dataset
     version = train(ContentNetTask(), TrainConfig(datasets=[pairs.ref], model="contentnet", steps=3, batch_size=2,
                                                   options={"base": "tiny", "image_size": 32}))

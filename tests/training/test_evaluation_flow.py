@@ -23,7 +23,7 @@ def test_evaluation_flow_scores_generated_hoi_images(tmp_path, local_store_env, 
     monkeypatch.setenv("HOI_CACHE", str(tmp_path / "cache"))
     write_hand_object_folder(tmp_path / "scenes", 10, seed=5, with_bad_files=False)
     pairs = run_pipeline(PairsPipeline(), PairsConfig(
-        inputs=str(tmp_path / "scenes"), inpainter="biharmonic", sdedit_model="none", size=32, max_seam_score=1e9,
+        inputs=str(tmp_path / "scenes"), inpainter="biharmonic", sdedit="none", size=32, max_seam_score=1e9,
         execution=ExecutionConfig(executor="local"))).dataset
     tiny = {"preset": "tiny"}
     train(LayoutNetTask(), TrainConfig(datasets=[pairs.ref], model="layoutnet", steps=2, batch_size=2, options=tiny))

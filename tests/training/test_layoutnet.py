@@ -21,7 +21,7 @@ LOCAL = ExecutionConfig(executor="local", shard_size=64)
 def make_pairs(tmp_path, name: str, count: int, seed: int) -> str:
     folder = tmp_path / name
     write_hand_object_folder(folder, count, seed=seed, with_bad_files=False)
-    config = PairsConfig(inputs=str(folder), inpainter="biharmonic", sdedit_model="none", size=64,
+    config = PairsConfig(inputs=str(folder), inpainter="biharmonic", sdedit="none", size=64,
                          max_seam_score=1e9, execution=LOCAL, output={"dataset": name})
     return run_pipeline(PairsPipeline(), config).dataset.ref
 

@@ -2,7 +2,6 @@
 term loads torchvision VGG-19 weights from a file and refuses to start without one, a saved SRM loads back bit
 for bit, and `train` publishes one trained on an image dataset, or on (render, image) pairs, with PSNR / SSIM."""
 
-import io
 import logging
 from dataclasses import replace
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from hoi_factory.codec import encode_png
 from hoi_factory.config import ExecutionConfig, Settings
 from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore
 from hoi_factory.run import run_pipeline
@@ -40,12 +40,6 @@ def sharp_scenes(count: int, size: int = 32) -> torch.Tensor:
     images = [np.asarray(scene(seed, (2 * size, 2 * size)).resize((size, size), Image.Resampling.NEAREST))
               for seed in range(count)]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_tiny_srm_overfits_a_fixed_batch_and_beats_bicubic():
@@ -171,8 +165,8 @@ def test_render_image_pairs_are_used_as_they_are(local_store_env):
     schema = pa.schema([("image", pa.binary()), ("render", pa.binary())])
     writer = DatasetStore(Store.from_settings(Settings())).begin("hogsa-renders", "v1", "test", schema)
     table = pa.table({"sample_id": [f"s{i}" for i in range(3)], "input_id": [f"i{i}" for i in range(3)],
-                      "seed": [0, 1, 2], "image": [png(t) for t in targets],
-                      "render": [png(r) if r is not None else None for r in renders]})
+                      "seed": [0, 1, 2], "image": [encode_png(t) for t in targets],
+                      "render": [encode_png(r) if r is not None else None for r in renders]})
     writer.sink.write(0, table, REJECTS_SCHEMA.empty_table(), 3, {}, {})
     version = writer.commit(list(writer.sink.done_shards().values()), num_inputs=3, pipeline="test", config={},
                             config_hash="h", code_version="test")
@@ -181,7 +175,7 @@ def test_render_image_pairs_are_used_as_they_are(local_store_env):
     assert data["degraded"].tolist() == [False, True, False]
     for i in (0, 2):  # the render itself (already 16 px), not a degraded target
         assert torch.equal(data["low"][i], torch.from_numpy(renders[i]).permute(2, 0, 1))
-    high = torch.from_numpy(square_image(png(targets[1]), 32))
+    high = torch.from_numpy(square_image(encode_png(targets[1]), 32))
     assert torch.equal(data["high"][1], high)
     assert torch.equal(data["low"][1], to_uint8(degrade(high[None].float() / 255, 2)[0]))
     with pytest.raises(ValueError, match="no image column 'photo'.*'image', 'render'"):
