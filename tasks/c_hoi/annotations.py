@@ -4,12 +4,14 @@ Input: the JSON list used by the public HICO-DET and V-COCO conversions (PPDM, Q
     {"file_name": "HICO_train2015_00000001.jpg",
      "annotations": [{"bbox": [x0, y0, x1, y1], "category_id": 1}, ...],
      "hoi_annotation": [{"subject_id": 0, "object_id": 1, "category_id": 73}, ...]}
-(`object_id` -1: the role has no object; such triplets are kept out, the recognizer pairs boxes only). Names
-come from optional {id: name} maps (`object_names`, `verb_names` files); without them the ids are the names.
+(`object_id` -1: the role has no object, e.g. occluded or out of frame). Such a triplet is kept, with
+`hoi_objects` -1, so the evaluation counts the person among the ground truth (V-COCO's npos); the recognizer
+trains on the pairs only. Names come from optional {id: name} maps (`object_names`, `verb_names` files);
+without them the ids are the names.
 
 Output rows: `image` (PNG), `boxes` (K x 4 floats, flattened), `labels` (K names), `hoi_subjects`,
-`hoi_objects` (indices into the boxes) and `hoi_verbs` (names). A malformed file stops the plan naming it; a
-malformed entry is rejected with its reason.
+`hoi_objects` (indices into the boxes, -1: none) and `hoi_verbs` (names). A malformed file stops the plan
+naming it; a malformed entry is rejected with its reason.
 """
 
 from __future__ import annotations
@@ -92,10 +94,8 @@ def parse_entry(entry, object_names: dict[str, str], verb_names: dict[str, str])
             return "malformed hoi_annotation"
         subject, obj = triplet["subject_id"], triplet["object_id"]
         if (not isinstance(subject, int) or not isinstance(obj, int) or not 0 <= subject < len(boxes)
-                or obj >= len(boxes)):
+                or not -1 <= obj < len(boxes)):
             return "hoi_annotation names a box that does not exist"
-        if obj < 0:
-            continue  # a role without an object
         subjects.append(subject)
         objects.append(obj)
         verbs.append(verb_names.get(str(triplet["category_id"]), str(triplet["category_id"])))

@@ -2,21 +2,23 @@
 factory's own CHORUS views (a person, an object and the prompt's verb per image, boxes from the masks).
 
 The vocabulary (object classes with the background first, verbs) and the semantic co-occurrence table are
-built from the training data and saved in the model's config. Evaluation: mAP_role of the detected triplets
-(verb score x human score x object score) against the data's triplets.
+built from the training data and saved in the model's config. The recognizer trains on <person, object> pairs;
+a role without object (`hoi_objects` -1) is kept for the evaluation only. Evaluation: V-COCO mAP_role
+(`models.c_hoi.evaluation`, scenario 1, and `map_role_scenario_2`) of the detected triplets (verb score x human
+score x object score) against the data's persons; per-verb APs are reported for the verbs with ground truth.
 """
 
 from __future__ import annotations
 
-import io
+import math
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from hoi_factory.codec import decode_image, decode_mask
 from hoi_factory.training import saved_files
-from models.c_hoi.evaluation import Triplet, map_role
+from models.c_hoi.evaluation import Triplet, image_persons, map_role
 from models.c_hoi.model import CascadeHOI, CHOIConfig
 from models.c_hoi.relation import cooccurrence
 
@@ -24,11 +26,11 @@ BACKGROUND, PERSON = "__background__", "person"
 
 
 def _image(data: bytes) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1).float() / 255
+    return torch.tensor(decode_image(data, "RGB")).permute(2, 0, 1).float() / 255
 
 
 def _mask_box(data: bytes) -> list[float] | None:
-    rows, cols = np.nonzero(np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127)
+    rows, cols = np.nonzero(decode_mask(data))
     return [cols.min(), rows.min(), cols.max() + 1.0, rows.max() + 1.0] if len(rows) else None
 
 
@@ -63,18 +65,19 @@ class CHOITask:
         if self.vocabulary is None:  # the training data fixes the vocabulary; held-out data reuses it
             objects = (BACKGROUND, PERSON) + tuple(sorted({label for r in rows for label in r["labels"]} - {PERSON}))
             verbs = tuple(sorted({verb for r in rows for _, _, verb in r["triplets"]}))
-            labels = torch.tensor([objects.index(r["labels"][o]) for r in rows for _, o, _ in r["triplets"]],
-                                  dtype=torch.long)
+            pairs = [(r["labels"][o], v) for r in rows for _, o, v in r["triplets"] if o >= 0]
+            labels = torch.tensor([objects.index(label) for label, _ in pairs], dtype=torch.long)
             targets = torch.zeros(len(labels), len(verbs))
-            targets[torch.arange(len(labels)), [verbs.index(v) for r in rows for _, _, v in r["triplets"]]] = 1
+            targets[torch.arange(len(labels)), [verbs.index(v) for _, v in pairs]] = 1
             self.vocabulary = (objects, verbs, cooccurrence(labels, targets, len(objects)).tolist())
         objects, verbs, _ = self.vocabulary
         known = [r for r in rows if set(r["labels"]) <= set(objects) and all(v in verbs for *_, v in r["triplets"])]
         return {"images": [_image(r["image"]) for r in known],
                 "targets": [{"boxes": torch.tensor(r["boxes"], dtype=torch.float32).reshape(-1, 4),
                              "labels": torch.tensor([objects.index(label) for label in r["labels"]]),
-                             "hoi": torch.tensor([[s, o, verbs.index(v)] for s, o, v in r["triplets"]],
-                                                 dtype=torch.long).reshape(-1, 3)} for r in known]}
+                             "hoi": torch.tensor([[s, o, verbs.index(v)] for s, o, v in r["triplets"] if o >= 0],
+                                                 dtype=torch.long).reshape(-1, 3)} for r in known],
+                "triplets": [r["triplets"] for r in known]}
 
     def config(self, options: dict[str, Any]) -> CHOIConfig:
         objects, verbs, table = self.vocabulary
@@ -95,16 +98,16 @@ class CHOITask:
     @torch.no_grad()
     def evaluate(self, module: CascadeHOI, data: dict) -> dict[str, float]:
         verbs = module.config.verbs
-        detections, truths = [], []
-        for index, (image, target) in enumerate(zip(data["images"], data["targets"])):
+        detections, persons = [], []
+        for index, (image, target, triplets) in enumerate(zip(data["images"], data["targets"], data["triplets"])):
             result = module([image])[0]
             boxes = result["boxes"].tolist()
             for (h, o), scores in zip(result["pairs"].tolist(), result["verb_scores"]):
                 for verb, score in zip(verbs, scores.tolist()):
                     detections.append(Triplet(str(index), verb, tuple(boxes[h]), tuple(boxes[o]),
                                               score * float(result["scores"][h] * result["scores"][o])))
-            truth_boxes = target["boxes"].tolist()
-            truths += [Triplet(str(index), verbs[v], tuple(truth_boxes[s]), tuple(truth_boxes[o]))
-                       for s, o, v in target["hoi"].tolist()]
-        mean, per_verb = map_role(detections, truths)
-        return {"map_role": mean, **{f"ap_role_{verb}": ap for verb, ap in per_verb.items()}}
+            people = (target["labels"] == module.config.human_label).nonzero().flatten().tolist()
+            persons += image_persons(str(index), target["boxes"].tolist(), triplets, people)
+        mean, per_verb = map_role(detections, persons)
+        return {"map_role": mean, "map_role_scenario_2": map_role(detections, persons, scenario=2)[0],
+                **{f"ap_role_{verb}": ap for verb, ap in per_verb.items() if not math.isnan(ap)}}
