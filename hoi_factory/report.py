@@ -80,6 +80,21 @@ def funnel_chart(funnel: list[dict], reasons: dict[str, int], title: str) -> byt
     return buffer.getvalue()
 
 
+def table_picture(header: list[str], rows: list[list[str]], title: str) -> bytes:
+    """A table as a picture, for figures a report must show per group (e.g. a metric per category)."""
+    figure, axis = plt.subplots(figsize=(1.3 * len(header), 0.6 + 0.3 * (len(rows) + 1)))
+    axis.axis("off")
+    table = axis.table(cellText=rows or [["-"] * len(header)], colLabels=header, loc="center", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(header))))
+    axis.set_title(title, fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def preview_images(version, column: str) -> tuple[list[bytes], list[str]]:
     """The first GRID_SAMPLES images of `column` and their input ids, read shard by shard."""
     images, captions = [], []

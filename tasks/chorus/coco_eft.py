@@ -337,7 +337,7 @@ class COCOEFTPipeline(Pipeline[COCOEFTConfig]):
         ]
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> COCOEFTConfig:
-        categories = ["backpack", "cup"]
+        categories = list(lexicon.DEMO_CATEGORIES)
         files = write_coco_eft(inputs, categories, count=6, seed=0)
         return COCOEFTConfig(eft=files["eft"], annotations=files["annotations"], images=files["images"],
                              categories=categories, execution=execution, output={"dataset": "demo-chorus-test-views"})

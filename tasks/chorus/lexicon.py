@@ -120,3 +120,8 @@ def verb_of(prompt: str, category: str) -> str | None:
     matches = ([verb for verb in CATEGORIES[category].interactions if f"{verb} " in text]
                if category in CATEGORIES else [])
     return max(matches, key=len) if matches else None
+
+
+# The demo's categories: procedural ones that COCO also has, so its COCO-EFT stand-in gives every aggregated
+# category test views (PAP measured for each).
+DEMO_CATEGORIES = ("backpack", "cup", "umbrella")

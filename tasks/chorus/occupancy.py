@@ -21,6 +21,7 @@ from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.pipeline import Pipeline
+from hoi_factory.report import table_picture
 from hoi_factory.stage import MapStage, Reject, Row
 from models.body.smpl import load_body_model, star_pose
 from models.chorus import pap
@@ -31,7 +32,7 @@ from tasks.chorus import lexicon
 from tasks.chorus.scenes import canonical_object_voxels, interaction_pose
 
 BODY_PARTS = {"hands": (20, 21, 22, 23), "feet": (7, 8, 10, 11), "head": (12, 15), "torso": (0, 3, 6, 9, 13, 14)}
-VIEW_COLUMNS = ["sample_id", "object_mask", "person_mask", "body_pose", "K", "R", "t", "azimuth", "width", "height",
+VIEW_COLUMNS = ["sample_id", "object_mask", "body_pose", "K", "R", "t", "azimuth", "width", "height",
                 "verb"]
 CLUSTER_KINDS = ("category", "prompt", "prompt+part")
 
@@ -71,8 +72,8 @@ class AggregateCluster(MapStage):
 
     batch_size = 1
     needs = frozenset({"category", "body_part", "parent", "view_refs", "test_parent", "test_refs"})
-    makes = frozenset({"num_views", "occupancy", "mesh_ply", "preview", "truth_iou", "pap", "pap_strict",
-                       "pap_occlusion_aware", "num_test_views"})
+    makes = frozenset({"num_views", "occupancy", "mesh_ply", "preview", "truth_iou", *pap.VARIANTS,
+                       "num_test_views", "num_test_views_occlusion_aware"})
 
     def __init__(self, config: OccupancyConfig):
         self.config = config
@@ -130,15 +131,11 @@ class AggregateCluster(MapStage):
         return bool(mask[v[inside], u[inside]].any())
 
     def _evaluate(self, occupancy: torch.Tensor, row: Row) -> dict[str, float]:
-        nan = {"pap": float("nan"), "pap_strict": float("nan"), "pap_occlusion_aware": float("nan")}
-        if not row["test_refs"]:
-            return {**nan, "num_test_views": 0}
-        tests = self._read(row["test_parent"], row["test_refs"])
-        results = [self._test_ap(occupancy, view) for view in tests]
-        return {"pap": float(np.mean([r["ap"] for r in results])),
-                "pap_strict": float(np.mean([r["ap_strict"] for r in results])),
-                "pap_occlusion_aware": float(np.mean([r["ap_occlusion_aware"] for r in results])),
-                "num_test_views": len(tests)}
+        """The four PAP variants over the test views whose target is not empty (NaN and 0 views: not measured)."""
+        tests = self._read(row["test_parent"], row["test_refs"]) if row["test_refs"] else []
+        means = pap.mean_pap([self._test_ap(occupancy, view) for view in tests])
+        return {**{name: means[name] for name in pap.VARIANTS}, "num_test_views": means["num_images"],
+                "num_test_views_occlusion_aware": means["num_images_occlusion_aware"]}
 
     def _canonical_points(self, view: Row) -> torch.Tensor:
         """The posed grid points of a test view, backward-skinned to canonical space (cached per view)."""
@@ -150,17 +147,17 @@ class AggregateCluster(MapStage):
                                                                 self.body.lbs_weights.numpy(), bones[0])
         return self.test_points[view["sample_id"]]
 
-    def _test_ap(self, occupancy: torch.Tensor, view: Row) -> dict[str, float]:
-        query = self.centres
+    def _test_ap(self, occupancy: torch.Tensor, view: Row) -> pap.ImageAP:
+        """One test view as the official evaluation: the posed field and the posed body's vertices projected at
+        short side 32 px (K scaled by the same factor on both axes), the object mask area-downsampled."""
         values = self.grid.sample(occupancy, self._canonical_points(view)).numpy()
-        width, height = pap.eval_size(view["width"], view["height"])
-        K = np.reshape(view["K"], (3, 3)).copy()
-        K[:2] *= width / view["width"]
-        scores = pap.project_max(query.numpy(), values, K, np.reshape(view["R"], (3, 3)), np.array(view["t"]),
-                                 width, height)
-        truth = _downsample(decode_mask(view["object_mask"]), width, height)
-        human = _downsample(decode_mask(view["person_mask"]), width, height)
-        return pap.image_ap(scores, truth, human)
+        width, height, scale = pap.eval_size(view["width"], view["height"])
+        K, R, t = np.reshape(view["K"], (3, 3)).copy(), np.reshape(view["R"], (3, 3)), np.array(view["t"])
+        K[:2] *= scale
+        scores = pap.project_max(self.centres.numpy(), values, K, R, t, width, height)
+        _, vertices = self._bones(np.array([view["body_pose"]]))
+        human = pap.project_region(vertices[0].numpy(), K, R, t, width, height)
+        return pap.image_ap(scores, _downsample(decode_mask(view["object_mask"]), width, height), human)
 
     def _truth_iou(self, occupancy: torch.Tensor, verbs: set[str], category: str) -> float:
         """IoU with the exact object voxels, when the cluster is one procedural interaction."""
@@ -222,11 +219,11 @@ class OccupancyPipeline(Pipeline[OccupancyConfig]):
     schema = pa.schema([
         ("category", pa.string()), ("cluster", pa.string()), ("base_prompt", pa.string()), ("body_part", pa.string()),
         ("num_views", pa.int32()), ("occupancy", pa.binary()), ("mesh_ply", pa.binary()), ("preview", pa.binary()),
-        ("pap", pa.float32()), ("pap_strict", pa.float32()), ("pap_occlusion_aware", pa.float32()),
-        ("num_test_views", pa.int32()), ("truth_iou", pa.float32()),
+        *((variant, pa.float32()) for variant in pap.VARIANTS),
+        ("num_test_views", pa.int32()), ("num_test_views_occlusion_aware", pa.int32()), ("truth_iou", pa.float32()),
     ])
     preview_column = "preview"
-    allow_non_finite = frozenset({"pap", "pap_strict", "pap_occlusion_aware", "truth_iou"})  # NaN: not measured
+    allow_non_finite = frozenset({*pap.VARIANTS, "truth_iou"})  # NaN: not measured
     item_keys = frozenset({"input_id", "category", "cluster", "base_prompt", "body_part", "parent", "view_refs",
                            "test_parent", "test_refs"})
 
@@ -258,6 +255,38 @@ class OccupancyPipeline(Pipeline[OccupancyConfig]):
 
     def stages(self, config: OccupancyConfig):
         return [AggregateCluster(config)]
+
+    def dataset_metrics(self, version) -> dict[str, float]:
+        """Per category, from its whole-category cluster: the four PAP variants and the test views behind them
+        (the paper's table), and the mean truth IoU over its clusters where the truth is known; overall, the mean
+        of each over the categories that have a figure."""
+        rows = version.to_arrow(["category", "cluster", *pap.VARIANTS, "num_test_views", "truth_iou"]).to_pylist()
+        metrics: dict[str, float] = {}
+        for row in rows:
+            if row["cluster"] == _cluster_name(None, None):
+                category = row["category"]
+                metrics.update({f"{name}/{category}": row[name] for name in pap.VARIANTS})
+                metrics[f"test_views/{category}"] = float(row["num_test_views"])
+        for category in sorted({row["category"] for row in rows}):
+            known = [row["truth_iou"] for row in rows if row["category"] == category and np.isfinite(row["truth_iou"])]
+            metrics[f"truth_iou/{category}"] = float(np.mean(known)) if known else float("nan")
+        for name in (*pap.VARIANTS, "truth_iou"):
+            values = [value for key, value in metrics.items() if key.startswith(f"{name}/") and np.isfinite(value)]
+            metrics[name] = float(np.mean(values)) if values else float("nan")
+        return metrics
+
+    def report_pictures(self, version) -> dict[str, bytes]:
+        """Every cluster's scores in one table; a cluster without test views says so."""
+        columns = ["category", "cluster", "num_views", *pap.VARIANTS, "num_test_views", "truth_iou"]
+        table = []
+        for row in version.to_arrow(columns).to_pylist():
+            scores = [f"{row[name]:.3f}" if row["num_test_views"] else "no test views" for name in pap.VARIANTS]
+            truth = f"{row['truth_iou']:.3f}" if np.isfinite(row["truth_iou"]) else "unknown"
+            table.append([row["category"], row["cluster"], str(row["num_views"]), *scores,
+                          str(row["num_test_views"]), truth])
+        header = ["category", "cluster", "views", "PAP", "PAP strict", "PAP occl.-aware", "PAP strict occl.-aware",
+                  "test views", "truth IoU"]
+        return {"scores": table_picture(header, table, f"{version.ref}: PAP (CHORUS Sec. 4.2) and truth IoU")}
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> OccupancyConfig:
         return OccupancyConfig(views="demo-chorus-views", test_views="demo-chorus-test-views", min_views=4,

@@ -174,5 +174,5 @@ class PromptsPipeline(Pipeline[PromptsConfig]):
         return [DescribePrompt()]
 
     def demo_config(self, inputs, execution: ExecutionConfig) -> PromptsConfig:
-        return PromptsConfig(categories=["hat", "backpack", "cup"], prompts_per_category=2, viewpoints=True,
+        return PromptsConfig(categories=list(lexicon.DEMO_CATEGORIES), prompts_per_category=2, viewpoints=True,
                              execution=execution, output={"dataset": "demo-chorus-prompts"})
