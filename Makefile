@@ -2,17 +2,21 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
+# detectron2 (not on PyPI): its wheel, when ../shared/wheels (beside this repository) holds one.
+DETECTRON2_WHEEL = $(lastword $(sort $(wildcard $(dir $(abspath $(lastword $(MAKEFILE_LIST))))../shared/wheels/detectron2-*.whl)))
 
 .PHONY: install browser demo lint test bench gpu-check
 install: $(VENV)/.installed
 
 # torch and torchvision first, pinned as a pair (a torchvision built for another torch fails to import);
 # on this project's machines pip takes both from local disk.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(DETECTRON2_WHEEL)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e '.[test,vision,diffusion,video,metrics]'
+	$(if $(DETECTRON2_WHEEL),$(BIN)/python -m pip install -q '$(DETECTRON2_WHEEL)' -e '.[detectron2]',\
+	  @echo "no detectron2 wheel in ../shared/wheels: perception=detectron2 is unavailable (its tests skip)")
 	touch $@
 
 demo: install

@@ -6,7 +6,12 @@ into TORCH_HOME by torchvision) or a folder holding `mask_rcnn.safetensors` and 
 `pip install 'hoi-factory[vision]'`. Not models/pretrained.py's mixin: the weights are torchvision's own state
 dicts of two torchvision models, not one model of ours.
 
-Keypoint confidences are the heatmap scores Keypoint R-CNN gives (as detectron2's, which CHORUS thresholds).
+Keypoint confidences are on a 0-1 scale, as the paper's 0.7 threshold expects (CHORUS thresholds HRNet heatmap
+maxima, about 0-1). Keypoint R-CNN's own `keypoints_scores` are raw heatmap logits, unbounded, so they are
+replaced by a calibrated one: Keypoint R-CNN is trained with a softmax over each 56 x 56 heatmap, so the softmax
+is its probability of where the keypoint lies, and the confidence is that probability's mass within 2 cells of
+the peak (a 5 x 5 window, about the footprint of HRNet's sigma-2 target Gaussian): near 1 for a sharp peak,
+at most 25 / 3136 = 0.008 for a flat heatmap. The logits are read by a forward hook on the keypoint predictor.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from hoi_factory.optional import require
 
 MASK_FILE, KEYPOINT_FILE = "mask_rcnn.safetensors", "keypoint_rcnn.safetensors"
 MASK_THRESHOLD = 0.5
+PEAK_RADIUS = 2  # heatmap cells around the peak whose probability counts toward a keypoint's confidence
 
 
 @dataclass
@@ -46,6 +53,17 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
     area = lambda boxes: (boxes[:, 2:] - boxes[:, :2]).prod(-1)  # noqa: E731
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+def peak_probability(logits: torch.Tensor, radius: int = PEAK_RADIUS) -> torch.Tensor:
+    """(N, K, H, W) heatmap logits -> (N, K) spatial-softmax probability within `radius` cells of each peak."""
+    n, k, height, width = logits.shape
+    flat = logits.reshape(n * k, height * width)
+    probability = flat.softmax(-1).reshape(n * k, 1, height, width)
+    side = 2 * radius + 1
+    window = F.avg_pool2d(probability, side, stride=1, padding=radius, count_include_pad=True) * side**2
+    peak = flat.argmax(-1, keepdim=True)
+    return window.reshape(n * k, height * width).gather(1, peak).reshape(n, k)
 
 
 def detections_from_outputs(masks: dict, keypoints: dict, categories: list[str],
@@ -78,6 +96,9 @@ class RCNNPerception:
         self.device = torch.device(device)
         self.mask_model = mask_model.eval().to(self.device)
         self.keypoint_model = keypoint_model.eval().to(self.device)
+        self._heatmaps: list[torch.Tensor] = []
+        self.keypoint_model.roi_heads.keypoint_predictor.register_forward_hook(
+            lambda module, inputs, output: self._heatmaps.append(output))
 
     @staticmethod
     def architectures(pretrained: bool = False, min_size: int = 800) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -115,5 +136,14 @@ class RCNNPerception:
     def __call__(self, images: list[np.ndarray]) -> list[list[Detection]]:
         tensors = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255).to(self.device)
                    for image in images]
-        masks, keypoints = self.mask_model(tensors), self.keypoint_model(tensors)
+        masks, keypoints = self.mask_model(tensors), self.keypoints(tensors)
         return [detections_from_outputs(m, k, self.categories) for m, k in zip(masks, keypoints)]
+
+    @torch.no_grad()
+    def keypoints(self, tensors: list[torch.Tensor]) -> list[dict]:
+        """Keypoint R-CNN's outputs with `keypoints_scores` replaced by the calibrated peak probabilities."""
+        self._heatmaps.clear()
+        outputs = self.keypoint_model(tensors)
+        # One heatmap row per kept box, images in order (torchvision's RoIHeads runs the predictor on them).
+        confidences = peak_probability(self._heatmaps.pop()).split([len(o["boxes"]) for o in outputs])
+        return [{**o, "keypoints_scores": c} for o, c in zip(outputs, confidences)]

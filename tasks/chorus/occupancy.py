@@ -3,6 +3,13 @@
 
 A work item is a cluster: the ids of its views travel in the item and the worker reads their masks,
 poses and cameras from the views dataset itself.
+
+Part relevance (a prompt + part cluster keeps a view only if the part takes part in it) follows the official
+semantic clustering: the part's interaction region is the set of canonical voxels within epsilon = 0.13 m of
+the part's star-posed vertices, and a view is kept when the aggregation's own projection of some region voxel
+(posed by the view's bones) lands in the object mask, i.e. some ray through the mask passes that close to the
+part. Parts are the vertices whose dominant skinning joint belongs to the part (the official reads a
+mesh segmentation file). In the no-canonicalization ablation the region still follows the view's pose.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from pydantic import Field
+from scipy.spatial import cKDTree
 
 from hoi_factory.codec import decode_mask, encode_npy, encode_png
 from hoi_factory.config import ExecutionConfig, RunConfig
@@ -27,7 +35,6 @@ from models.body.smpl import load_body_model, star_pose
 from models.chorus import pap
 from models.chorus.aggregate import Views, aggregate
 from models.chorus.canonical import Grid, backward_warp, canonical_weights
-from models.render.camera import project
 from tasks.chorus import lexicon
 from tasks.chorus.scenes import canonical_object_voxels, interaction_pose
 
@@ -35,6 +42,7 @@ BODY_PARTS = {"hands": (20, 21, 22, 23), "feet": (7, 8, 10, 11), "head": (12, 15
 VIEW_COLUMNS = ["sample_id", "object_mask", "body_pose", "K", "R", "t", "azimuth", "width", "height",
                 "verb"]
 CLUSTER_KINDS = ("category", "prompt", "prompt+part")
+INTERACTION_DISTANCE = 0.13  # epsilon of the official semantic clustering, metres in canonical space
 
 
 class OccupancyConfig(RunConfig):
@@ -85,6 +93,12 @@ class AggregateCluster(MapStage):
         self.centres = self.grid.centres()
         self.star = self.body.pose(star_pose())
         self.weights = canonical_weights(self.grid, self.star.vertices[0].numpy(), self.body.lbs_weights.numpy())
+        owner = self.body.lbs_weights.argmax(1).numpy()
+        self.regions = {}  # part -> the canonical points and skinning weights of its interaction region
+        for part in self.config.body_parts:
+            part_vertices = self.star.vertices[0].numpy()[np.isin(owner, BODY_PARTS[part])]
+            region = interaction_region(self.centres.numpy(), part_vertices)
+            self.regions[part] = (self.centres[region], self.weights[region])
         self.readers: dict[str, ViewReader] = {}
         self.test_points: dict[str, torch.Tensor] = {}  # test view id -> its grid points warped to canonical
 
@@ -94,18 +108,12 @@ class AggregateCluster(MapStage):
         return self.readers[ref].rows(refs)
 
     def _bones(self, poses: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bones from canonical (star) to each pose, and the posed vertices."""
         posed = self.body.pose(torch.from_numpy(poses).float())
-        bones = posed.transforms @ torch.linalg.inv(self.star.transforms)
-        if not self.config.canonicalize:
-            bones = torch.eye(4).expand_as(bones).clone()
-        return bones, posed.vertices
+        return posed.transforms @ torch.linalg.inv(self.star.transforms), posed.vertices
 
     def process_row(self, row: Row) -> Row | Reject:
         views = self._read(row["parent"], row["view_refs"])
-        if row["body_part"]:
-            views = [v for v in views if self._touches(v, row["body_part"])]
-        if len(views) < self.config.min_views:
-            return Reject.of(row, "too few views", f"{len(views)} < {self.config.min_views}")
         bones, _ = self._bones(np.array([v["body_pose"] for v in views]))
         batch = Views(
             masks=[decode_mask(v["object_mask"]) for v in views],
@@ -113,22 +121,18 @@ class AggregateCluster(MapStage):
             R=torch.tensor([v["R"] for v in views]).reshape(-1, 3, 3),
             t=torch.tensor([v["t"] for v in views]), bones=bones, azimuths=torch.tensor([v["azimuth"] for v in views]),
         )
+        if row["body_part"]:
+            keep = [k for k, hit in enumerate(rays_reach(*self.regions[row["body_part"]], batch)) if hit]
+            views, batch = [views[k] for k in keep], select_views(batch, keep)
+        if len(views) < self.config.min_views:
+            return Reject.of(row, "too few views", f"{len(views)} < {self.config.min_views}")
+        if not self.config.canonicalize:
+            batch.bones = torch.eye(4).expand_as(batch.bones).clone()
         occupancy = aggregate(self.centres, self.weights, batch).reshape((self.config.resolution,) * 3)
         scores = self._evaluate(occupancy, row)
         return {**row, "num_views": len(views), "occupancy": encode_npy(occupancy.numpy().astype(np.float16)),
                 "mesh_ply": self._mesh(occupancy), "preview": self._preview(occupancy),
                 "truth_iou": self._truth_iou(occupancy, {v["verb"] for v in views}, row["category"]), **scores}
-
-    def _touches(self, view: Row, part: str) -> bool:
-        """The paper's proximity cue: some ray through the object mask passes the body part's region."""
-        _, vertices = self._bones(np.array([view["body_pose"]]))
-        owner = self.body.lbs_weights.argmax(1).numpy()
-        region = vertices[0].numpy()[np.isin(owner, BODY_PARTS[part])]
-        pixels = project(region, np.reshape(view["K"], (3, 3)), np.reshape(view["R"], (3, 3)), np.array(view["t"]))
-        mask = decode_mask(view["object_mask"])
-        u, v = np.floor(pixels[:, 0]).astype(int), np.floor(pixels[:, 1]).astype(int)
-        inside = (u >= 0) & (u < mask.shape[1]) & (v >= 0) & (v < mask.shape[0]) & (pixels[:, 2] > 0)
-        return bool(mask[v[inside], u[inside]].any())
 
     def _evaluate(self, occupancy: torch.Tensor, row: Row) -> dict[str, float]:
         """The four PAP variants over the test views whose target is not empty (NaN and 0 views: not measured)."""
@@ -204,6 +208,27 @@ class AggregateCluster(MapStage):
             panels.append(np.flipud(picture.transpose(1, 0, 2)))  # y up
         picture = np.concatenate(panels, 1).clip(0, 255).astype(np.uint8)
         return encode_png(np.kron(picture, np.ones((3, 3, 1), dtype=np.uint8)))
+
+
+def interaction_region(centres: np.ndarray, part_vertices: np.ndarray,
+                       epsilon: float = INTERACTION_DISTANCE) -> np.ndarray:
+    """The canonical voxels (mask over `centres`) closer than `epsilon` to some vertex of the star-posed part."""
+    distance, _ = cKDTree(part_vertices).query(centres, distance_upper_bound=epsilon)
+    return distance < epsilon
+
+
+def select_views(views: Views, keep: list[int]) -> Views:
+    index = torch.as_tensor(keep, dtype=torch.long)
+    return Views([views.masks[k] for k in keep], views.K[index], views.R[index], views.t[index], views.bones[index],
+                 views.azimuths[index])
+
+
+def rays_reach(points: torch.Tensor, weights: torch.Tensor, views: Views) -> list[bool]:
+    """Per view: does a ray through its object mask pass through the canonical `points` (with skinning `weights`)?
+    Read, as in the official code, from the aggregation's own test: a point posed by the view's bones and
+    projected into its mask (one view alone aggregates to 1 exactly there)."""
+    return [bool(aggregate(points, weights, select_views(views, [k])).gt(0).any())
+            for k in range(len(views.masks))]
 
 
 def _downsample(mask: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 paper's filter rules (CHORUS Sec. 3.2), each rejection with its reason.
 
 Backends: `ground_truth` reads the exact instances a procedural scene carries; `torchvision` runs Mask R-CNN
-and Keypoint R-CNN (models/perception.py) on any image, on a GPU when its workers are given one (`perception.gpus`).
+and Keypoint R-CNN (models/perception.py), `detectron2` PointRend and Keypoint R-CNN (models/detectron2_perception.py),
+on any image, on a GPU when its workers are given one (`perception.gpus`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import numpy as np
 
 from hoi_factory.context import StageContext
 from hoi_factory.stage import Filter, MapStage, Resources, Row, Stage
+from models.detectron2_perception import Detectron2Perception
 from models.perception import Detection, RCNNPerception
 
-BACKENDS = ("ground_truth", "torchvision")
+LEARNED = {"torchvision": RCNNPerception, "detectron2": Detectron2Perception}
+BACKENDS = ("ground_truth", *LEARNED)
 
 MIN_SCORE = 0.8
 MIN_KEYPOINT_CONFIDENCE = 0.7
@@ -75,14 +78,14 @@ class Perceive(Stage):
         self.backend, self.weights, self.image_size = backend, weights, image_size
         self.resources = Resources(num_cpus=1.0, num_gpus=gpus)
         # The exact instances exist only in procedural rows: the column check refuses other sources.
-        self.needs = frozenset({"image_array"} if backend == "torchvision" else {"instances"})
+        self.needs = frozenset({"image_array"} if backend in LEARNED else {"instances"})
 
     def setup(self, context: StageContext) -> None:
-        if self.backend == "torchvision":
-            self.model = RCNNPerception.from_pretrained(self.weights, context.device, self.image_size)
+        if self.backend in LEARNED:
+            self.model = LEARNED[self.backend].from_pretrained(self.weights, context.device, self.image_size)
 
     def process(self, batch: list[Row]) -> list[Row]:
-        if self.backend == "torchvision":
+        if self.backend in LEARNED:
             found = self.model([row["image_array"] for row in batch])
         elif any("instances" not in row for row in batch):
             raise ValueError("the ground_truth backend needs procedural scenes (rows with exact instances)")

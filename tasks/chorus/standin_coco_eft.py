@@ -4,6 +4,10 @@ The files have the real formats (COCO instances + person_keypoints JSON, EFT `{"
 adapter in tasks/chorus/coco_eft.py reads them exactly as it reads the real ones. Like EFT, the camera is a
 weak-perspective camera of a 224 px crop, here fitted by least squares to the person's projected joints, so
 the adapter's conversion back to a perspective camera is checked against the scene's true camera.
+
+`violations` stages what the official test-set rules must drop: a second person annotation, a second object
+annotation of the category, an object box away from the person's, and an EFT body shape (a strong second
+beta) that the mean-shape body cannot reproduce through any perspective camera.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tasks.chorus.lexicon import CATEGORIES, COCO_CATEGORIES
 from tasks.chorus.scenes import render_scene
 
 PERSON_CATEGORY_ID = 1
+VIOLATIONS = ("second_person", "second_object", "boxes_apart", "body_shape")
 
 
 def polygons(mask: np.ndarray) -> list[list[float]]:
@@ -44,12 +49,36 @@ def weak_perspective_fit(points: np.ndarray, pixels: np.ndarray, center: np.ndar
     return [float(scale), float(a / scale), float(b / scale)]
 
 
-def write_coco_eft(folder: Path, categories: list[str], count: int, seed: int = 0, image_size: int = 256,
-                   jitter: float = 0.25) -> dict:
-    """`count` scenes per category -> folder/{images/, instances.json, person_keypoints.json, eft.json}.
+def _box(mask: np.ndarray) -> list[float]:
+    """COCO [x, y, width, height] of a mask (all zero when the mask is: an object hidden behind the person)."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
 
-    Returns the adapter's inputs (`eft`, `annotations`, `images`) and, per EFT annotId, the true R, t.
+
+def _corner_away(box: list[float], size: int, side: int = 8) -> np.ndarray:
+    """A side x side mask in the image corner farthest from the box's centre."""
+    centre_x, centre_y = box[0] + box[2] / 2, box[1] + box[3] / 2
+    x = 0 if centre_x > size / 2 else size - side
+    y = 0 if centre_y > size / 2 else size - side
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y:y + side, x:x + side] = True
+    return mask
+
+
+def write_coco_eft(folder: Path, categories: list[str], count: int, seed: int = 0, image_size: int = 256,
+                   jitter: float = 0.25, violations: dict[int, str] | None = None) -> dict:
+    """`count` scenes per category -> folder/{images/, instances.json, person_keypoints.json, eft.json};
+    `violations` maps an image's number (0, 1, ... over all categories) to one of VIOLATIONS staged in it.
+
+    Returns the adapter's inputs (`eft`, `annotations`, `images`) and, per EFT annotId, the true R, t and the
+    staged violation ("" for none).
     """
+    violations = violations or {}
+    unknown = set(violations.values()) - set(VIOLATIONS)
+    if unknown:
+        raise ValueError(f"unknown violations {sorted(unknown)}; choose from {VIOLATIONS}")
     body = load_body_model("standin")
     category_ids = {name: i + 1 for i, name in enumerate(COCO_CATEGORIES)}
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -67,15 +96,21 @@ def write_coco_eft(folder: Path, categories: list[str], count: int, seed: int = 
             person = next(i for i in scene.instances if i.label == "person")
             target = next(i for i in scene.instances if i.label == category)
             person_id, object_id = 2 * image_id, 2 * image_id + 1
-            ys, xs = np.nonzero(person.mask)
-            bbox = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
+            violation = violations.get(image_id - 1, "")
+            bbox = _box(person.mask)
+            object_mask = _corner_away(bbox, image_size) if violation == "boxes_apart" else target.mask
             keypoints = np.concatenate([person.keypoints[:, :2], 2 * (person.keypoints[:, 2:] > 0)], 1)
             people.append({"id": person_id, "image_id": image_id, "category_id": PERSON_CATEGORY_ID, "iscrowd": 0,
                            "bbox": bbox, "area": float(person.mask.sum()), "segmentation": polygons(person.mask),
                            "keypoints": keypoints.reshape(-1).round(2).tolist(),
                            "num_keypoints": int((keypoints[:, 2] > 0).sum())})
             objects.append({"id": object_id, "image_id": image_id, "category_id": category_ids[category],
-                            "iscrowd": 0, "area": float(target.mask.sum()), "segmentation": polygons(target.mask)})
+                            "iscrowd": 0, "bbox": _box(object_mask), "area": float(object_mask.sum()),
+                            "segmentation": polygons(object_mask)})
+            if violation in ("second_person", "second_object"):  # a copy under a fresh id (ids above 2 * images)
+                copy = objects[-1] if violation == "second_object" else {
+                    k: v for k, v in people[-1].items() if k not in ("keypoints", "num_keypoints")}
+                objects.append({**copy, "id": 10**6 + image_id})
 
             posed = body.pose(torch.from_numpy(scene.body_pose).float()[None])
             joints = torch.cat([posed.joints[0], posed.keypoints[0]]).numpy()
@@ -84,11 +119,12 @@ def write_coco_eft(folder: Path, categories: list[str], count: int, seed: int = 
             smpl_frame = joints @ scene.R.T + body.rest_pelvis  # EFT's frame: rotated, root joint at its rest place
             rotations = np.concatenate([scene.R[None],
                                         Rotation.from_rotvec(scene.body_pose.reshape(-1, 3)).as_matrix()])
+            shape = [0.0, 3.0 if violation == "body_shape" else 0.0] + [0.0] * 8
             fits.append({"annotId": person_id, "imageName": name, "parm_pose": rotations.round(6).tolist(),
-                         "parm_shape": [0.0] * 10, "bbox_center": center.tolist(), "bbox_scale": box / 200,
+                         "parm_shape": shape, "bbox_center": center.tolist(), "bbox_scale": box / 200,
                          "parm_cam": weak_perspective_fit(smpl_frame, project(joints, scene.K, scene.R, scene.t)[:, :2],
                                                           center, box)})
-            truth[person_id] = {"R": scene.R, "t": scene.t}
+            truth[person_id] = {"R": scene.R, "t": scene.t, "violation": violation}
     categories_json = [{"id": PERSON_CATEGORY_ID, "name": "person"}] + [
         {"id": category_ids[c], "name": c} for c in categories]
     # Like COCO: object masks in the instances file, keypoints in a second file that repeats the people.

@@ -68,6 +68,19 @@ class TorchvisionPerception(Variant):
     gpus: float = Field(0.0, ge=0, le=8, description="GPUs per perception worker (fractions share one)")
 
 
+class Detectron2Perception(Variant):
+    """detectron2's PointRend (the official code's segmenter) + Keypoint R-CNN."""
+
+    kind: Literal["detectron2"] = "detectron2"
+    weights: str = Field(..., description="a folder with pointrend.yaml, pointrend.safetensors, keypoint_rcnn.yaml "
+                         "and keypoint_rcnn.safetensors")
+    image_size: int = Field(800, ge=32, le=4096, description="shorter side the models see (800 as trained)")
+    gpus: float = Field(0.0, ge=0, le=8, description="GPUs per perception worker (fractions share one)")
+
+
+LearnedPerception = TorchvisionPerception | Detectron2Perception
+
+
 class FitCalibration(Variant):
     """SMPL pose and camera fitted to the keypoints."""
 
@@ -87,8 +100,8 @@ class ViewsConfig(RunConfig):
     images_per_prompt: int = Field(4, ge=1, le=100_000)
     source: ProceduralImages | DiffusersImages = Field(default_factory=ProceduralImages, discriminator="kind",
                                                        description="image source")
-    perception: GroundTruthPerception | TorchvisionPerception = Field(default_factory=GroundTruthPerception,
-                                                                      discriminator="kind")
+    perception: GroundTruthPerception | TorchvisionPerception | Detectron2Perception = Field(
+        default_factory=GroundTruthPerception, discriminator="kind")
     calibration: FitCalibration | GivenCalibration = Field(default_factory=FitCalibration, discriminator="kind")
     body_model: str = Field("standin", description="'standin' or a path to an SMPL .npz")
 
@@ -96,9 +109,9 @@ class ViewsConfig(RunConfig):
     def _truth_for_the_source(self) -> ViewsConfig:
         """Only procedural scenes carry true instances and poses."""
         if isinstance(self.source, DiffusersImages) and not (
-                isinstance(self.perception, TorchvisionPerception) and isinstance(self.calibration, FitCalibration)):
-            raise ValueError("generated images carry no ground truth: use perception=torchvision and "
-                             "calibration=fit with source=diffusers")
+                isinstance(self.perception, LearnedPerception) and isinstance(self.calibration, FitCalibration)):
+            raise ValueError("generated images carry no ground truth: use perception=torchvision (or detectron2) "
+                             "and calibration=fit with source=diffusers")
         return self
 
 
@@ -187,8 +200,8 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
         source, perception, calibration = config.source, config.perception, config.calibration
         images = (TextToImage(source) if isinstance(source, DiffusersImages)
                   else ProceduralImage(source, config.body_model))
-        perceive = (Perceive("torchvision", perception.weights, perception.image_size, perception.gpus)
-                    if isinstance(perception, TorchvisionPerception) else Perceive("ground_truth"))
+        perceive = (Perceive(perception.kind, perception.weights, perception.image_size, perception.gpus)
+                    if isinstance(perception, LearnedPerception) else Perceive("ground_truth"))
         calibrate = (Calibrate("fit", config.body_model, calibration.max_reprojection_error_px, calibration.steps)
                      if isinstance(calibration, FitCalibration)
                      else Calibrate("given", config.body_model, math.inf))  # the truth: no error to bound

@@ -12,7 +12,7 @@ pytest.importorskip("diffusers", reason="the text-to-image source is the [diffus
 from hoi_factory.config import ConfigError, validate_run_config  # noqa: E402
 from hoi_factory.run import run_pipeline  # noqa: E402
 from models.diffusion import Sampling, generate, load_diffusion  # noqa: E402
-from models.perception import RCNNPerception, detections_from_outputs  # noqa: E402
+from models.perception import RCNNPerception, detections_from_outputs, peak_probability  # noqa: E402
 from tasks.chorus.perception import reason_to_reject  # noqa: E402
 from tasks.chorus.prompts import PromptsConfig, PromptsPipeline  # noqa: E402
 from tasks.chorus.views import ViewsConfig, ViewsPipeline  # noqa: E402
@@ -43,6 +43,47 @@ def test_outputs_become_labelled_detections_with_the_overlapping_persons_keypoin
     assert np.allclose(found[0].keypoints[:, :2], [20, 30]) and np.allclose(found[0].keypoints[:, 2], 3.0)
     assert found[1].keypoints is None
     assert reason_to_reject(found, "cup", 64, 64) is None
+
+
+def test_peak_probability_is_the_softmax_mass_around_the_peak():
+    """56 x 56 heatmaps, hand-worked: one cell at logit log(27999), the other 3135 at 0, so the softmax gives the
+    peak 27999 / 31134 and every other cell 1 / 31134. In the middle the 5 x 5 window holds the peak and 24
+    others: 28023 / 31134 = 0.9001; in a corner only 8 others: 28007 / 31134 = 0.8996. A flat heatmap peaks at
+    its first cell, a corner: 9 / 3136.
+    """
+    logits = torch.zeros(1, 3, 56, 56, dtype=torch.float64)
+    logits[0, 0, 30, 20] = logits[0, 1, 0, 0] = np.log(27999)
+    confidence = peak_probability(logits)[0]
+    assert confidence[0].item() == pytest.approx(28023 / 31134)
+    assert confidence[1].item() == pytest.approx(28007 / 31134)
+    assert confidence[2].item() == pytest.approx(9 / 3136)  # flat: far below the paper's 0.7
+    one_cell = torch.full((1, 1, 56, 56), -1e4)
+    one_cell[0, 0, 5, 7] = 0
+    assert peak_probability(one_cell)[0, 0] == pytest.approx(1.0)  # all the mass on one cell
+    scores = peak_probability(torch.randn(4, 17, 56, 56) * 5)
+    assert scores.shape == (4, 17) and (scores >= 0).all() and (scores <= 1).all()
+
+
+def test_keypoint_confidences_are_the_calibrated_peak_probabilities_of_each_kept_box():
+    """Random weights, two images: each kept box's 17 confidences are the peak probabilities of its own heatmap
+    rows (read here by a second hook), where torchvision's own scores are logits beyond 0-1."""
+    torch.manual_seed(0)
+    perception = RCNNPerception(*RCNNPerception.architectures(min_size=64))
+    heatmaps = []
+    perception.keypoint_model.roi_heads.keypoint_predictor.register_forward_hook(
+        lambda module, inputs, output: heatmaps.append(output))
+    tensors = [torch.from_numpy(np.random.default_rng(seed).integers(0, 255, (3, 64, 80))).float() / 255
+               for seed in (0, 1)]
+    with torch.no_grad():
+        raw = perception.keypoint_model(tensors)
+    calibrated = perception.keypoints(tensors)
+    boxes = [len(r["boxes"]) for r in raw]
+    assert sum(boxes) > 0 and [len(c["boxes"]) for c in calibrated] == boxes
+    assert torch.cat([r["keypoints_scores"] for r in raw]).abs().max() > 1
+    for found, expected in zip(calibrated, peak_probability(heatmaps[-1]).split(boxes)):
+        assert found["keypoints_scores"].shape == expected.shape
+        assert torch.equal(found["keypoints_scores"], expected)
+        assert ((expected >= 0) & (expected <= 1)).all()
 
 
 def test_tiny_text_to_image_is_seeded_per_sample(tmp_path):
