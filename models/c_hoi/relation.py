@@ -2,7 +2,8 @@
 
 Per human–object pair three features: semantic X_s (object–verb co-occurrence frequencies of the training set),
 geometric X_g (the pair's two-channel 64x64 masks in their union box -> two conv + pool -> FC -> 256-d) and
-visual X_v (human, object and union RoI features -> 1024-d). RRM scores a pair g = sigmoid(FC([X_v, X_g])) and
+visual X_v (human, object and union RoI features -> 1024-d; the human RoI map first goes through IHSM,
+`HumanSemanticMining`). RRM scores a pair g = sigmoid(FC([X_v, X_g])) and
 is trained with a pairwise hinge loss (margin 0.2) that puts annotated pairs above unannotated ones; the top 64
 pairs go on. RCM gives each stream its own verb scores (sigmoid(FC(X))), each trained with BCE; the final score
 is (s_v + s_g) * s_s. Detections scoring below 0.3 never form pairs.
@@ -59,24 +60,26 @@ def ranking_loss(rank: torch.Tensor, annotated: torch.Tensor, margin: float = RA
 
 
 class RelationModule(nn.Module):
-    def __init__(self, num_verbs: int, semantic_table: torch.Tensor, visual_in: int):
+    def __init__(self, num_verbs: int, semantic_table: torch.Tensor, visual_in: int,
+                 geometry_size: int = GEOMETRY_SIZE):
         super().__init__()
         self.register_buffer("semantic_table", semantic_table.float(), persistent=False)  # rebuilt from the config
         self.geometric = nn.Sequential(
             nn.Conv2d(2, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * (GEOMETRY_SIZE // 4) ** 2, GEOMETRIC_WIDTH), nn.ReLU())
+            nn.Flatten(), nn.Linear(64 * (geometry_size // 4) ** 2, GEOMETRIC_WIDTH), nn.ReLU())
         self.visual = nn.Sequential(nn.Linear(3 * visual_in, VISUAL_WIDTH), nn.ReLU())
         self.rank_head = nn.Linear(VISUAL_WIDTH + GEOMETRIC_WIDTH, 1)
         self.semantic_head = nn.Linear(semantic_table.shape[1], num_verbs)
         self.geometric_head = nn.Linear(GEOMETRIC_WIDTH, num_verbs)
         self.visual_head = nn.Linear(VISUAL_WIDTH, num_verbs)
 
-    def forward(self, human: torch.Tensor, obj: torch.Tensor, union: torch.Tensor, masks: torch.Tensor,
-                object_labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled RoI features (P, C) of human, object and union, masks (P, 2, 64, 64), object labels (P,)
+    def forward(self, visual: torch.Tensor, masks: torch.Tensor, object_labels: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        """Visual input (P, 3C): the human, object and union RoI features side by side (plus the previous
+        stage's, Eq. 11), masks (P, 2, S, S) (`pair_masks` at the module's geometry size), object labels (P,)
         -> rank scores (P,) in [0, 1] and the three streams' verb logits (P, N)."""
-        x_v = self.visual(torch.cat([human, obj, union], 1))
+        x_v = self.visual(visual)
         x_g = self.geometric(masks)
         x_s = self.semantic_table[object_labels]
         return {"rank": torch.sigmoid(self.rank_head(torch.cat([x_v, x_g], 1))).squeeze(1),
@@ -100,3 +103,26 @@ class RelationModule(nn.Module):
     @staticmethod
     def top_pairs(rank: torch.Tensor, k: int = TOP_PAIRS) -> torch.Tensor:
         return torch.argsort(rank, descending=True)[:k]
+
+
+class HumanSemanticMining(nn.Module):
+    """IHSM (paper Eqs. 5-7): every position of the human RoI map gathers the positions of the same body part,
+    H + sum_j softmax_j(h_i . h_j) h_j. As the official code (mmdet's NonLocal2D on the subject RoI features),
+    an embedded-Gaussian non-local block: 1x1 embeddings to C/2, scaled dot products, and an output 1x1 conv
+    that starts at zero, so that the block starts as the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        inner = channels // 2
+        self.theta, self.phi, self.g = (nn.Conv2d(channels, inner, 1) for _ in range(3))
+        self.out = nn.Conv2d(inner, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, human: torch.Tensor) -> torch.Tensor:
+        """(P, C, H, W) RoI maps -> the same, enhanced."""
+        count, _, height, width = human.shape
+        query, key, value = (f(human).flatten(2) for f in (self.theta, self.phi, self.g))  # (P, C/2, HW)
+        attention = torch.softmax(query.transpose(1, 2) @ key / query.shape[1] ** 0.5, -1)  # (P, HW, HW)
+        context = (value @ attention.transpose(1, 2)).view(count, -1, height, width)
+        return human + self.out(context)

@@ -6,6 +6,13 @@ built from the training data and saved in the model's config. The recognizer tra
 a role without object (`hoi_objects` -1) is kept for the evaluation only. Evaluation: V-COCO mAP_role
 (`models.c_hoi.evaluation`, scenario 1, and `map_role_scenario_2`) of the detected triplets (verb score x human
 score x object score) against the data's persons; per-verb APs are reported for the verbs with ground truth.
+
+Options: `preset=tiny` (the CPU test size: the small backbone), `backbone`, `min_size`, `max_size`; `weights`: the
+backbone's start (`IMAGENET1K_V1`-style torchvision names, fetched once into TORCH_HOME; `COCO_V1` for resnet50;
+or a local .safetensors state dict), which makes the normalization frozen BatchNorm unless `norm` says
+otherwise; from scratch it is trainable GroupNorm; `localization_steps`: the paper's two phases, the first
+steps train the localization alone, then everything jointly. The step count lives in the task, so a run
+resumed from a checkpoint counts the first phase again.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ class CHOITask:
 
     def __init__(self):
         self.vocabulary: tuple[tuple[str, ...], tuple[str, ...], list] | None = None
+        self.localization_steps = 0  # the first phase: loss calls that train the localization alone
+        self.steps = 0  # loss calls so far
 
     def load(self, datasets, options: dict[str, Any]) -> dict[str, list]:
         rows = [row for version in datasets for row in read_hoi_rows(version)]
@@ -81,16 +90,23 @@ class CHOITask:
 
     def config(self, options: dict[str, Any]) -> CHOIConfig:
         objects, verbs, table = self.vocabulary
+        norm = options.get("norm", "frozen" if options.get("weights") else "group")
         if options.get("preset") == "tiny":
-            return CHOIConfig.tiny(objects, verbs, semantic_table=table)
-        return CHOIConfig(objects, verbs, semantic_table=table,
+            return CHOIConfig.tiny(objects, verbs, semantic_table=table, norm=norm)
+        return CHOIConfig(objects, verbs, semantic_table=table, norm=norm,
                           **{k: v for k, v in options.items() if k in ("backbone", "min_size", "max_size")})
 
     def build(self, options: dict[str, Any]) -> CascadeHOI:
-        return CascadeHOI(self.config(options))
+        model = CascadeHOI(self.config(options))
+        self.localization_steps, self.steps = int(options.get("localization_steps", 0)), 0
+        if options.get("weights"):
+            model.load_backbone(options["weights"])
+        return model
 
     def loss(self, module: CascadeHOI, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        return sum(module(batch["images"], batch["targets"]).values())
+        joint = self.steps >= self.localization_steps
+        self.steps += 1
+        return sum(module(batch["images"], batch["targets"], relations=joint).values())
 
     def files(self, module) -> dict[str, bytes]:
         return saved_files(module)
