@@ -7,6 +7,9 @@ once with `save_pretrained` and loaded back through the same `from_pretrained` c
 exercises every line of the real path in seconds, offline. Its images are noise, not pictures. Weights load
 from safetensors only (no pickled checkpoints). Not models/pretrained.py's mixin: these are diffusers pipelines,
 saved and loaded in diffusers' own folder layout.
+
+SDEdit runs every step of its schedule below the start timestep, as the official Affordance Diffusion code
+does, by stretching the schedule diffusers' image-to-image cuts from (`sdedit_schedule_length`).
 """
 
 from __future__ import annotations
@@ -174,18 +177,30 @@ def repaint(pipeline, images: list[np.ndarray], masks: list[np.ndarray], seeds: 
     return results
 
 
-def sdedit_steps(steps: int, strength: float) -> int:
-    """Denoising steps to ask for so that `strength` of them is at least one step (diffusers runs
-    int(steps * strength) of them, and refuses zero)."""
-    return max(steps, math.ceil(1 / strength - 1e-9))
+def sdedit_schedule_length(steps: int, strength: float, train_timesteps: int) -> int:
+    """The schedule length N to ask image-to-image for so that SDEdit denoises through `steps` steps below
+    t = strength x T, as the official code does (noise to t = 50/1000, then every step down to 0).
+
+    diffusers runs only the last int(N x strength) steps of an N-step schedule, so asking for `steps` gives
+    int(steps x strength) of them (2 of 50 at strength 0.05); stretching the schedule to N = steps / strength
+    puts `steps` of its steps in [0, strength x T). N stops at T: then every training step below it runs."""
+    if strength * train_timesteps < 1:
+        raise ValueError(f"SDEdit strength {strength} noises to less than one of the model's {train_timesteps} "
+                         "training steps")
+    length = math.ceil(steps / strength - 1e-9)
+    if int(length * strength) < steps:  # N x strength computed in floating point (0.29 x 100 = 28.999...)
+        length += 1
+    return min(length, train_timesteps)
 
 
 def sdedit(pipeline, images: list[np.ndarray], prompts: list[str], seeds: list[int], strength: float,
            sampling: Sampling) -> list[np.ndarray]:
-    """SDEdit: noise each image to `strength` of the diffusion process and denoise it (image-to-image)."""
+    """SDEdit: noise each image to `strength` of the diffusion process and denoise it (image-to-image) through
+    `sampling.steps` steps below that timestep."""
     from PIL import Image
 
+    length = sdedit_schedule_length(sampling.steps, strength, pipeline.scheduler.config.num_train_timesteps)
     out = pipeline(prompts, image=[Image.fromarray(i) for i in images], strength=strength,
-                   num_inference_steps=sdedit_steps(sampling.steps, strength), guidance_scale=sampling.guidance_scale,
+                   num_inference_steps=length, guidance_scale=sampling.guidance_scale,
                    generator=_generators(pipeline, seeds), output_type="np").images
     return _to_uint8(out)

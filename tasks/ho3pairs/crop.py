@@ -1,4 +1,14 @@
-"""The object-centric square crop (80 % padding around hand + object) and the layout extracted from it."""
+"""The object-centric square crop, as the official Affordance Diffusion preprocessing cuts it, and the layout
+extracted from it.
+
+The official rule (NVlabs/affordance_diffusion preprocess/dataset.py): a square around the *object* mask's box,
+its side (1 + 2 x 0.8) = 2.6 x the box's longer side; clipped to the frame; squared again around the clipped
+box's centre (its longer side) and clipped again; then shrunk to its shorter side around its centre. So the crop
+never reaches past the image (no black border): near an edge it moves inward and shrinks. Deviations: pixel
+edges (a box spans [x0, x1), the frame [0, W]) where the official uses inclusive pixel indices (one pixel);
+without an object mask (videos, folders without object_masks/) the hand mask's box stands in for the object's;
+an object that no square inside the frame holds is rejected (the official crops it through).
+"""
 
 from __future__ import annotations
 
@@ -8,38 +18,53 @@ from PIL import Image
 from hoi_factory.stage import MapStage, Reject, Row
 from models.affordance.layout import layout_from_mask
 
-# The crop side is 1.8 x the longer side of the hand + object box. A DEVIATION: the official code crops the object
-# box alone at 2.6 x, kept inside the frame (an open issue).
-PADDING = 0.8
+PADDING = 0.8  # the official pad: the square reaches 0.8 x the object box's longer side past it on each side
+
+Box = tuple[float, float, float, float]
 
 
-def square_box(masks: list[np.ndarray], padding: float = PADDING) -> tuple[float, float, float, float] | None:
-    """(x0, y0, x1, y1) in pixels: a square around the union of `masks`, its side (1 + padding) x the box's
-    longer side; it may reach past the image (the crop pads there). None when the masks are empty."""
-    union = np.logical_or.reduce([m for m in masks if m is not None])
-    rows, cols = np.nonzero(union)
+def mask_box(mask: np.ndarray) -> Box | None:
+    """(x0, y0, x1, y1): the pixel-edge box of the mask's pixels; None when it is empty."""
+    rows, cols = np.nonzero(mask)
     if len(rows) == 0:
         return None
-    x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
-    half = (1 + padding) * max(x1 - x0, y1 - y0) / 2
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+
+
+def _square(box: Box, half: float) -> Box:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return (cx - half, cy - half, cx + half, cy + half)
 
 
-def crop_resize(array: np.ndarray, box: tuple[float, float, float, float], size: int, nearest: bool) -> np.ndarray:
-    """Cut `box` out of `array` (black past the border) and resize it to size x size."""
-    x0, y0, x1, y1 = box
-    height, width = array.shape[:2]
-    pad = int(np.ceil(max(0, -x0, -y0, x1 - width, y1 - height))) + 1
-    padded = np.pad(array, ((pad, pad), (pad, pad)) + ((0, 0),) * (array.ndim - 2))
-    image = Image.fromarray(padded.astype(np.uint8) * (255 if array.dtype == bool else 1))
+def _clip(box: Box, width: int, height: int) -> Box:
+    return (max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(width)), min(box[3], float(height)))
+
+
+def object_crop_box(object_box: Box, width: int, height: int, padding: float = PADDING) -> Box:
+    """The official square crop around `object_box` in a width x height frame (see the module docstring)."""
+    longer = max(object_box[2] - object_box[0], object_box[3] - object_box[1])
+    clipped = _clip(_square(object_box, (1 + 2 * padding) * longer / 2), width, height)
+    halves = ((clipped[2] - clipped[0]) / 2, (clipped[3] - clipped[1]) / 2)
+    clipped = _clip(_square(clipped, max(halves)), width, height)
+    halves = ((clipped[2] - clipped[0]) / 2, (clipped[3] - clipped[1]) / 2)
+    return _square(clipped, min(halves))
+
+
+def holds(outer: Box, inner: Box) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2] and inner[3] <= outer[3]
+
+
+def crop_resize(array: np.ndarray, box: Box, size: int, nearest: bool) -> np.ndarray:
+    """Cut `box` (inside the image) out of `array` and resize it to size x size."""
+    image = Image.fromarray(array.astype(np.uint8) * (255 if array.dtype == bool else 1))
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    cropped = np.asarray(image.resize((size, size), resample, box=(x0 + pad, y0 + pad, x1 + pad, y1 + pad)))
+    cropped = np.asarray(image.resize((size, size), resample, box=box))
     return cropped > 127 if array.dtype == bool else cropped
 
 
 class CropAroundInteraction(MapStage):
-    """Crops the image, the masks and the true object-only view (if any) to the same square."""
+    """Crops the image, the masks and the true object-only view (if any) to the same square, the official
+    crop around the object (the hand's box without an object mask)."""
 
     batch_size = 16
     needs = frozenset({"image_array", "hand_mask_array"})
@@ -49,9 +74,17 @@ class CropAroundInteraction(MapStage):
         self.size, self.padding = size, padding
 
     def process_row(self, row: Row) -> Row | Reject:
-        box = square_box([row["hand_mask_array"], row.get("object_mask_array")], self.padding)
-        if box is None:
+        if mask_box(row["hand_mask_array"]) is None:
             return Reject.of(row, "empty hand mask")
+        has_object = row.get("object_mask_array") is not None
+        target = mask_box(row["object_mask_array"] if has_object else row["hand_mask_array"])
+        if target is None:
+            return Reject.of(row, "empty object mask")
+        height, width = row["hand_mask_array"].shape
+        box = object_crop_box(target, width, height, self.padding)
+        if not holds(box, target):
+            return Reject.of(row, "object does not fit a square crop inside the frame",
+                             f"{'object' if has_object else 'hand'} box {target} in {width}x{height}")
         cropped = {"crop_box": list(box), "hand_box_crop": None}
         if row.get("hand_box"):
             scale = self.size / (box[2] - box[0])
@@ -77,7 +110,8 @@ class ExtractLayout(MapStage):
         self.min_iou = min_iou
 
     def process_row(self, row: Row) -> Row | Reject:
-        extraction = layout_from_mask(row["hand_mask_array"], row.get("hand_box_crop"), self.min_iou)
+        extraction = layout_from_mask(row["hand_mask_array"], row.get("hand_box_crop"), self.min_iou,
+                                      row.get("object_mask_array"))
         if extraction.layout is None:
             return Reject.of(row, extraction.reason, f"splat IoU {extraction.iou:.2f}")
         return {**row, "layout": extraction.layout.tolist(), "layout_iou": extraction.iou}

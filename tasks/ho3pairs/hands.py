@@ -97,8 +97,12 @@ class Detectron2Hands:
         cfg.merge_from_file(str(root / "config.yaml"))
         cfg.MODEL.DEVICE = device
         self.model = build_model(cfg).eval()
-        self.model.load_state_dict(safetensors.torch.load_file(str(root / "model.safetensors"),
-                                                               device=cfg.MODEL.DEVICE))
+        try:
+            weights = safetensors.torch.load_file(str(root / "model.safetensors"), device=cfg.MODEL.DEVICE)
+        except Exception as exc:  # safetensors raises its own error type for a damaged file
+            raise ValueError(f"hands.model: {str(root / 'model.safetensors')!r} is not a readable safetensors "
+                             f"file ({exc})") from None
+        self.model.load_state_dict(weights)
         self.resize = transforms.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.bgr = cfg.INPUT.FORMAT == "BGR"
         self.hand_class, self.min_score, self.torch = hand_class, min_score, torch

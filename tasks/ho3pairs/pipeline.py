@@ -116,7 +116,8 @@ class DiffusersSDEdit(Variant):
     kind: Literal["diffusers"] = "diffusers"
     model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
                        description="an image-to-image pipeline: hub id, folder or 'tiny'")
-    strength: float = Field(0.05, gt=0, le=1, description="share of the diffusion process SDEdit noises to")
+    strength: float = Field(0.05, ge=0.001, le=1, description="share of the diffusion process SDEdit noises to "
+                            "(at least one of Stable Diffusion's 1000 training steps)")
 
 
 class NoSDEdit(Variant):
@@ -131,11 +132,12 @@ class PairsConfig(RunConfig):
         default_factory=ProvidedMasks, discriminator="kind",
         description="masks from the input, MediaPipe's hand landmarker, or a detectron2 segmenter")
     size: int = Field(256, ge=32, le=2048, description="side of the square crops, pixels")
-    crop_padding: float = Field(PADDING, ge=0, le=5, description="crop side = (1 + padding) x hand+object box")
+    crop_padding: float = Field(PADDING, ge=0, le=5, description="crop side = (1 + 2 x padding) x the object "
+                                "box's longer side, kept inside the frame")
     inpainter: DiffusersInpainter | RePaintInpainter | BiharmonicInpainter = Field(
         default_factory=DiffusersInpainter, discriminator="kind")
     sdedit: DiffusersSDEdit | NoSDEdit = Field(default_factory=DiffusersSDEdit, discriminator="kind")
-    steps: int = Field(50, ge=1, le=1000, description="denoising steps (SDEdit runs strength x steps of them)")
+    steps: int = Field(50, ge=1, le=1000, description="denoising steps (SDEdit runs them all below t = strength x T)")
     guidance_scale: float = Field(7.5, ge=0, le=50)
     gpus: float = Field(0.0, ge=0, le=8, description="GPUs per inpainting / SDEdit (and detectron2) worker")
     min_layout_iou: float = Field(MIN_SPLAT_IOU, ge=0, le=1, description="reject layouts whose splat overlaps "

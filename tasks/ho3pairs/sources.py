@@ -6,11 +6,12 @@
   ({stem: [x0, y0, x1, y1]}, the hand without the forearm, as a hand detector gives it: the layout's palm).
 - `hoi4d`: HOI4D's layout, `<...>/C<k>/<...>/align_rgb/<frame>.jpg` (decoded frames) with
   `2Dseg/mask/<frame>.png` beside `align_rgb`; the object class comes from the `C<k>` folder, hand pixels are
-  those of `source.hand_colours` in the mask, object pixels any other non-black colour.
+  those of `source.hand_colours` in the mask, object pixels any other non-black colour; the hand box is the hand
+  mask's box (HOI4D labels the hand without the arm; the official code boxes its 2D hand keypoints).
 - `video`: video files (any container PyAV/FFmpeg reads), one frame every 1/`source.frame_rate` seconds; no masks,
   so hands come from a detector.
 - `hogsa`: a `hogsa` dataset version (name or name/version in `inputs`): composites with exact hand and object
-  masks and the true object-only render of the same view.
+  masks and the true object-only render of the same view; the hand box is the box of the projected MANO joints.
 
 The planning helpers take the fsspec options of the inputs (`StageContext.storage_options`); the loading stages
 get them in `setup`.
@@ -32,6 +33,7 @@ from hoi_factory.optional import require
 from hoi_factory.parents import PARENT_KEYS
 from hoi_factory.pipeline import PlanError
 from hoi_factory.stage import MapStage, Reject, Row
+from tasks.ho3pairs.crop import mask_box
 from tasks.images.stages import ReadImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -166,7 +168,8 @@ def read_video_frame(url: str, time: float, storage_options: dict[str, Any]) -> 
     raise NoFrameError(f"no frame at {time:.3f} s")
 
 
-HOGSA_COLUMNS = ["image", "object_only_image", "left_mask", "right_mask", "object_mask", "object_name"]
+HOGSA_COLUMNS = ["image", "object_only_image", "left_mask", "right_mask", "object_mask", "object_name",
+                 "left_joints_2d", "right_joints_2d"]
 LOADED_KEYS = frozenset({"image_array", "hand_mask_array", "object_mask_array", "object_only_array"})
 
 
@@ -176,13 +179,23 @@ def plan_hogsa(datasets, ref: str) -> list[dict[str, Any]]:
     return [{**item, "frame_time": None, "hand_box": None} for item in items_from_dataset(datasets.open_ref(ref))]
 
 
+def joints_box(joints_2d: list[float]) -> list[float] | None:
+    """The box (x0, y0, x1, y1) of flattened 2D joints, as the official code boxes HOI4D's hand keypoints."""
+    if not joints_2d:
+        return None
+    joints = np.asarray(joints_2d, dtype=float).reshape(-1, 2)
+    return [*joints.min(0).tolist(), *joints.max(0).tolist()]
+
+
 class LoadHOGSASample(MapStage):
-    """A `hogsa` row (read by ReadParentRows) -> the arrays LoadSample gives: hands = both MANO hands' pixels.
+    """A `hogsa` row (read by ReadParentRows) -> the arrays LoadSample gives: hands = both MANO hands' pixels;
+    the hand box (the layout's palm) = the box of the projected MANO joints of the hand with more visible
+    pixels.
 
     An undecodable PNG, or a mask or view whose size differs from the image, rejects the sample."""
 
     needs = frozenset(HOGSA_COLUMNS)
-    makes = LOADED_KEYS | {"object_class"}
+    makes = LOADED_KEYS | {"object_class", "hand_box"}
 
     def process_row(self, row: Row) -> Row | Reject:
         decoded = {}
@@ -197,8 +210,10 @@ class LoadHOGSASample(MapStage):
                 return Reject.of(row, "parent image sizes differ",
                                  f"{key} {decoded[key].shape[:2]} vs {image.shape[:2]}")
         hands = decoded["left_mask"] | decoded["right_mask"]
+        main_hand = max(("left", "right"), key=lambda side: decoded[f"{side}_mask"].sum())
         return {**row, "object_class": row["object_name"], "image_array": image, "hand_mask_array": hands,
-                "object_mask_array": decoded["object_mask"], "object_only_array": truth}
+                "object_mask_array": decoded["object_mask"], "object_only_array": truth,
+                "hand_box": joints_box(row[f"{main_hand}_joints_2d"])}
 
 
 class LoadSample(MapStage):
@@ -213,6 +228,9 @@ class LoadSample(MapStage):
 
     def __init__(self, source: str, hand_colours: list[tuple[int, int, int]]):
         self.video = source == "video"
+        self.hoi4d = source == "hoi4d"
+        if self.hoi4d:  # its hand masks hold the hand alone: their box is the layout's palm
+            self.makes = LOADED_KEYS | {"hand_box"}
         self.needs = frozenset({"video", "frame_time"}) if self.video else frozenset({"image"})
         self.read_image = ReadImage()
         self.hand_colours = np.asarray(hand_colours, dtype=np.uint8).reshape(-1, 3)
@@ -243,6 +261,8 @@ class LoadSample(MapStage):
         if isinstance(image, Reject):
             return image
         loaded = {"image_array": image, "hand_mask_array": None, "object_mask_array": None, "object_only_array": None}
+        if self.hoi4d:
+            loaded["hand_box"] = None
         for key, target in (("hand_mask", "hand_mask_array"), ("object_mask", "object_mask_array"),
                             ("object_only", "object_only_array"), ("hoi4d_mask", "hoi4d_mask_array")):
             if row.get(key):
@@ -257,6 +277,8 @@ class LoadSample(MapStage):
             colours = loaded.pop("hoi4d_mask_array")
             is_hand = (colours[:, :, None, :] == self.hand_colours[None, None]).all(-1).any(-1)
             loaded["hand_mask_array"], loaded["object_mask_array"] = is_hand, colours.any(-1) & ~is_hand
+            box = mask_box(is_hand)
+            loaded["hand_box"] = list(box) if box else None
         for target in ("hand_mask_array", "object_mask_array"):
             if loaded[target] is not None and loaded[target].ndim == 3:
                 loaded[target] = loaded[target].mean(-1) > 127

@@ -38,6 +38,8 @@ class HandObjectScene:
     hand_box: tuple[int, int, int, int] | None  # x0, y0, x1, y1 of the visible hand without the forearm
     object_mask: np.ndarray  # (H, W) bool, the whole object (as in the object-only view)
     object_class: str
+    palm_centre: tuple[float, float]  # x, y (pixels) of the palm box's centre, projected (visible or not)
+    forearm_direction: tuple[float, float]  # unit image direction from the palm toward the forearm
 
 
 def _hand_mesh() -> tuple[trimesh.Trimesh, int]:
@@ -117,7 +119,17 @@ def render_hand_object(seed: int, width: int = 320, height: int = 240, object_cl
     hand_box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1) if len(rows) else None
     image = _shade(background, faces_all, depth_all, np.concatenate([obj.faces, hand.faces + len(obj.vertices)]),
                    np.concatenate([object_cam, hand_cam]), K, R, t, lambda p: _texture(p, base, phase), hand_faces)
-    return HandObjectScene(image, object_only, hand_faces & (faces_all >= 0), hand_box, faces_obj >= 0, object_class)
+    palm = contact + normal * 0.014  # the hand frame's origin: the palm box's centre
+    palm_pixel, along_forearm = (_project(point, K, R, t) for point in (palm, palm - rotation[:, 1] * 0.05))
+    direction = (along_forearm - palm_pixel) / np.linalg.norm(along_forearm - palm_pixel)
+    return HandObjectScene(image, object_only, hand_faces & (faces_all >= 0), hand_box, faces_obj >= 0, object_class,
+                           tuple(palm_pixel.tolist()), tuple(direction.tolist()))
+
+
+def _project(point: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """World point -> pixel (x, y), pixel centres at half-integers as the rasterizer has them."""
+    camera = K @ (R @ point + t)
+    return camera[:2] / camera[2]
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:

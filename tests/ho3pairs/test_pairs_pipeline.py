@@ -1,8 +1,10 @@
 """HO3Pairs end to end on procedural hand–object scenes, whose true object-only image is known."""
 
+import importlib.util
 import itertools
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -14,9 +16,8 @@ from hoi_factory.context import StageContext
 from hoi_factory.pipeline import PlanError, check_columns
 from hoi_factory.run import run_pipeline
 from hoi_factory.stage import Reject
-from models.diffusion import sdedit_steps
 from tasks.ho3pairs.checks import hand_residue, seam_score
-from tasks.ho3pairs.crop import crop_resize, square_box
+from tasks.ho3pairs.crop import CropAroundInteraction, crop_resize, mask_box, object_crop_box
 from tasks.ho3pairs.inpaint import grow
 from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 from tasks.ho3pairs.sources import SOURCE_ITEM_KEYS, LoadHOGSASample, LoadSample
@@ -69,7 +70,7 @@ def test_pairs_from_procedural_scenes_keep_every_input_accounted_for(scenes, loc
 
 def test_sanity_checks_see_a_hand_left_in_place_and_a_pasted_patch():
     scene = render_hand_object(5)
-    box = square_box([scene.hand_mask, scene.object_mask])
+    box = object_crop_box(mask_box(scene.object_mask), scene.image.shape[1], scene.image.shape[0])
     hoi, truth = crop_resize(scene.image, box, 128, False), crop_resize(scene.object_only, box, 128, False)
     hand = crop_resize(scene.hand_mask, box, 128, True)
     region = grow(hand)
@@ -80,20 +81,43 @@ def test_sanity_checks_see_a_hand_left_in_place_and_a_pasted_patch():
     assert seam_score(patch, region) > 3 * seam_score(truth, region)
 
 
-def test_crop_is_square_around_hand_and_object_with_80_percent_padding():
-    hand, obj = np.zeros((100, 200), bool), np.zeros((100, 200), bool)
-    hand[40:50, 100:120] = True
-    obj[45:60, 120:140] = True  # union: x 100..140, y 40..60 -> side 1.8 x 40 = 72 around (120, 50)
-    assert square_box([hand, obj]) == pytest.approx((84, 14, 156, 86))
+def _mask(box: tuple[int, int, int, int], width: int = 200, height: int = 100) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    mask[box[1]:box[3], box[0]:box[2]] = True
+    return mask
+
+
+def test_crop_is_the_official_square_around_the_object_kept_inside_the_frame():
+    # Centred: object x 90..110, y 45..55 -> longer side 20, square side 2.6 x 20 = 52 around (100, 50).
+    assert object_crop_box(mask_box(_mask((90, 45, 110, 55))), 200, 100) == pytest.approx((74, 24, 126, 76))
+    # On the left edge: object x 0..20, y 40..60 -> (-16, 24, 36, 76), clipped (0, 24, 36, 76); squared around
+    # (18, 50) with half 26 -> (-8, 24, 44, 76), clipped (0, 24, 44, 76); shrunk to half 22 around (22, 50).
+    assert object_crop_box(mask_box(_mask((0, 40, 20, 60))), 200, 100) == pytest.approx((0, 28, 44, 72))
+    # In the corner: object x 0..20, y 0..20 -> (-16, -16, 36, 36), clipped to (0, 0, 36, 36): already square.
+    assert object_crop_box(mask_box(_mask((0, 0, 20, 20))), 200, 100) == pytest.approx((0, 0, 36, 36))
+    # Larger than the frame allows: object 40 x 40 around (100, 50) -> side 104 > 100 px of height; clipped to
+    # (48, 0, 152, 100), then shrunk to the frame's height around (100, 50).
+    assert object_crop_box(mask_box(_mask((80, 30, 120, 70))), 200, 100) == pytest.approx((50, 0, 150, 100))
+
+
+def test_crop_stage_cuts_around_the_object_and_rejects_what_no_square_holds():
     image = np.arange(100 * 200 * 3, dtype=np.uint8).reshape(100, 200, 3)
-    out = crop_resize(image, (-10, -10, 30, 30), 40, nearest=True)
-    assert (out[:10, :10] == 0).all() and (out[10:, 10:] == image[:30, :30]).all()  # black past the border
-
-
-def test_sdedit_always_runs_at_least_one_step():
-    for steps, strength in [(50, 0.05), (10, 0.05), (1, 0.05), (3, 0.3), (7, 1.0), (1, 0.001)]:
-        assert int(sdedit_steps(steps, strength) * strength) >= 1
-    assert sdedit_steps(50, 0.05) == 50  # the paper's setting is left alone: 2 of 50 steps
+    hand, obj = _mask((20, 40, 40, 60)), _mask((0, 40, 20, 60))
+    cropped = CropAroundInteraction(size=44).process_row(
+        {"image_array": image, "hand_mask_array": hand, "object_mask_array": obj, "hand_box": [20, 40, 40, 60]})
+    assert cropped["crop_box"] == pytest.approx([0, 28, 44, 72])  # the object's box alone, as above
+    assert (cropped["image_array"] == image[28:72, 0:44]).all()  # 44 px to 44 px: the pixels themselves
+    assert cropped["hand_box_crop"] == pytest.approx([20, 12, 40, 32])
+    assert cropped["hand_mask_array"].sum() == hand.sum()  # the hand lies inside: all of it is kept
+    # Without an object mask the hand's box stands in: hand x 20..40 -> square (4, 24, 56, 76).
+    no_object = CropAroundInteraction(size=52).process_row({"image_array": image, "hand_mask_array": hand})
+    assert no_object["crop_box"] == pytest.approx([4, 24, 56, 76])
+    # An object spanning the frame's width fits no square inside a 200 x 100 frame; an empty one is no object.
+    for box, reason in (((0, 45, 200, 55), "object does not fit a square crop inside the frame"),
+                        ((0, 0, 0, 0), "empty object mask")):
+        rejected = CropAroundInteraction(size=32).process_row(
+            {"sample_id": "s", "image_array": image, "hand_mask_array": hand, "object_mask_array": _mask(box)})
+        assert isinstance(rejected, Reject) and rejected.reason == reason
 
 
 def test_tiny_diffusers_inpainting_and_sdedit_run_batched_on_ray(scenes, local_store_env, local_ray):
@@ -129,7 +153,8 @@ def test_hoi4d_layout_reads_colour_masks_and_the_class_folder(tmp_path, local_st
         Image.fromarray(scene.image).save(sequence / "align_rgb" / f"{frame:05d}.jpg", quality=95)
         colours = np.zeros(scene.image.shape, np.uint8)
         colours[scene.object_mask] = (0, 128, 0)
-        colours[scene.hand_mask] = (128, 0, 0)
+        x0, y0, x1, y1 = scene.hand_box
+        colours[y0:y1, x0:x1][scene.hand_mask[y0:y1, x0:x1]] = (128, 0, 0)  # HOI4D labels the hand, not the arm
         if frame < 2:  # the last frame has no mask: rejected
             Image.fromarray(colours).save(sequence / "2Dseg" / "mask" / f"{frame:05d}.png")
     with pytest.raises(ConfigError, match="source.hand_colours"):
@@ -140,9 +165,16 @@ def test_hoi4d_layout_reads_colour_masks_and_the_class_folder(tmp_path, local_st
     dataset = run_pipeline(PairsPipeline(), config).dataset
     assert dataset.manifest.num_inputs == 3 and dataset.manifest.num_errors == 0
     assert {r["reason"] for r in dataset.rejects().to_pylist()} >= {"no hand mask provided"}
+    assert dataset.manifest.num_samples >= 1  # rows to check below (a hand without its arm may fit no splat)
     for row in dataset.to_arrow().to_pylist():
         assert row["object_class"] == "mug" and row["source"] == "hoi4d"
         assert math.isnan(row["psnr"])  # no true object-only view in HOI4D: not measured
+    # Without keypoints, the hand box (the layout's palm) is the box of HOI4D's hand mask, which holds no forearm.
+    load = LoadSample("hoi4d", [(128, 0, 0)])
+    load.setup(StageContext(Settings(store_url=str(tmp_path / "store"))))
+    loaded = load.process_row({"sample_id": "s", "image": str(sequence / "align_rgb" / "00000.jpg"),
+                               "hoi4d_mask": str(sequence / "2Dseg" / "mask" / "00000.png")})
+    assert loaded["hand_box"] == list(render_hand_object(20, object_class="mug").hand_box)
 
 
 def test_videos_are_sampled_at_the_frame_rate(tmp_path):
@@ -177,7 +209,7 @@ def test_videos_are_sampled_at_the_frame_rate(tmp_path):
     assert [r.reason if isinstance(r, Reject) else r for r in results] == ["unreadable video", "no frame at that time"]
 
 
-def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_store_env):
+def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_store_env, monkeypatch):
     from hoi_factory.config import validate_run_config
 
     with pytest.raises(ConfigError, match="videos carry no hand masks"):
@@ -200,8 +232,13 @@ def test_bad_configurations_and_folders_fail_before_any_work(tmp_path, local_sto
         make_segmenter("detectron2", str(tmp_path))
     (tmp_path / "config.yaml").write_text("MODEL: {}\n")
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ImportError, match="detectron2"):  # not installable here: a clear message, not a crash
-        make_segmenter("detectron2", str(tmp_path))
+    with monkeypatch.context() as hidden:  # where detectron2 is missing: a clear message, not a crash
+        hidden.setitem(sys.modules, "detectron2", None)
+        with pytest.raises(ImportError, match="detectron2"):
+            make_segmenter("detectron2", str(tmp_path))
+    if importlib.util.find_spec("detectron2") is not None:  # where it is there: the damaged weights are named
+        with pytest.raises(ValueError, match="model.safetensors' is not a readable safetensors file"):
+            make_segmenter("detectron2", str(tmp_path))
 
 
 def test_mediapipe_landmarks_become_a_hand_and_forearm_mask():
@@ -239,10 +276,12 @@ def test_corrupt_or_mismatched_hogsa_renders_are_rejected_with_the_reason():
     image, mask = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8)
     mask[8:16, 8:16] = 255
     row = {"sample_id": "s", "input_id": "i", "image": encode_png(image), "object_only_image": encode_png(image),
-           "left_mask": encode_png(mask), "right_mask": encode_png(mask), "object_mask": encode_png(mask),
-           "object_name": "mug"}
+           "left_mask": encode_png(mask), "right_mask": encode_png(np.zeros_like(mask)),
+           "object_mask": encode_png(mask), "object_name": "mug",
+           "left_joints_2d": [8, 9, 15, 12, 10, 15.5], "right_joints_2d": []}  # 3 joints (x, y), flattened
     loaded = LoadHOGSASample().process_row(row)
     assert loaded["hand_mask_array"].sum() == 64 and loaded["object_class"] == "mug"
+    assert loaded["hand_box"] == [8, 9, 15, 15.5]  # the box of the seen hand's joints
     corrupt = LoadHOGSASample().process_row({**row, "left_mask": b"not a png"})
     assert (corrupt.reason, corrupt.detail) == ("unreadable parent image", "left_mask")
     smaller = LoadHOGSASample().process_row({**row, "object_mask": encode_png(mask[:-4])})

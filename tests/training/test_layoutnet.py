@@ -55,7 +55,7 @@ def test_guided_generation_keeps_the_fixed_coordinates():
 def test_layoutnet_learns_where_hands_go_and_resumes_after_a_crash(tmp_path, local_store_env):
     train_ref = make_pairs(tmp_path, "pairs-train", 100, seed=11)
     test_ref = make_pairs(tmp_path, "pairs-test", 40, seed=12)
-    config = TrainConfig(datasets=[train_ref], eval_datasets=[test_ref], model="layoutnet", steps=300,
+    config = TrainConfig(datasets=[train_ref], eval_datasets=[test_ref], model="layoutnet", steps=600,
                          batch_size=32, learning_rate=1e-3, checkpoint_every=100, options={"preset": "tiny"})
 
     def crash_at(step_to_crash):
@@ -68,7 +68,7 @@ def test_layoutnet_learns_where_hands_go_and_resumes_after_a_crash(tmp_path, loc
         train(LayoutNetTask(), config, progress=crash_at(150))  # after the checkpoint at step 100
     seen = []
     version = train(LayoutNetTask(), config, progress=lambda step, steps, loss: seen.append(step))
-    assert seen[0] == 101 and seen[-1] == 300  # resumed from the checkpoint, not from scratch
+    assert seen[0] == 101 and seen[-1] == 600  # resumed from the checkpoint, not from scratch
     metrics = version.manifest.metrics
     assert version.manifest.datasets == [train_ref] and metrics["evaluated_on"] == test_ref
     assert metrics["final_loss"] < metrics["first_loss"] / 3
