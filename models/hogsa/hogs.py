@@ -119,11 +119,11 @@ class HOGS(PretrainedMixin, nn.Module):
         viewmat = camera.viewmat
         splats = self.splats(pose, -viewmat[:3, :3].T @ viewmat[:3, 3], actors)
         actor, colors = splats.pop("actor"), splats.pop("colors")
-        common = dict(**splats, viewmat=viewmat.to(colors), K=camera.K.to(colors), width=camera.width,
-                      height=camera.height)
-        out = rasterize_gaussians(colors=colors, background=background, **common)
+        out = rasterize_gaussians(**splats, colors=colors, viewmat=viewmat.to(colors), K=camera.K.to(colors),
+                                  width=camera.width, height=camera.height, background=background,
+                                  features=LABEL_COLOURS.to(colors)[actor] if labels else None)  # one pass
         if labels:
-            out["coverage"] = rasterize_gaussians(colors=LABEL_COLOURS.to(colors)[actor], **common)["image"]
+            out["coverage"] = out.pop("features")
         return out
 
     def regularization(self) -> torch.Tensor:

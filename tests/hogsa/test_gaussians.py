@@ -1,6 +1,7 @@
-"""HOGS Gaussians against independent computations: the torch rasterizer (pixel-paired, in bands of rows)
-against a dense per-pixel reference (scipy rotations, autograd Jacobian, a literal front-to-back loop), gradients
-by finite differences, spherical harmonics by their orthonormality, gsplat against torch (on CUDA), mesh-bound
+"""HOGS Gaussians against independent computations: the torch rasterizer (tiled, in chunks of tiles) against a
+dense per-pixel reference (scipy rotations, autograd Jacobian, a literal front-to-back loop), equal depths in index
+order, one-pass labels against a second render, gradients by finite differences, spherical harmonics by their
+orthonormality, gsplat against torch (on CUDA) and its fallback (a fake gsplat module), mesh-bound
 Gaussians on their faces and under rigid motion, save/load, L_R against brute force, SSIM against scikit-image,
 and fits on procedural multi-view renders of a textured mesh (held-out views; a per-view rigid deformation)."""
 
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
+import types
+import warnings
 
 import numpy as np
 import pytest
@@ -76,7 +80,7 @@ def dense_reference(means, quats, scales, opacities, colors, view, K, width, hei
     depth = torch.zeros(height, width, dtype=cam.dtype)
     transmittance = torch.ones(height, width, dtype=cam.dtype)
     done = torch.zeros(height, width, dtype=torch.bool)
-    for i in torch.argsort(cam[:, 2]).tolist():
+    for i in torch.sort(cam[:, 2], stable=True).indices.tolist():  # equal depths in index order, as gsplat
         if cam[i, 2] <= 0.01:
             continue
         d = torch.stack([xs - centres[i, 0], ys - centres[i, 1]], -1)
@@ -106,6 +110,64 @@ def test_banded_rasterizer_equals_dense_reference(monkeypatch):
     torch.testing.assert_close(out["image"], image, atol=1e-9, rtol=0)
     torch.testing.assert_close(out["alpha"], alpha, atol=1e-9, rtol=0)
     torch.testing.assert_close(out["depth"], depth, atol=1e-9, rtol=0)
+
+
+def test_equal_depths_composite_in_index_order():
+    """Hand-worked: two identical splats, red then blue, at the same depth. With a the alpha of one of them at a
+    pixel, red comes first: colour = a red + (1 - a) a blue; in the other index order, blue first."""
+    width, height = 16, 12
+    K = torch.tensor(intrinsics(width, height))
+    view = torch.eye(4, dtype=torch.float64)
+    means, quats = torch.tensor([[0.0, 0.0, 0.5]] * 2, dtype=torch.float64), torch.tensor([[1.0, 0, 0, 0]] * 2)
+    scales, opacities = torch.full((2, 3), 0.02, dtype=torch.float64), torch.tensor([0.8, 0.8], dtype=torch.float64)
+    red_blue = torch.tensor([[1.0, 0, 0], [0, 0, 1]], dtype=torch.float64)
+    a = rasterize_gaussians(means[:1], quats[:1], scales[:1], opacities[:1], red_blue[:1], view, K, width, height,
+                            backend="torch")["alpha"]
+    assert a.max() > 0.5
+    for colours, first, second in ((red_blue, 0, 2), (red_blue.flip(0), 2, 0)):
+        image = rasterize_gaussians(means, quats, scales, opacities, colours, view, K, width, height,
+                                    backend="torch")["image"]
+        torch.testing.assert_close(image[..., first], a, atol=1e-12, rtol=0)
+        torch.testing.assert_close(image[..., second], (1 - a) * a, atol=1e-12, rtol=0)
+
+
+def test_many_equal_depths_match_the_reference_in_index_order():
+    """300 overlapping splats on one plane facing the camera (every depth exactly 0.5): enough ties that a
+    non-stable sort reorders them."""
+    g = torch.Generator().manual_seed(7)
+    count, width, height = 300, 40, 32
+    means = torch.cat([(torch.rand(count, 2, generator=g, dtype=torch.float64) - 0.5) * 0.3,
+                       torch.full((count, 1), 0.5, dtype=torch.float64)], 1)
+    quats = torch.randn(count, 4, generator=g, dtype=torch.float64)
+    scales = torch.rand(count, 3, generator=g, dtype=torch.float64) * 0.02 + 0.005
+    opacities = torch.rand(count, generator=g, dtype=torch.float64) * 0.5 + 0.3
+    colors = torch.rand(count, 3, generator=g, dtype=torch.float64)
+    view, K, background = torch.eye(4, dtype=torch.float64), torch.tensor(intrinsics(width, height)), torch.zeros(3)
+    out = rasterize_gaussians(means, quats, scales, opacities, colors, view, K, width, height, backend="torch")
+    image, alpha, _ = dense_reference(means, quats, scales, opacities, colors, view, K, width, height, background)
+    torch.testing.assert_close(out["image"], image, atol=1e-9, rtol=0)
+    torch.testing.assert_close(out["alpha"], alpha, atol=1e-9, rtol=0)
+
+
+def test_features_in_one_pass_equal_a_second_render_of_them_as_colours():
+    """HOGS coverage labels: composited with the colours in one pass, they equal what a second render with the
+    labels as colours (over black) gave; the colour outputs do not change."""
+    means, quats, scales, opacities, sh, view = random_scene(300, seed=8)
+    width, height = 44, 36
+    K = torch.tensor(intrinsics(width, height, fov_degrees=30))
+    labels = torch.eye(3, dtype=torch.float64)[torch.randint(0, 3, (len(means),),
+                                                             generator=torch.Generator().manual_seed(9))]
+    background = torch.tensor([0.3, 0.6, 0.1], dtype=torch.float64)
+    one_pass = rasterize_gaussians(means, quats, scales, opacities, sh, view, K, width, height, background,
+                                   backend="torch", features=labels)
+    colours = rasterize_gaussians(means, quats, scales, opacities, sh, view, K, width, height, background,
+                                  backend="torch")
+    labels_as_colours = rasterize_gaussians(means, quats, scales, opacities, labels, view, K, width, height,
+                                            backend="torch")
+    torch.testing.assert_close(one_pass["features"], labels_as_colours["image"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(one_pass["features"].sum(-1), one_pass["alpha"], atol=1e-12, rtol=0)
+    for key in ("image", "alpha", "depth"):
+        torch.testing.assert_close(one_pass[key], colours[key], atol=1e-12, rtol=0)
 
 
 def test_rasterizer_gradients_match_finite_differences():
@@ -156,6 +218,48 @@ def test_torch_backend_matches_gsplat():
         torch.testing.assert_close(ours[key], theirs[key], atol=2e-3, rtol=0)
     covered = theirs["alpha"] > 0.5
     torch.testing.assert_close(ours["depth"][covered], theirs["depth"][covered], atol=1e-3, rtol=1e-3)
+
+
+def fake_gsplat(monkeypatch, fails: bool) -> list[int]:
+    """A gsplat module whose rasterization raises at its first call when `fails` (as the PyPI wheel does without a
+    CUDA toolkit); returns the list its calls are counted in."""
+    calls = []
+
+    def rasterization(*args, **kwargs):
+        calls.append(1)
+        if fails and len(calls) == 1:
+            raise RuntimeError("gsplat: CUDA extension _C is None")
+        return torch.zeros(1, 8, 8, 4), torch.zeros(1, 8, 8, 1), {}
+
+    monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(rasterization=rasterization))
+    monkeypatch.setattr(render, "_GSPLAT_WORKS", {})
+    return calls
+
+
+def test_auto_backend_falls_back_to_torch_once_when_gsplats_first_call_fails(monkeypatch):
+    calls = fake_gsplat(monkeypatch, fails=True)
+    with pytest.warns(RuntimeWarning, match="gsplat cannot render on cpu .*_C is None.*pure-torch"):
+        assert not render._gsplat_works(torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning only, and no second try
+        assert not render._gsplat_works(torch.device("cpu"))
+    assert len(calls) == 1
+
+
+def test_auto_backend_keeps_gsplat_when_its_probe_renders(monkeypatch):
+    calls = fake_gsplat(monkeypatch, fails=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert render._gsplat_works(torch.device("cpu")) and render._gsplat_works(torch.device("cpu"))
+    assert len(calls) == 1
+
+
+def test_gsplat_backend_refuses_float64(monkeypatch):
+    fake_gsplat(monkeypatch, fails=False)
+    means, quats, scales, opacities, sh, view = random_scene(10, seed=10)
+    K = torch.tensor(intrinsics(16, 16))
+    with pytest.raises(ValueError, match="float32 only, got torch.float64"):
+        rasterize_gaussians(means, quats, scales, opacities, sh, view, K, 16, 16, backend="gsplat")
 
 
 def test_ssim_matches_scikit_image():
