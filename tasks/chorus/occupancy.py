@@ -100,7 +100,7 @@ class AggregateCluster(MapStage):
             region = interaction_region(self.centres.numpy(), part_vertices)
             self.regions[part] = (self.centres[region], self.weights[region])
         self.readers: dict[str, ViewReader] = {}
-        self.test_points: dict[str, torch.Tensor] = {}  # test view id -> its grid points warped to canonical
+        self.test_views: dict[str, dict] = {}  # test view id -> what it needs to score any cluster
 
     def _read(self, ref: str, refs: list[list[int]]) -> list[Row]:
         if ref not in self.readers:
@@ -141,27 +141,29 @@ class AggregateCluster(MapStage):
         return {**{name: means[name] for name in pap.VARIANTS}, "num_test_views": means["num_images"],
                 "num_test_views_occlusion_aware": means["num_images_occlusion_aware"]}
 
-    def _canonical_points(self, view: Row) -> torch.Tensor:
-        """The posed grid points of a test view, backward-skinned to canonical space (cached per view)."""
-        if not self.config.canonicalize:
-            return self.centres
-        if view["sample_id"] not in self.test_points:
+    def _prepared(self, view: Row) -> dict:
+        """What a test view contributes whatever the cluster, computed once per view: its grid points warped to
+        canonical space, the eval-size camera, the posed body's region and the downsampled object mask."""
+        if view["sample_id"] not in self.test_views:
             bones, vertices = self._bones(np.array([view["body_pose"]]))
-            self.test_points[view["sample_id"]] = backward_warp(self.centres, vertices[0].numpy(),
-                                                                self.body.lbs_weights.numpy(), bones[0])
-        return self.test_points[view["sample_id"]]
+            points = (backward_warp(self.centres, vertices[0].numpy(), self.body.lbs_weights.numpy(), bones[0])
+                      if self.config.canonicalize else self.centres)
+            width, height, scale = pap.eval_size(view["width"], view["height"])
+            K, R, t = np.reshape(view["K"], (3, 3)).copy(), np.reshape(view["R"], (3, 3)), np.array(view["t"])
+            K[:2] *= scale
+            self.test_views[view["sample_id"]] = {
+                "points": points, "camera": (K, R, t, width, height),
+                "human": pap.project_region(vertices[0].numpy(), K, R, t, width, height),
+                "target": _downsample(decode_mask(view["object_mask"]), width, height)}
+        return self.test_views[view["sample_id"]]
 
     def _test_ap(self, occupancy: torch.Tensor, view: Row) -> pap.ImageAP:
         """One test view as the official evaluation: the posed field and the posed body's vertices projected at
         short side 32 px (K scaled by the same factor on both axes), the object mask area-downsampled."""
-        values = self.grid.sample(occupancy, self._canonical_points(view)).numpy()
-        width, height, scale = pap.eval_size(view["width"], view["height"])
-        K, R, t = np.reshape(view["K"], (3, 3)).copy(), np.reshape(view["R"], (3, 3)), np.array(view["t"])
-        K[:2] *= scale
-        scores = pap.project_max(self.centres.numpy(), values, K, R, t, width, height)
-        _, vertices = self._bones(np.array([view["body_pose"]]))
-        human = pap.project_region(vertices[0].numpy(), K, R, t, width, height)
-        return pap.image_ap(scores, _downsample(decode_mask(view["object_mask"]), width, height), human)
+        prepared = self._prepared(view)
+        values = self.grid.sample(occupancy, prepared["points"]).numpy()
+        scores = pap.project_max(self.centres.numpy(), values, *prepared["camera"])
+        return pap.image_ap(scores, prepared["target"], prepared["human"])
 
     def _truth_iou(self, occupancy: torch.Tensor, verbs: set[str], category: str) -> float:
         """IoU with the exact object voxels, when the cluster is one procedural interaction."""
