@@ -26,15 +26,17 @@ image without ground-truth persons are false positives.
 
 On HICO-DET data, these are per-verb role APs, NOT HICO-DET's mAP. HICO-DET's official mAP is over its 600
 <verb, object category> classes, with the Full / Rare / Non-rare split taken from training-set counts; that is
-not implemented here. A HICO-DET person doing one verb with several objects keeps the first object (V-COCO has
-one object per person and role).
+not computed here: `to_hico_det` writes the detections in the result format of the public HICO-DET evaluations
+(PPDM / QPIC `hico_eval`, the same JSON layout as the annotations `tasks/c_hoi/annotations.py` reads), which
+score them. A HICO-DET person doing one verb with several objects keeps the first object (V-COCO has one object
+per person and role).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +56,7 @@ class Triplet:
     human: Box
     object: Box | None  # None: the detection says the role has no object
     score: float
+    object_label: str | None = None  # the detected object's category (needed by the HICO-DET format only)
 
 
 @dataclass(frozen=True)
@@ -196,4 +199,52 @@ def from_vcoco(records: Iterable[dict]) -> list[Triplet]:
                 no_object = all(math.isnan(v) for v in box) or not any(box)
                 detections.append(Triplet(str(record["image_id"]), key, human, None if no_object else tuple(box),
                                           score))
+    return detections
+
+
+def to_hico_det(detections: list[Triplet], object_ids: Mapping[str, int], verb_ids: Mapping[str, int],
+                person_id: int = 1) -> list[dict]:
+    """Detections as the per-image result records of the public HICO-DET evaluations (PPDM / QPIC):
+    {"image_id", "predictions": [{"bbox", "category_id"}], "hoi_prediction": [{"subject_id", "object_id",
+    "category_id", "score"}]}, where `subject_id` / `object_id` index `predictions`, object category ids come
+    from `object_ids` (the person box gets `person_id`, COCO's) and verb ids from `verb_ids`. A box used by
+    several triplets is listed once. Triplets without an object have no HICO-DET form and are left out."""
+    images: dict[str, tuple[dict, dict]] = {}  # image id -> (record, its box positions)
+    for detection in detections:
+        if detection.object is None:
+            continue
+        if detection.verb not in verb_ids:
+            raise ValueError(f"verb {detection.verb!r} has no HICO-DET id in verb_ids")
+        if detection.object_label not in object_ids:
+            raise ValueError(f"object category {detection.object_label!r} has no HICO-DET id in object_ids")
+        record, positions = images.setdefault(
+            detection.image_id, ({"image_id": detection.image_id, "predictions": [], "hoi_prediction": []}, {}))
+        subject = _listed(record["predictions"], positions, detection.human, person_id)
+        obj = _listed(record["predictions"], positions, detection.object, object_ids[detection.object_label])
+        record["hoi_prediction"].append({"subject_id": subject, "object_id": obj,
+                                         "category_id": verb_ids[detection.verb], "score": float(detection.score)})
+    return [record for record, _ in images.values()]
+
+
+def _listed(predictions: list[dict], positions: dict, box: Box, category: int) -> int:
+    """Where (box, category) is in an image's `predictions`, added on first use."""
+    key = (tuple(float(v) for v in box), category)
+    if key not in positions:
+        positions[key] = len(predictions)
+        predictions.append({"bbox": list(key[0]), "category_id": category})
+    return positions[key]
+
+
+def from_hico_det(records: Iterable[dict], object_names: Mapping[int, str], verb_names: Mapping[int, str]
+                  ) -> list[Triplet]:
+    """The triplets of HICO-DET result records (from `to_hico_det` or any model that writes them)."""
+    detections = []
+    for record in records:
+        boxes = record["predictions"]
+        for hoi in record["hoi_prediction"]:
+            obj = boxes[hoi["object_id"]]
+            detections.append(Triplet(str(record["image_id"]), verb_names[hoi["category_id"]],
+                                      tuple(float(v) for v in boxes[hoi["subject_id"]]["bbox"]),
+                                      tuple(float(v) for v in obj["bbox"]), float(hoi["score"]),
+                                      object_names[obj["category_id"]]))
     return detections

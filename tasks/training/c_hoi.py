@@ -17,6 +17,7 @@ resumed from a checkpoint counts the first phase again.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 
 from hoi_factory.codec import decode_image, decode_mask
 from hoi_factory.training import saved_files
-from models.c_hoi.evaluation import Triplet, image_persons, map_role
+from models.c_hoi.evaluation import Triplet, image_persons, map_role, to_hico_det, to_vcoco
 from models.c_hoi.model import CascadeHOI, CHOIConfig
 from models.c_hoi.relation import cooccurrence
 
@@ -61,6 +62,16 @@ def read_hoi_rows(version) -> list[dict]:
     return rows
 
 
+def _category_ids(names: tuple[str, ...]) -> dict[str, int]:
+    if all(name.isdigit() for name in names if name != PERSON):
+        return {name: 1 if name == PERSON else int(name) for name in names}
+    return {name: position for position, name in enumerate(names, start=1)}
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, indent=1).encode()
+
+
 class CHOITask:
     name = "c-hoi"
 
@@ -68,6 +79,7 @@ class CHOITask:
         self.vocabulary: tuple[tuple[str, ...], tuple[str, ...], list] | None = None
         self.localization_steps = 0  # the first phase: loss calls that train the localization alone
         self.steps = 0  # loss calls so far
+        self.predictions: list[Triplet] | None = None  # the last evaluation's detections, saved with the model
 
     def load(self, datasets, options: dict[str, Any]) -> dict[str, list]:
         rows = [row for version in datasets for row in read_hoi_rows(version)]
@@ -109,7 +121,17 @@ class CHOITask:
         return sum(module(batch["images"], batch["targets"], relations=joint).values())
 
     def files(self, module) -> dict[str, bytes]:
-        return saved_files(module)
+        """The model, plus the last evaluation's detections in the V-COCO and HICO-DET result formats (for the
+        official scripts; V-COCO's reads a pickle of the JSON list). HICO-DET ids are the dataset's own when its
+        names are ids (no names file at ingest), else 1-based vocabulary positions, listed in categories.json."""
+        files = saved_files(module)
+        if self.predictions is not None:
+            objects, verbs = (_category_ids(names) for names in (module.config.object_classes[1:], module.config.verbs))
+            files |= {"predictions/vcoco.json": _json(to_vcoco(self.predictions, module.config.verbs)),
+                      "predictions/hico_det.json": _json(to_hico_det(self.predictions, objects, verbs,
+                                                                      person_id=objects[PERSON])),
+                      "predictions/categories.json": _json({"objects": objects, "verbs": verbs})}
+        return files
 
     @torch.no_grad()
     def evaluate(self, module: CascadeHOI, data: dict) -> dict[str, float]:
@@ -117,13 +139,15 @@ class CHOITask:
         detections, persons = [], []
         for index, (image, target, triplets) in enumerate(zip(data["images"], data["targets"], data["triplets"])):
             result = module([image])[0]
-            boxes = result["boxes"].tolist()
+            boxes, labels = result["boxes"].tolist(), result["labels"].tolist()
             for (h, o), scores in zip(result["pairs"].tolist(), result["verb_scores"]):
                 for verb, score in zip(verbs, scores.tolist()):
                     detections.append(Triplet(str(index), verb, tuple(boxes[h]), tuple(boxes[o]),
-                                              score * float(result["scores"][h] * result["scores"][o])))
+                                              score * float(result["scores"][h] * result["scores"][o]),
+                                              module.config.object_classes[labels[o]]))
             people = (target["labels"] == module.config.human_label).nonzero().flatten().tolist()
             persons += image_persons(str(index), target["boxes"].tolist(), triplets, people)
+        self.predictions = detections
         mean, per_verb = map_role(detections, persons)
         return {"map_role": mean, "map_role_scenario_2": map_role(detections, persons, scenario=2)[0],
                 **{f"ap_role_{verb}": ap for verb, ap in per_verb.items() if not math.isnan(ap)}}

@@ -155,6 +155,7 @@ def test_hoi_annotations_become_a_dataset_and_train_the_recognizer(tmp_path, loc
     from hoi_factory.config import ExecutionConfig
     from hoi_factory.run import run_pipeline
     from hoi_factory.training import TrainConfig, train
+    from models.c_hoi.evaluation import from_hico_det, from_vcoco
     from models.c_hoi.model import CascadeHOI
     from support.hoi_scenes import hoi_scene
     from tasks.c_hoi.annotations import HOIAnnotationsConfig, HOIAnnotationsPipeline
@@ -205,6 +206,18 @@ def test_hoi_annotations_become_a_dataset_and_train_the_recognizer(tmp_path, loc
     metrics = version.manifest.metrics  # on the training images; an untrained model scores ~0
     assert metrics["ap_role_hold"] > 0.9 and metrics["ap_role_kick"] > 0.9
     assert metrics["map_role"] > 0.5  # `stand` has no object: no pair trains it, its AP is ~0 (scenario 1)
+    # The saved predictions: in both result formats, each image's best triplet is its scene's <hold|kick, object>.
+    categories = json.loads(version.read_bytes("predictions/categories.json"))
+    verb_names = {number: name for name, number in categories["verbs"].items()}
+    for record in json.loads(version.read_bytes("predictions/hico_det.json")):
+        best = max(record["hoi_prediction"], key=lambda hoi: hoi["score"])
+        _, target, (_, _, verb) = hoi_scene(int(record["image_id"]))
+        assert verb_names[best["category_id"]] == verb
+        assert record["predictions"][best["object_id"]]["bbox"] == pytest.approx(target["boxes"][1].tolist(), abs=4)
+    vcoco = from_vcoco(json.loads(version.read_bytes("predictions/vcoco.json")))
+    assert {(d.image_id, d.verb, d.score) for d in vcoco} >= {(d.image_id, d.verb, d.score) for d in from_hico_det(
+        json.loads(version.read_bytes("predictions/hico_det.json")),
+        {number: name for name, number in categories["objects"].items()}, verb_names)}
     loaded = CascadeHOI.from_pretrained(version.url)
     assert loaded.config.object_classes == ("__background__", "person", "ball", "cup")
     assert loaded.config.verbs == ("hold", "kick", "stand")

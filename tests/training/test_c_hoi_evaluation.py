@@ -1,15 +1,27 @@
-"""C-HOI evaluation: V-COCO role AP by vsrl_eval's rules, on hand-worked cases, and the V-COCO result format.
+"""C-HOI evaluation: V-COCO role AP by vsrl_eval's rules, on hand-worked cases; V-COCO and HICO-DET result formats.
 
 Boxes are inclusive pixel boxes as vsrl_eval reads them: (0, 0, 9, 19) is 10 x 20 = 200 px. AP is `voc_ap`:
 the precision envelope summed over the recall steps.
 """
 
+import json
 import math
 import pickle
 
 import pytest
 
-from models.c_hoi.evaluation import Person, Triplet, from_vcoco, image_persons, map_role, overlaps, role_ap, to_vcoco
+from models.c_hoi.evaluation import (
+    Person,
+    Triplet,
+    from_hico_det,
+    from_vcoco,
+    image_persons,
+    map_role,
+    overlaps,
+    role_ap,
+    to_hico_det,
+    to_vcoco,
+)
 from tasks.c_hoi.annotations import parse_entry
 
 P1 = (0, 0, 9, 19)
@@ -139,3 +151,25 @@ def test_vcoco_result_records_round_trip():
     assert map_role(back, persons, 2)[1]["kick_obj"] == 1.0
     zero_box = [{"image_id": 1, "person_box": list(P1), "kick_obj": [0, 0, 0, 0, 0.4], "kick_agent": 0.4}]
     assert from_vcoco(zero_box) == [Triplet("1", "kick_obj", P1, None, 0.4)]
+
+
+def test_hico_det_result_records_round_trip():
+    # Two triplets share the person box and one shares the cup: each box is listed once per image, with the
+    # person's category id; the role without object has no HICO-DET form.
+    detections = [Triplet("7", "hold", P1, CUP, 0.9, "cup"), Triplet("7", "drink_with", P1, CUP, 0.6, "cup"),
+                  Triplet("7", "look", P1, TV, 0.4, "tv"), Triplet("7", "run", P1, None, 0.8),
+                  Triplet("8", "hold", P1, WRONG_CUP, 0.3, "cup")]
+    object_ids, verb_ids = {"cup": 47, "tv": 72}, {"hold": 37, "drink_with": 24, "look": 59, "run": 80}
+    records = json.loads(json.dumps(to_hico_det(detections, object_ids, verb_ids)))
+    assert records[0] == {
+        "image_id": "7",
+        "predictions": [{"bbox": list(P1), "category_id": 1}, {"bbox": list(CUP), "category_id": 47},
+                        {"bbox": list(TV), "category_id": 72}],
+        "hoi_prediction": [{"subject_id": 0, "object_id": 1, "category_id": 37, "score": 0.9},
+                           {"subject_id": 0, "object_id": 1, "category_id": 24, "score": 0.6},
+                           {"subject_id": 0, "object_id": 2, "category_id": 59, "score": 0.4}]}
+    assert [len(r["predictions"]) for r in records] == [3, 2]
+    names = ({v: k for k, v in object_ids.items()}, {v: k for k, v in verb_ids.items()})
+    assert from_hico_det(records, *names) == [d for d in detections if d.object is not None]
+    with pytest.raises(ValueError, match="'sofa' has no HICO-DET id"):
+        to_hico_det([Triplet("1", "hold", P1, CUP, 0.9, "sofa")], object_ids, verb_ids)
