@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python -m benchmarks.hogsa_render
 	$(BIN)/python -m benchmarks.hogsa
 	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.loader
 
 # By hand on a machine with one CUDA GPU (under 8 minutes): gsplat parity, HOGSA, text-to-image, detection and
 # CHORUS aggregation speed, as one JSON object on stdout and in benchmarks/results/gpu_check.json.

@@ -79,7 +79,7 @@ def prefect_api_url() -> str | None:
 
 
 def _with_progress(run):
-    """Run `run()` with a rich progress bar fed by the flows' shard progress."""
+    """Run `run()` with a rich progress bar fed by the flows' progress (samples)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows import progress
@@ -152,7 +152,7 @@ def _run_in_process(pipeline, config, settings) -> dict[str, Any]:
     from flows import progress
     from hoi_factory.run import run_pipeline
 
-    label = f"{pipeline.name}: shards"
+    label = f"{pipeline.name}: samples"
     return run_pipeline(pipeline, config, settings, lambda done, total: progress.report(label, done, total)).summary()
 
 
@@ -227,7 +227,7 @@ def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -
         _fail(exc)
     m = version.manifest
     console.print(f"[bold]{version.ref}[/]  {m.num_samples} samples, {m.num_rejects} rejected, "
-                  f"{len(m.shards)} shards, made {m.created} by {m.pipeline} ({m.code_version})")
+                  f"{m.num_shards} shards, made {m.created} by {m.pipeline} ({m.code_version})")
     console.print(f"url: {version.url}")
     console.print(f"parents: {', '.join(m.parents) or '-'}   config hash: {m.config_hash}")
     funnel = _table("funnel", "step", "in", "out", "seconds")
@@ -253,7 +253,27 @@ def datasets_validate(ref: str = typer.Argument(..., help="name or name/version"
         console.print(f"[red]✗[/] {problem}")
     if problems:
         raise typer.Exit(1)
-    console.print(f"[green]✓[/] {version.ref}: {len(version.manifest.shards)} shards match the manifest")
+    console.print(f"[green]✓[/] {version.ref}: {version.manifest.num_shards} shards match the manifest")
+
+
+@datasets_app.command("export")
+def datasets_export(
+    ref: str = typer.Argument(..., help="name or name/version"),
+    dest: str = typer.Argument(..., help="a new or empty folder (path or s3:// URL)"),
+    format: str = typer.Option(..., "--format", "-f", help="files (images + JSONL), webdataset (tar shards) or hf"),
+) -> None:
+    """Export a version for other tools: image files + JSONL, WebDataset tar shards, or a Hugging Face folder.
+    Shards are verified as they are read; the export ends with SHA256SUMS."""
+    from hoi_factory.datasets import DatasetStore
+    from hoi_factory.export import export_version
+
+    try:
+        version = DatasetStore(_store()).open_ref(ref)
+        result = export_version(version, dest, format, _settings().storage_options(dest))
+    except _user_errors() as exc:
+        _fail(exc)
+    console.print(f"[green]✓[/] {version.ref} -> {result.dest} ({result.format}): {result.samples} samples, "
+                  f"{result.rejects} rejects, {result.files} files + SHA256SUMS", highlight=False, soft_wrap=True)
 
 
 @models_app.command("ls")

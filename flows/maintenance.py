@@ -26,5 +26,5 @@ def validate_dataset(ref: str) -> dict[str, Any]:
     create_markdown_artifact("\n".join(lines), description=f"validation of {version.ref}")
     if problems:
         raise DatasetInvalid(f"{version.ref}: " + "; ".join(problems))
-    get_run_logger().info("%s: %d shards match the manifest", version.ref, len(version.manifest.shards))
-    return {"dataset": version.ref, "shards": len(version.manifest.shards), "problems": problems}
+    get_run_logger().info("%s: %d shards match the manifest", version.ref, version.manifest.num_shards)
+    return {"dataset": version.ref, "shards": version.manifest.num_shards, "problems": problems}

@@ -1,4 +1,4 @@
-"""Shard progress, fanned out to whoever watches: the CLI's rich bar, a Prefect progress artifact."""
+"""Run progress (samples done of all), fanned out to whoever watches: the CLI bar, a Prefect progress artifact."""
 
 from __future__ import annotations
 

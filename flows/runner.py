@@ -35,7 +35,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
 def make_dataset(pipeline: Pipeline, config: RunConfig) -> RunResult:
     """A stage group as one Prefect task. A retry resumes from the shards already written."""
-    label = f"{pipeline.name}: shards"
+    label = f"{pipeline.name}: samples"
     artifact_id = create_progress_artifact(0.0, description=label)
 
     def on_progress(done: int, total: int) -> None:

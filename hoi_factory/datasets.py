@@ -5,7 +5,9 @@
         rejects/part-00000.parquet     sample_id, input_id, stage, reason, detail
         _completions/part-00000.json   a shard's record, written after its files (resume skips these shards)
         report/...                     pictures of the run (sample grid, funnel)
-        manifest.json                  written last: the commit point
+        shards.parquet                 the shard index: one row per shard (files, checksums, counts, funnel)
+        README.md                      the dataset card (hoi_factory.card): `datasets.load_dataset(<folder>)` reads it
+        manifest.json                  written last: the commit point (lists the card's sha256)
     <store>/datasets/<name>/latest.json
 """
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -22,19 +26,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from hoi_factory.stage import Reject
 from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import DEFAULT_LEASE_TTL, Lease, VersionedArea, VersionedStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: shards listed in shards.parquet (the shard index), not in the manifest
 AREA = "datasets"
 ID_COLUMNS = [("sample_id", pa.string()), ("input_id", pa.string()), ("seed", pa.int64())]
 REJECTS_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("input_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
      ("detail", pa.string()), ("kind", pa.string())]  # kind: "reject" (a stage's decision) or "error"
 )
+
+
+# Leading bytes of the encodings pipelines store in binary columns (hoi_factory.codec writes PNG and .npy).
+MAGIC_BYTES = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "npy": b"\x93NUMPY", "ply": b"ply\n"}
+IMAGE_ENCODINGS = frozenset({"png", "jpeg"})
+CARD = "README.md"
+
+
+def encoding_of(value: bytes) -> str:
+    """What a binary cell holds, from its leading bytes: a MAGIC_BYTES name, or "bytes" when unknown."""
+    return next((name for name, magic in MAGIC_BYTES.items() if value.startswith(magic)), "bytes")
 
 
 class CorruptShard(StoreError):
@@ -65,18 +80,101 @@ class ShardRecord(BaseModel):
         return range(self.index, self.index + self.inputs)
 
 
-def coverage_problems(shards: list[ShardRecord], num_inputs: int) -> list[str]:
-    """Shards must cover the plan's positions exactly once: a gap loses samples, an overlap doubles them."""
+def coverage_problems(spans: Iterable[tuple[int, int]], num_inputs: int) -> list[str]:
+    """Shards, as (first plan position, inputs) pairs, must cover the plan's positions exactly once: a gap loses
+    samples, an overlap doubles them."""
     problems = []
     position = 0
-    for shard in sorted(shards, key=lambda s: s.index):
-        if shard.index != position:
-            problems.append(f"plan positions {min(position, shard.index)}-{max(position, shard.index)} "
-                            f"{'covered twice' if shard.index < position else 'covered by no shard'}")
-        position = max(position, shard.covers.stop)
+    for start, inputs in sorted(spans):
+        if start != position:
+            problems.append(f"plan positions {min(position, start)}-{max(position, start)} "
+                            f"{'covered twice' if start < position else 'covered by no shard'}")
+        position = max(position, start + inputs)
     if position != num_inputs:
         problems.append(f"shards cover {position} of {num_inputs} inputs")
     return problems
+
+
+SHARD_INDEX = "shards.parquet"
+_JSON_FIELDS = ("first_errors", "stages", "worker")  # nested parts of a ShardRecord, stored as JSON text
+SHARD_INDEX_SCHEMA = pa.schema([
+    (name, pa.string() if name in _JSON_FIELDS or annotation is str else
+     pa.float64() if annotation is float else pa.int64())
+    for name, annotation in ((n, f.annotation) for n, f in ShardRecord.model_fields.items())
+])
+
+
+class ShardLedger:
+    """The driver's account of a version's finished shards, compact whatever the sample count: records are packed
+    into Arrow batches as they arrive (a few hundred bytes each), sample totals and the funnel are summed on the
+    way. `table()` is the shard index the version publishes as `shards.parquet`."""
+
+    BATCH = 4096
+
+    def __init__(self):
+        self._pending: list[dict] = []
+        self._batches: list[pa.RecordBatch] = []
+        self.spans: list[tuple[int, int]] = []  # (first plan position, inputs) of each shard
+        self.samples = self.rejects = self.errors = 0
+        self.first_errors: list[dict] = []
+        self._stage_order: list[str] = []
+        self._stage_totals: dict[str, Counter] = {}
+        self.reasons: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    @classmethod
+    def of(cls, records: Iterable[ShardRecord]) -> ShardLedger:
+        ledger = cls()
+        for record in records:
+            ledger.add(record)
+        return ledger
+
+    def add(self, record: ShardRecord) -> None:
+        self.spans.append((record.index, record.inputs))
+        self.samples += record.rows
+        self.rejects += record.rejects - record.errors
+        self.errors += record.errors
+        if len(self.first_errors) < 10:
+            self.first_errors += record.first_errors[: 10 - len(self.first_errors)]
+        for stage, stats in record.stages.items():
+            if stage not in self._stage_totals:
+                self._stage_order.append(stage)
+                self._stage_totals[stage] = Counter()
+            self._stage_totals[stage].update({"rows_in": stats["rows_in"], "rows_out": stats["rows_out"],
+                                              "errors": stats.get("errors", 0), "seconds": stats["seconds"]})
+            for reason, count in stats["rejected"].items():
+                self.reasons[f"{stage}: {reason}"] += count
+        row = record.model_dump()
+        self._pending.append({k: json.dumps(v) if k in _JSON_FIELDS else v for k, v in row.items()})
+        if len(self._pending) >= self.BATCH:
+            self._pack()
+
+    def _pack(self) -> None:
+        if self._pending:
+            self._batches.append(pa.RecordBatch.from_pylist(self._pending, schema=SHARD_INDEX_SCHEMA))
+            self._pending = []
+
+    def funnel(self, num_inputs: int) -> list[dict]:
+        """Per-stage rows in/out summed over the shards, in stage order, behind the plan's inputs."""
+        steps = [{"stage": "inputs", "rows_out": num_inputs}]
+        for stage in self._stage_order:
+            totals = self._stage_totals[stage]
+            steps.append({"stage": stage, "rows_in": totals["rows_in"], "rows_out": totals["rows_out"],
+                          "errors": totals["errors"], "seconds": round(totals["seconds"], 3)})
+        return steps
+
+    def table(self) -> pa.Table:
+        """The shard index: one row per shard, in plan order."""
+        self._pack()
+        return pa.Table.from_batches(self._batches, schema=SHARD_INDEX_SCHEMA).sort_by("index")
+
+
+def shard_records(index: pa.Table) -> list[ShardRecord]:
+    """The ShardRecords of a shard index table (see ShardLedger)."""
+    return [ShardRecord.model_validate({k: json.loads(v) if k in _JSON_FIELDS else v for k, v in row.items()})
+            for batch in index.to_batches() for row in batch.to_pylist()]
 
 
 class DatasetManifest(BaseModel):
@@ -97,17 +195,27 @@ class DatasetManifest(BaseModel):
     errors: list[dict] = Field(default_factory=list)  # the first errors, with their tracebacks
     code: dict[str, str] = Field(default_factory=dict)  # package version, pipeline source hash, git commit
     columns: dict[str, str]
-    shards: list[ShardRecord]
+    num_shards: int = 0
+    shard_index: dict[str, Any] = Field(default_factory=dict)  # file, sha256, bytes of shards.parquet
+    shards: list[ShardRecord] = Field(default_factory=list)  # inline: versions published before the shard index
     funnel: list[dict]
     reject_reasons: dict[str, int]
     report: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, float | None] = Field(default_factory=dict)  # the pipeline's figures of the version
     run: dict[str, Any] = Field(default_factory=dict)
+    card_sha256: str = ""  # of README.md, the dataset card; "" for versions published before cards
 
-    def problems(self) -> list[str]:
-        """What does not add up: every input a sample, a reject or an error, once; shard rows the sample count."""
-        problems = [f"manifest: {p}" for p in coverage_problems(self.shards, self.num_inputs)]
-        if sum(s.rows for s in self.shards) != self.num_samples:
+    @model_validator(mode="after")
+    def _count_inline_shards(self) -> DatasetManifest:
+        if self.shards and not self.num_shards:
+            self.num_shards = len(self.shards)
+        return self
+
+    def problems(self, spans: Iterable[tuple[int, int]], rows: int) -> list[str]:
+        """What does not add up, given the shards' (first plan position, inputs) spans and their row total: every
+        input a sample, a reject or an error, once; shard rows the sample count."""
+        problems = [f"manifest: {p}" for p in coverage_problems(spans, self.num_inputs)]
+        if rows != self.num_samples:
             problems.append("manifest: shard rows do not add up to num_samples")
         if self.num_inputs != self.num_samples + self.num_rejects + self.num_errors:
             problems.append(f"manifest: {self.num_inputs} inputs but {self.num_samples} samples + "
@@ -231,27 +339,6 @@ class ShardSink:
         return record
 
 
-def funnel(records: list[ShardRecord], num_inputs: int) -> tuple[list[dict], dict[str, int]]:
-    """Per-stage rows in/out summed over shards, in stage order, plus every reject reason's count."""
-    order: list[str] = []
-    totals: dict[str, Counter] = {}
-    reasons: Counter = Counter()
-    for record in records:
-        for stage, stats in record.stages.items():
-            if stage not in totals:
-                order.append(stage)
-                totals[stage] = Counter()
-            totals[stage].update({"rows_in": stats["rows_in"], "rows_out": stats["rows_out"],
-                                  "errors": stats.get("errors", 0), "seconds": stats["seconds"]})
-            for reason, count in stats["rejected"].items():
-                reasons[f"{stage}: {reason}"] += count
-    steps = [{"stage": "inputs", "rows_out": num_inputs}]
-    for stage in order:
-        steps.append({"stage": stage, "rows_in": totals[stage]["rows_in"], "rows_out": totals[stage]["rows_out"],
-                      "errors": totals[stage]["errors"], "seconds": round(totals[stage]["seconds"], 3)})
-    return steps, dict(reasons)
-
-
 class DatasetVersion:
     """A published version, opened for reading."""
 
@@ -260,6 +347,17 @@ class DatasetVersion:
         self.manifest = manifest
         self.name = manifest.name
         self.version = manifest.version
+        self._shards: list[ShardRecord] | None = None
+
+    @property
+    def shards(self) -> list[ShardRecord]:
+        """The shard records, in plan order: from the shard index (`shards.parquet`, verified against the
+        manifest; read once) or, for versions published before it, the manifest itself."""
+        if self._shards is None:
+            index = self.manifest.shard_index
+            self._shards = self.manifest.shards if not index else shard_records(pq.read_table(io.BytesIO(
+                self._verified_bytes(index["file"], index["bytes"], index["sha256"]))))
+        return self._shards
 
     def __repr__(self) -> str:
         return f"DatasetVersion({self.name}/{self.version}, {self.manifest.num_samples} samples)"
@@ -280,7 +378,7 @@ class DatasetVersion:
         return self.store.path(AREA, self.name, self.version, file)
 
     def shard_urls(self) -> list[str]:
-        return [self.store.full_url(AREA, self.name, self.version, s.file) for s in self.manifest.shards]
+        return [self.store.full_url(AREA, self.name, self.version, s.file) for s in self.shards]
 
     def _verified_bytes(self, file: str, size: int, sha256: str) -> bytes:
         """A shard file's bytes, checked against the manifest before anything reads them as data."""
@@ -292,13 +390,39 @@ class DatasetVersion:
             raise CorruptShard(f"{where}: checksum mismatch (the manifest says sha256 {sha256[:12]}…)")
         return data
 
+    def shard_bytes(self, index: int, rejects: bool = False) -> bytes:
+        """The Parquet bytes of shard `index` (or of its rejects), verified against the manifest."""
+        shard = self.shards[index]
+        if rejects:
+            return self._verified_bytes(shard.rejects_file, shard.rejects_bytes, shard.rejects_sha256)
+        return self._verified_bytes(shard.file, shard.bytes, shard.sha256)
+
     def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
         """Shard `index` (its position in the manifest's list), verified against the manifest."""
-        shard = self.manifest.shards[index]
-        return pq.read_table(io.BytesIO(self._verified_bytes(shard.file, shard.bytes, shard.sha256)), columns=columns)
+        return pq.read_table(io.BytesIO(self.shard_bytes(index)), columns=columns)
+
+    def read_rejects(self, index: int) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.shard_bytes(index, rejects=True)))
+
+    def schema(self) -> pa.Schema:
+        """The samples' Arrow schema, as the shards hold it (the id columns, then the pipeline's)."""
+        return self.read_shard(0).schema if self.shards else full_schema(pa.schema([]))
+
+    def encodings(self) -> dict[str, str]:
+        """Binary column -> what its cells hold ("png", "npy", "ply"... or "bytes": unknown or mixed), judged from
+        the first shard with samples (a pipeline writes one encoding per column)."""
+        sample = next((self.read_shard(i) for i, s in enumerate(self.shards) if s.rows), None)
+        schema = sample.schema if sample is not None else self.schema()
+        encodings = {}
+        for field in schema:
+            if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+                found = {encoding_of(v) for v in sample.column(field.name).to_pylist() if v is not None} \
+                    if sample is not None else set()
+                encodings[field.name] = found.pop() if len(found) == 1 else "bytes"
+        return encodings
 
     def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
-        tables = [self.read_shard(i, columns) for i in range(len(self.manifest.shards))]
+        tables = [self.read_shard(i, columns) for i in range(len(self.shards))]
         return pa.concat_tables(tables) if tables else full_schema(pa.schema([])).empty_table()
 
     def column_means(self, columns: list[str]) -> dict[str, float]:
@@ -328,49 +452,68 @@ class DatasetVersion:
         return self.to_arrow(columns).to_pandas()
 
     def rejects(self) -> pa.Table:
-        tables = [pq.read_table(io.BytesIO(self._verified_bytes(s.rejects_file, s.rejects_bytes, s.rejects_sha256)))
-                  for s in self.manifest.shards]
+        tables = [self.read_rejects(i) for i in range(len(self.shards))]
         return pa.concat_tables(tables) if tables else REJECTS_SCHEMA.empty_table()
 
     def to_ray(self):
         import ray.data
 
-        paths = [self._path(s.file) for s in self.manifest.shards]
+        paths = [self._path(s.file) for s in self.shards]
         return ray.data.read_parquet(paths, filesystem=pa.fs.PyFileSystem(pa.fs.FSSpecHandler(self.store.fs)))
 
     def to_torch(self, columns: list[str] | None = None, transform: Callable[[dict], Any] | None = None):
+        """Random access (index -> row). For training epochs use `to_torch_stream`: a DataLoader shuffling this
+        one re-reads a shard for almost every sample. `transform=hoi_factory.torch_views.decode_row` decodes."""
         from hoi_factory.torch_views import ParquetTorchDataset
 
         return ParquetTorchDataset(self, columns, transform)
+
+    def to_torch_stream(self, columns: list[str] | None = None, shuffle: bool = False, seed: int = 0,
+                        buffer_size: int = 1000, decode: bool = True, transform: Callable[[dict], Any] | None = None,
+                        rank: int | None = None, world_size: int | None = None):
+        """An IterableDataset reading each shard once per epoch, split by DataLoader worker and DDP rank, shuffled
+        by shard order and a buffer, cells decoded to tensors (see hoi_factory.torch_views.ShardStream)."""
+        from hoi_factory.torch_views import ShardStream
+
+        return ShardStream(self, columns, shuffle=shuffle, seed=seed, buffer_size=buffer_size, decode=decode,
+                           transform=transform, rank=rank, world_size=world_size)
 
     def validate(self) -> list[str]:
         """Every problem found, each a line: missing, resized or changed shards, row counts, schema drift, shard
         files the manifest does not list, coverage of the plan and the sample accounting."""
         problems = []
         manifest = self.manifest
-        for shard in manifest.shards:
-            for file, size, digest in ((shard.file, shard.bytes, shard.sha256),
-                                       (shard.rejects_file, shard.rejects_bytes, shard.rejects_sha256)):
-                try:
-                    data = self._verified_bytes(file, size, digest)
-                except CorruptShard as exc:
-                    problems.append(str(exc).replace(self.url + "/", ""))
-                    continue
-                except StoreError:
-                    problems.append(f"{file}: missing")
-                    continue
-                if file == shard.file:
-                    table = pq.read_table(io.BytesIO(data))
-                    if table.num_rows != shard.rows:
-                        problems.append(f"{file}: {table.num_rows} rows, manifest says {shard.rows}")
-                    columns = column_types(table.schema)
-                    if columns != manifest.columns:
-                        problems.append(f"{file}: columns {columns} differ from the manifest's {manifest.columns}")
-        listed = {s.file.split("/")[-1] for s in manifest.shards}
+        try:
+            shards = self.shards
+        except StoreError as exc:  # CorruptShard included: the index itself is damaged
+            return [str(exc).replace(self.url + "/", "") if isinstance(exc, CorruptShard)
+                    else f"{manifest.shard_index['file']}: missing"]
+        files = [(shard, file, size, digest) for shard in shards
+                 for file, size, digest in ((shard.file, shard.bytes, shard.sha256),
+                                            (shard.rejects_file, shard.rejects_bytes, shard.rejects_sha256))]
+        if manifest.card_sha256:  # size 0: the manifest records only the card's checksum
+            files.append((None, CARD, 0, manifest.card_sha256))
+        for shard, file, size, digest in files:
+            try:
+                data = self._verified_bytes(file, size, digest)
+            except CorruptShard as exc:
+                problems.append(str(exc).replace(self.url + "/", ""))
+                continue
+            except StoreError:
+                problems.append(f"{file}: missing")
+                continue
+            if shard is not None and file == shard.file:
+                table = pq.read_table(io.BytesIO(data))
+                if table.num_rows != shard.rows:
+                    problems.append(f"{file}: {table.num_rows} rows, manifest says {shard.rows}")
+                columns = column_types(table.schema)
+                if columns != manifest.columns:
+                    problems.append(f"{file}: columns {columns} differ from the manifest's {manifest.columns}")
+        listed = {s.file.split("/")[-1] for s in shards}
         for file in self.store.list_files(AREA, self.name, self.version, "data"):
             if file not in listed:
                 problems.append(f"data/{file}: a shard file the manifest does not list")
-        return problems + manifest.problems()
+        return problems + manifest.problems([(s.index, s.inputs) for s in shards], sum(s.rows for s in shards))
 
 
 class DatasetWriter:
@@ -381,31 +524,37 @@ class DatasetWriter:
         self.lease = lease
         self.sink = ShardSink(area.store, lease.name, lease.version, schema, lease.fingerprint)
 
-    def commit(self, records: list[ShardRecord],
+    def commit(self, ledger: ShardLedger,
                before_manifest: Callable[[DatasetVersion], dict[str, str]] | None = None, **fields) -> DatasetVersion:
-        """Write the manifest (last), move `latest`. `before_manifest` may add report files to the version."""
-        records = sorted(records, key=lambda r: r.index)
-        self._remove_unlisted_shards(records)
-        steps, reasons = funnel(records, fields["num_inputs"])
+        """Write the shard index, the report (`before_manifest`), the card, then the manifest (last), and move
+        `latest`. The manifest stays small whatever the sample count: the shards are listed in the index."""
+        index = ledger.table()
+        self._remove_unlisted_shards(index.column("index").to_pylist())
         manifest = DatasetManifest(
             name=self.lease.name, version=self.lease.version, created=datetime.now(timezone.utc).isoformat(),
-            fingerprint=self.lease.fingerprint, num_samples=sum(r.rows for r in records),
-            num_rejects=sum(r.rejects - r.errors for r in records), num_errors=sum(r.errors for r in records),
-            errors=[e for r in records for e in r.first_errors][:10], columns=column_types(self.sink.schema),
-            shards=records, funnel=steps, reject_reasons=reasons, **fields,
+            fingerprint=self.lease.fingerprint, num_samples=ledger.samples, num_rejects=ledger.rejects,
+            num_errors=ledger.errors, errors=ledger.first_errors, columns=column_types(self.sink.schema),
+            num_shards=len(ledger), funnel=ledger.funnel(fields["num_inputs"]), reject_reasons=dict(ledger.reasons),
+            **fields,
         )
-        if problems := manifest.problems():  # a lost or doubled sample is never published
+        if problems := manifest.problems(ledger.spans, ledger.samples):  # a lost or doubled sample is never published
             raise RuntimeError(f"{self.lease.name}/{self.lease.version}: {'; '.join(problems)}: not publishing")
+        data = _parquet_bytes(index)
+        self.sink.store.write_bytes(data, *self.sink.parts(SHARD_INDEX))
+        manifest.shard_index = {"file": SHARD_INDEX, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         version = DatasetVersion(self.area.store, manifest)
         if before_manifest:
             manifest.report = before_manifest(version)
+        from hoi_factory.card import write_card  # the card module reads versions: imported here, not at the top
+
+        manifest.card_sha256 = write_card(version, self.sink.schema)  # last before the manifest: it describes it
         self.area.publish(self.lease, manifest.model_dump())
         return version
 
 
-    def _remove_unlisted_shards(self, records: list[ShardRecord]) -> None:
+    def _remove_unlisted_shards(self, indices: Iterable[int]) -> None:
         """Files of shards an interrupted attempt cut differently (or that failed): not part of this version."""
-        listed = {shard_name(r.index) for r in records}
+        listed = {shard_name(index) for index in indices}
         for folder in ("data", "rejects", "_completions"):
             for file in self.sink.store.list_files(*self.sink.parts(folder)):
                 if file.rsplit(".", 1)[0] not in listed:

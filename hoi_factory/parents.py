@@ -5,6 +5,7 @@ Lineage follows from the items: every parent version an item points at is record
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from hoi_factory.context import StageContext
@@ -13,18 +14,13 @@ from hoi_factory.stage import Reject, Row, Stage
 
 PARENT_KEYS = frozenset({"parent", "parent_shard", "parent_row"})  # what items_from_dataset adds to an item
 
-def items_from_dataset(version: DatasetVersion) -> list[dict[str, Any]]:
-    """One work item per sample of a published version: its id becomes the child's input id."""
-    items = []
-    for shard_index in range(len(version.manifest.shards)):
+def items_from_dataset(version: DatasetVersion) -> Iterator[dict[str, Any]]:
+    """One work item per sample of a published version, streamed shard by shard: its id becomes the child's
+    input id."""
+    for shard_index in range(len(version.shards)):
         sample_ids = version.read_shard(shard_index, ["sample_id"]).column("sample_id").to_pylist()
-        items += [{"input_id": sample_id, "parent": version.ref, "parent_shard": shard_index, "parent_row": row}
-                  for row, sample_id in enumerate(sample_ids)]
-    return items
-
-
-def parents_of(items: list[dict[str, Any]]) -> list[str]:
-    return sorted({item["parent"] for item in items if "parent" in item})
+        for row, sample_id in enumerate(sample_ids):
+            yield {"input_id": sample_id, "parent": version.ref, "parent_shard": shard_index, "parent_row": row}
 
 
 class ReadParentRows(Stage):

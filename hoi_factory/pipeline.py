@@ -11,14 +11,18 @@ its own worker pool (hoi_factory.executors), and a shard travels from group to g
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 import pyarrow as pa
 
 from hoi_factory import ids
@@ -39,6 +43,7 @@ C = TypeVar("C", bound=RunConfig)
 OUTPUT_CHECKS = "output checks"  # the funnel step after the stages: schema fit, finite floats
 PLANNED_KEYS = frozenset({*dict(ID_COLUMNS), "index"})  # keys every planned item gets (see assign_ids)
 ERRORS_KEPT_PER_SHARD = 3  # errors recorded with their tracebacks in a shard's record
+ID_CHUNK = 65_536  # sample ids PlanTracker gathers before packing them into 8-byte integers
 
 
 class PlanError(ValueError):
@@ -60,9 +65,16 @@ class Pipeline(Generic[C]):
     preview_column: ClassVar[str | None] = None  # a PNG bytes column shown in sample grids
     allow_non_finite: ClassVar[frozenset[str]] = frozenset()  # float columns where NaN/inf are meaningful
 
-    def plan(self, config: C, context: StageContext) -> list[dict[str, Any]]:
-        """Light, JSON-able work items, each with an `input_id` (and an `index` when one input gives many)."""
+    def plan(self, config: C, context: StageContext) -> Iterable[dict[str, Any]]:
+        """Light, JSON-able work items, each with an `input_id` (and an `index` when one input gives many); a
+        generator keeps the driver's memory bounded. It is called again on resume and must yield the same items
+        in the same order for the same inputs."""
         raise NotImplementedError
+
+    def plan_summary(self, config: C, context: StageContext) -> PlanSummary | None:
+        """The plan's key and count without walking it, when the config alone fixes the plan (no inputs to list):
+        then reuse and resume checks take no time per item. None (the default): one pass over the plan."""
+        return None
 
     def stages(self, config: C) -> list[Stage]:
         raise NotImplementedError
@@ -73,8 +85,9 @@ class Pipeline(Generic[C]):
 
     def check_inputs(self, config: C, context: StageContext) -> None:
         """Raise PlanError / StoreError naming the input at fault (a missing folder, an unknown parent dataset)
-        before anything starts. By default: plan and discard; override when planning is expensive."""
-        self.plan(config, context)
+        before anything starts. By default: start the plan (a generator checks its inputs before its first item)
+        and discard it; override when that is expensive or the faults surface later."""
+        next(iter(self.plan(config, context)), None)
 
     def parents(self, config: C, context: StageContext) -> list[str]:
         """Dataset versions (`name/version`) this run reads besides those its items point at (which count
@@ -133,41 +146,94 @@ class ShardJob:
     items: list[dict[str, Any]]
 
 
-def assign_ids(items: list[dict[str, Any]], config_hash: str,
-               item_keys: frozenset[str] = frozenset({"input_id"})) -> list[dict[str, Any]]:
-    """Give every item its deterministic sample id and seed; refuse duplicates, which would alias samples,
-    and items without the keys the pipeline declares."""
-    seen: set[str] = set()
+@dataclass(frozen=True)
+class PlanSummary:
+    """What identifies a plan and how many items it has. `key` stands for the items in the run's fingerprint:
+    the hash of every item by default (one pass over the plan), or a pipeline's cheaper equivalent."""
+
+    key: str
+    count: int
+
+
+def assign_ids(items: Iterable[dict[str, Any]], config_hash: str) -> list[dict[str, Any]]:
+    """The items with their deterministic sample ids and seeds (done per shard, for the items to be made)."""
     assigned = []
     for item in items:
-        if missing := item_keys - item.keys():
-            raise PlanError(f"work item {item!r} lacks {sorted(missing)}")
         index = int(item.get("index", 0))
-        sid = ids.sample_id(config_hash, str(item["input_id"]), index)
-        if sid in seen:
-            raise PlanError(f"input {item['input_id']!r} index {index} is planned twice")
-        seen.add(sid)
-        assigned.append({**item, "index": index, "sample_id": sid,
+        assigned.append({**item, "index": index, "sample_id": ids.sample_id(config_hash, str(item["input_id"]), index),
                          "seed": ids.sample_seed(config_hash, str(item["input_id"]), index)})
     return assigned
 
 
-def cut_shards(items: list[dict[str, Any]], shard_size: int, covered: list[range] = ()) -> list[ShardJob]:
-    """Shards of at most `shard_size` consecutive items over the plan positions no `covered` range holds: a
-    resume with another shard size makes exactly the missing items, once each."""
+class PlanTracker:
+    """Watches a plan stream go by without holding it: counts it, checks each item has the pipeline's declared
+    keys, hashes it (the plan's key, when `hash_items`), notes the parent versions items point at (lineage) and
+    finds items planned twice (same input_id and index: they would alias one sample) from 8 bytes per item,
+    sorted when the stream ends. The 8 bytes are Python's 64-bit hash of (input_id, index): a false alarm has a
+    chance of about n^2 / 2^65 (3e-6 at 10M items)."""
+
+    def __init__(self, items: Iterable[dict[str, Any]], item_keys: frozenset[str], hash_items: bool = True):
+        self.items = items
+        self.item_keys = item_keys
+        self.hash_items = hash_items  # off when the pipeline's plan_summary gives the key
+        self.count = 0
+        self.parents: set[str] = set()
+        self._hash = hashlib.sha256()
+        self._id_bits: list[np.ndarray] = []
+        self._pending: list[int] = []
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for item in self.items:
+            if missing := self.item_keys - item.keys():
+                raise PlanError(f"work item {item!r} lacks {sorted(missing)}")
+            if self.hash_items:
+                self._hash.update(json.dumps(item, sort_keys=True, separators=(",", ":"), default=str).encode())
+                self._hash.update(b"\n")
+            self._pending.append(hash((str(item["input_id"]), int(item.get("index", 0)))))
+            if "parent" in item:  # lineage: the parent versions items point at (hoi_factory.parents)
+                self.parents.add(item["parent"])
+            if len(self._pending) >= ID_CHUNK:
+                self._flush()
+            self.count += 1
+            yield item
+
+    def _flush(self) -> None:
+        self._id_bits.append(np.array(self._pending, dtype=np.int64))
+        self._pending = []
+
+    def summary(self) -> PlanSummary:
+        """The plan's key and count; raises PlanError if an item was planned twice. Call once it is consumed."""
+        self._flush()
+        bits = np.sort(np.concatenate(self._id_bits))
+        self._id_bits = [bits]
+        if (bits[1:] == bits[:-1]).any():
+            raise PlanError(f"{int((bits[1:] == bits[:-1]).sum())} work item(s) planned twice (same input_id and "
+                            "index): each would alias another sample")
+        return PlanSummary(self._hash.hexdigest()[:16], self.count)
+
+
+def cut_shards(items: Iterable[dict[str, Any]], shard_size: int, covered: Iterable[range] = ()
+               ) -> Iterator[ShardJob]:
+    """Shards of at most `shard_size` consecutive items over the plan positions no `covered` range holds, cut as
+    the items stream (items inside a covered range are passed over, never held): a resume with another shard
+    size makes exactly the missing items, once each."""
     done = sorted(covered, key=lambda r: r.start)
-    jobs: list[ShardJob] = []
-    position, next_done = 0, 0
-    while position < len(items):
+    next_done = 0
+    batch: list[dict[str, Any]] = []
+    start = 0
+    for position, item in enumerate(items):
         while next_done < len(done) and done[next_done].stop <= position:
             next_done += 1
-        if next_done < len(done) and done[next_done].start <= position:
-            position = done[next_done].stop  # inside a finished shard: skip past it
-            continue
-        stop = min(position + shard_size, len(items), done[next_done].start if next_done < len(done) else len(items))
-        jobs.append(ShardJob(position, items[position:stop]))
-        position = stop
-    return jobs
+        inside = next_done < len(done) and done[next_done].start <= position
+        if batch and (inside or len(batch) == shard_size):
+            yield ShardJob(start, batch)
+            batch = []
+        if not inside:
+            if not batch:
+                start = position
+            batch.append(item)
+    if batch:
+        yield ShardJob(start, batch)
 
 
 def worker_info() -> dict[str, Any]:

@@ -98,7 +98,7 @@ def table_picture(header: list[str], rows: list[list[str]], title: str) -> bytes
 def preview_images(version, column: str) -> tuple[list[bytes], list[str]]:
     """The first GRID_SAMPLES images of `column` and their input ids, read shard by shard."""
     images, captions = [], []
-    for index in range(len(version.manifest.shards)):
+    for index in range(len(version.shards)):
         shard = version.read_shard(index, [column, "input_id"]).to_pylist()
         for row in shard:
             if row[column]:

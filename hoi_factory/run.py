@@ -2,6 +2,11 @@
 
 Re-running the same config resumes: finished shards are skipped, the rest are made again with the same
 ids and seeds, and the manifest is written only when every shard is there.
+
+The plan streams: the driver never holds it. It is walked once to identify it (count, key, duplicates; skipped
+when the pipeline's `plan_summary` knows them from the config) and once more while it is cut into shards and
+executed, checked against the first walk. The driver holds the shards in flight and a compact ledger of finished
+ones (hoi_factory.datasets.ShardLedger), so its memory grows with the shard count, not the sample count.
 """
 
 from __future__ import annotations
@@ -16,16 +21,24 @@ from hoi_factory import ids
 from hoi_factory.code_identity import code_identity
 from hoi_factory.config import RunConfig, Settings, validate_run_config
 from hoi_factory.context import StageContext
-from hoi_factory.datasets import DatasetStore, DatasetVersion, ShardRecord
+from hoi_factory.datasets import DatasetStore, DatasetVersion, ShardLedger, ShardRecord
 from hoi_factory.executors import make_executor
-from hoi_factory.parents import parents_of
-from hoi_factory.pipeline import Pipeline, assign_ids, check_columns, cut_shards, group_runners
+from hoi_factory.pipeline import (
+    Pipeline,
+    PlanError,
+    PlanTracker,
+    ShardJob,
+    assign_ids,
+    check_columns,
+    cut_shards,
+    group_runners,
+)
 from hoi_factory.report import write_report
 from hoi_factory.storage import check_name
 from hoi_factory.versions import VersionBusy
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]  # (shards done, shards in all)
+Progress = Callable[[int, int], None]  # (inputs done, inputs in all): the finished shards' inputs
 
 
 class ErrorBudgetExceeded(RuntimeError):
@@ -45,7 +58,7 @@ class RunResult:
         manifest = self.dataset.manifest
         return {"dataset": manifest.name, "version": manifest.version, "samples": manifest.num_samples,
                 "rejects": manifest.num_rejects, "errors": manifest.num_errors, "inputs": manifest.num_inputs,
-                "shards": len(manifest.shards), "shards_resumed": self.shards_resumed, "reused": self.reused,
+                "shards": manifest.num_shards, "shards_resumed": self.shards_resumed, "reused": self.reused,
                 "executor": self.executor, "seconds": round(self.seconds, 2), "url": self.dataset.url,
                 "report": self.dataset.store.link("datasets", manifest.name, manifest.version,
                                                   manifest.report.get("html", "manifest.json")),
@@ -56,17 +69,12 @@ def _choose_version(datasets: DatasetStore, name: str, fingerprint: str) -> str:
     return datasets.area.find_resumable(name, fingerprint) or datasets.area.next_version(name)
 
 
-def _budget_message(where: str, records: list[ShardRecord], num_inputs: int, budget: int) -> str:
-    errors = sum(r.errors for r in records)
-    by_stage: dict[str, int] = {}
-    for record in records:
-        for stage, stats in record.stages.items():
-            if stats.get("errors"):
-                by_stage[stage] = by_stage.get(stage, 0) + stats["errors"]
-    lines = [f"{where}: {errors} of {num_inputs} inputs failed with an error so far (the budget is {budget}: "
+def _budget_message(where: str, ledger: ShardLedger, num_inputs: int, budget: int) -> str:
+    by_stage = {step["stage"]: step["errors"] for step in ledger.funnel(num_inputs)[1:] if step["errors"]}
+    lines = [f"{where}: {ledger.errors} of {num_inputs} inputs failed with an error so far (the budget is {budget}: "
              "execution.max_error_fraction / max_errors_floor); nothing was published",
              "errors by stage: " + ", ".join(f"{stage} {count}" for stage, count in by_stage.items())]
-    for error in [e for r in records for e in r.first_errors][:3]:
+    for error in ledger.first_errors[:3]:
         lines.append(f"--- {error['stage']} on sample {error['sample_id']} (input {error['input_id']}): "
                      f"{error['error']}\n{error['traceback'].rstrip()}")
     return "\n".join(lines)
@@ -100,9 +108,19 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
     datasets = context.datasets
     name = config.output.dataset or check_name(pipeline.name, "dataset name")  # output names are checked by config
     config_hash = config.config_hash()
-    items = assign_ids(pipeline.plan(config, context), config_hash, pipeline.planned_keys(config))
+
+    def planned(hash_items: bool) -> PlanTracker:
+        return PlanTracker(pipeline.plan(config, context), pipeline.planned_keys(config), hash_items)
+
+    plan = pipeline.plan_summary(config, context)
+    walked_twice = plan is None  # then the second walk's key must equal the first's, not just its count
+    if plan is None:
+        first_walk = planned(hash_items=True)
+        for _ in first_walk:
+            pass
+        plan = first_walk.summary()
     code = code_identity(type(pipeline).__module__)
-    fingerprint = f"{config_hash}-{ids.fingerprint({'items': items, 'code': code['source']})}"
+    fingerprint = f"{config_hash}-{ids.fingerprint({'plan': plan.key, 'code': code['source']})}"
 
     published = datasets.area.find_published(name, fingerprint)
     if published and config.output.version in (None, published):
@@ -118,40 +136,54 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         writer = datasets.begin(name, datasets.area.next_version(name), fingerprint, pipeline.schema)
     where = f"{name}/{writer.lease.version}"
 
-    done: dict[int, ShardRecord] = writer.sink.done_shards()
-    pending = cut_shards(items, config.execution.shard_size, [r.covers for r in done.values()])
-    resumed = len(done)
+    ledger = ShardLedger()
+    covered = []
+    for record in writer.sink.done_shards().values():
+        ledger.add(record)
+        covered.append(record.covers)
+    resumed = len(ledger)
+    inputs_resumed = sum(len(span) for span in covered)
     if resumed:
-        log.info("resuming %s: %d shards already written, %d to make", where, resumed, len(pending))
-    total = resumed + len(pending)
+        log.info("resuming %s: %d shards (%d of %d inputs) already written", where, resumed, inputs_resumed,
+                 plan.count)
     if progress:
-        progress(len(done), total)
-    budget = config.execution.error_budget(len(items))
-    errors = 0  # resumed shards have none: shards with errors are redone
+        progress(inputs_resumed, plan.count)
+    budget = config.execution.error_budget(plan.count)
+    submitted: set[int] = set()  # first plan positions of the shards handed to the executor
+
+    def jobs():
+        for job in cut_shards(second_walk, config.execution.shard_size, covered):
+            submitted.add(job.index)
+            yield ShardJob(job.index, assign_ids(job.items, config_hash))
 
     def on_done(record: ShardRecord) -> None:
-        nonlocal errors
         writer.lease.check()
-        done[record.index] = record
-        errors += record.errors
-        if errors > budget:  # already failed: stop spending compute
-            raise ErrorBudgetExceeded(_budget_message(where, list(done.values()), len(items), budget))
+        ledger.add(record)
+        submitted.discard(record.index)
+        if ledger.errors > budget:  # already failed: stop spending compute (resumed shards have no errors)
+            raise ErrorBudgetExceeded(_budget_message(where, ledger, plan.count, budget))
         if progress:
-            progress(len(done), total)
+            progress(sum(inputs for _, inputs in ledger.spans), plan.count)
 
-    executor = make_executor(config.execution, settings, len(items))
+    executor = make_executor(config.execution, settings, plan.count)
+    second_walk = planned(hash_items=walked_twice)
     try:
-        executor.execute(group_runners(pipeline, config, settings, writer.sink, stages), stages, pending, on_done)
-        missing = sorted({job.index for job in pending} - set(done))
-        if missing:
-            raise RuntimeError(f"{where}: shards {missing} did not finish; re-run to resume")
+        executor.execute(group_runners(pipeline, config, settings, writer.sink, stages), stages, jobs(), on_done)
+        if submitted:
+            raise RuntimeError(f"{where}: shards starting at plan positions {sorted(submitted)[:10]} did not "
+                               "finish; re-run to resume")
+        walked = second_walk.summary()
+        if walked.count != plan.count or (walked_twice and walked.key != plan.key):
+            raise PlanError(f"{where}: the plan changed during the run ({plan.count} items planned, then "
+                            f"{walked.count}, key {plan.key} then {walked.key}); its inputs were modified or the "
+                            "pipeline's plan is not deterministic; nothing was published")
         dataset = writer.commit(
-            list(done.values()),
+            ledger,
             before_manifest=lambda version: _measure_and_report(version, pipeline),
             pipeline=pipeline.name, config=config.content_dict(), config_hash=config_hash,
             code_version=f"{code['package']}+{code['git']}" if code["git"] else code["package"], code=code,
-            num_inputs=len(items),
-            parents=sorted(set(parents_of(items)) | set(pipeline.parents(config, context))),
+            num_inputs=plan.count,
+            parents=sorted(second_walk.parents | set(pipeline.parents(config, context))),
             run={"executor": executor.describe(), "seconds": round(time.perf_counter() - started, 3),
                  "shards_resumed": resumed, "run_id": writer.lease.run_id},
         )

@@ -49,7 +49,7 @@ def test_run_makes_a_dataset_and_datasets_commands_show_it(made_dataset):
 
 def test_validate_exits_non_zero_on_a_damaged_shard(made_dataset):
     store = Store.from_settings(Settings())
-    second = DatasetStore(store).open("synthetic", "v1").manifest.shards[1].file
+    second = DatasetStore(store).open("synthetic", "v1").shards[1].file
     store.write_bytes(b"garbage", "datasets", "synthetic", "v1", second)
     result = cli("datasets", "validate", "synthetic/v1")
     assert result.exit_code == 1 and f"{second}: 7 bytes, the manifest says" in result.output

@@ -264,14 +264,14 @@ def test_per_pool_ray_execution_makes_the_in_process_dataset(local_store_env, lo
         **config, execution={"executor": "ray", "workers": 1, "shard_size": 4})).dataset
     assert "a pool per stage group" in on_ray.manifest.run["executor"]
     # Each shard went through two pools (CPU work, then the accelerator stand-in), two different actors.
-    assert all(len(shard.worker["groups"]) == 2 for shard in on_ray.manifest.shards)
-    assert all(len({g["pid"] for g in shard.worker["groups"]}) == 2 for shard in on_ray.manifest.shards)
+    assert all(len(shard.worker["groups"]) == 2 for shard in on_ray.shards)
+    assert all(len({g["pid"] for g in shard.worker["groups"]}) == 2 for shard in on_ray.shards)
 
     monkeypatch.setenv("HOI_STORE_URL", str(tmp_path / "local"))
     local = run_pipeline(SyntheticPipeline(), SyntheticConfig(
         **config, execution={"executor": "local", "shard_size": 4})).dataset
     assert on_ray.to_arrow().equals(local.to_arrow())
-    assert [s.sha256 for s in on_ray.manifest.shards] == [s.sha256 for s in local.manifest.shards]
+    assert [s.sha256 for s in on_ray.shards] == [s.sha256 for s in local.shards]
     assert on_ray.manifest.num_samples == 40
 
 

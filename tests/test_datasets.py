@@ -9,7 +9,7 @@ from PIL import Image
 from hoi_factory import ids
 from hoi_factory.codec import open_image
 from hoi_factory.config import ExecutionConfig, Settings
-from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore
+from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore, ShardLedger
 from hoi_factory.pipeline import check_columns
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store, StoreError
@@ -68,7 +68,7 @@ def test_image_pipelines_declare_columns_that_chain(tmp_path):
 
 def test_synthetic_values_follow_from_seeds_alone(store_env):
     dataset = run_pipeline(SyntheticPipeline(), local_config(SyntheticConfig, count=23, work_ms=0, values=4)).dataset
-    assert [shard.rows for shard in dataset.manifest.shards] == [5, 5, 5, 5, 3]
+    assert [shard.rows for shard in dataset.shards] == [5, 5, 5, 5, 3]
     config_hash = dataset.manifest.config_hash
     for index, row in enumerate(dataset.to_arrow().to_pylist()):
         assert row["sample_id"] == ids.sample_id(config_hash, "synthetic", index)
@@ -83,7 +83,7 @@ def test_readers_see_only_published_versions_and_latest_moves_after_the_manifest
     assert store.versions("half") == [] and "half" not in store.names()
     with pytest.raises(StoreError, match="no published version"):
         store.open("half")
-    writer.commit(list(writer.sink.done_shards().values()), num_inputs=0, pipeline="test", config={},
+    writer.commit(ShardLedger.of(writer.sink.done_shards().values()), num_inputs=0, pipeline="test", config={},
                   config_hash="h", code_version="test")
     assert store.versions("half") == ["v1"] and store.open("half").version == "v1"
     assert store.store.read_json("datasets", "half", "latest.json") == {"version": "v1"}
@@ -110,14 +110,14 @@ def test_published_versions_are_immutable_and_writers_exclusive(store_env):
 def test_validate_finds_a_corrupted_shard(store_env):
     dataset = run_pipeline(SyntheticPipeline(), local_config(SyntheticConfig, count=12, work_ms=0)).dataset
     store = dataset.store
-    shard = dataset.manifest.shards[1]
+    shard = dataset.shards[1]
     data = bytearray(store.read_bytes("datasets", dataset.name, dataset.version, shard.file))
     data[len(data) // 2] ^= 0xFF
     store.write_bytes(bytes(data), "datasets", dataset.name, dataset.version, shard.file)
-    store.remove("datasets", dataset.name, dataset.version, dataset.manifest.shards[2].rejects_file)
+    store.remove("datasets", dataset.name, dataset.version, dataset.shards[2].rejects_file)
     problems = dataset.validate()
     assert problems == [f"{shard.file}: checksum mismatch (the manifest says sha256 {shard.sha256[:12]}…)",
-                        f"{dataset.manifest.shards[2].rejects_file}: missing"]
+                        f"{dataset.shards[2].rejects_file}: missing"]
 
 
 def test_readable_as_arrow_pandas_torch_and_ray(local_store_env, local_ray):

@@ -56,10 +56,10 @@ def test_ray_and_in_process_executors_make_identical_datasets(local_store_env, i
     local, ray = store.open("ingest", "local"), store.open("ingest", "ray")
     assert local.to_arrow().equals(ray.to_arrow())
     assert local.rejects().sort_by("sample_id").equals(ray.rejects().sort_by("sample_id"))
-    assert [s.sha256 for s in local.manifest.shards] == [s.sha256 for s in ray.manifest.shards]
+    assert [s.sha256 for s in local.shards] == [s.sha256 for s in ray.shards]
     assert ray.manifest.run["executor"].startswith("ray")
     # Workers wrote the shards themselves: the records name Ray nodes and worker processes, not the driver.
-    assert all("node_id" in s.worker for s in ray.manifest.shards)
+    assert all("node_id" in s.worker for s in ray.shards)
 
 
 def test_synthetic_flow_on_ray(local_store_env, prefect_harness, local_ray):
@@ -70,7 +70,7 @@ def test_synthetic_flow_on_ray(local_store_env, prefect_harness, local_ray):
 def test_validate_flow_passes_a_good_version_and_fails_a_damaged_one(local_store_env, prefect_harness):
     synthetic(SyntheticConfig(count=8, work_ms=0, execution={"executor": "local", "shard_size": 4}))
     assert validate_dataset("synthetic/v1") == {"dataset": "synthetic/v1", "shards": 2, "problems": []}
-    first = DatasetStore(Store.from_settings(Settings())).open("synthetic", "v1").manifest.shards[0].file
+    first = DatasetStore(Store.from_settings(Settings())).open("synthetic", "v1").shards[0].file
     Store.from_settings(Settings()).write_bytes(b"not parquet", "datasets", "synthetic", "v1", first)
     with pytest.raises(DatasetInvalid, match=f"{first}: 11 bytes, the manifest says"):
         validate_dataset("synthetic")

@@ -73,8 +73,8 @@ def test_resume_with_another_shard_size_makes_exactly_the_missing_items(first, s
     """Killed after 3 shards at one shard size, resumed at another: 0 lost, 0 duplicated."""
     fields = dict(count=48, work_ms=0, values=3, seed=13)
 
-    def stop_after_three(done, total):
-        if done == 3:
+    def stop_after_three(done, total):  # progress counts inputs: three shards of `first`
+        if done == 3 * first:
             raise StopAfter()
 
     with pytest.raises(StopAfter):
@@ -86,10 +86,10 @@ def test_resume_with_another_shard_size_makes_exactly_the_missing_items(first, s
     manifest = resumed.manifest
     assert manifest.run["shards_resumed"] == 3 and resumed.validate() == []
     assert manifest.num_inputs == manifest.num_samples == 48 and manifest.num_rejects == manifest.num_errors == 0
-    spans = sorted((s.index, s.index + s.inputs) for s in manifest.shards)
+    spans = sorted((s.index, s.index + s.inputs) for s in resumed.shards)
     assert spans[0][0] == 0 and spans[-1][1] == 48 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     assert len(list((Path(local_store_env) / "datasets" / "synthetic" / resumed.version / "data").iterdir())) \
-        == len(manifest.shards)  # no file of an abandoned cut left behind
+        == len(resumed.shards)  # no file of an abandoned cut left behind
 
     monkeypatch.setenv("HOI_STORE_URL", str(tmp_path / "undisturbed"))
     undisturbed = run_pipeline(SyntheticPipeline(), SyntheticConfig(**fields, execution={"executor": "local"})).dataset

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hoi_factory.pipeline import ShardJob, ShardWork, StageGroupRunner
 from hoi_factory.stage import Stage
 
@@ -10,12 +12,14 @@ class LocalExecutor:
     def describe(self) -> str:
         return "local (in-process)"
 
-    def execute(self, runners: list[StageGroupRunner], stages: list[Stage], jobs: list[ShardJob], on_done) -> None:
-        if not jobs:
-            return
-        for runner in runners:
-            runner.setup()
+    def execute(self, runners: list[StageGroupRunner], stages: list[Stage], jobs: Iterable[ShardJob],
+                on_done) -> None:
+        ready = False
         for job in jobs:
+            if not ready:  # models load only when there is work
+                for runner in runners:
+                    runner.setup()
+                ready = True
             work = ShardWork.start(job)
             for runner in runners:
                 work = runner.run(work)

@@ -5,9 +5,10 @@ group gets its own Ray Data actor pool, sized for its need: CPU groups `executio
 custom-resource groups as many actors as the cluster has units for (or `execution.accelerator_workers`).
 A shard enters the first pool as its work items and leaves each pool as a `ShardWork` (its live rows,
 rejects, errors, stats), so while the GPU pool works on shard k the CPU pools decode shard k+1 and encode
-shard k-1. The last pool writes the shard when it needs no accelerator; otherwise a light writer task
-pool does (as many light actors as the accelerator pool has, started with the others: a task per shard would
-start fresh worker processes), so no GPU waits on Parquet encoding or uploads. The driver sees only the small
+shard k-1. Shards stream from the plan in windows (WINDOW_SHARDS), one Ray Data execution each. The last
+pool writes the shard when it needs no accelerator; otherwise a light writer task pool does (as many light
+actors as the accelerator pool has, started with the others: a task per shard would start fresh worker
+processes), so no GPU waits on Parquet encoding or uploads. The driver sees only the small
 shard records.
 
 Ray Data restarts a dead actor and re-runs its block (shards are deterministic and written atomically, so
@@ -18,8 +19,10 @@ A ShardWork crosses pools as a Python object in a Ray Data column (serialized by
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict
 
 import numpy as np
@@ -33,6 +36,9 @@ ray = require("ray", "ray", "The Ray executor")
 
 _dashboard_url: str | None = None
 WRITER_CPUS = 0.25  # a shard writer encodes Parquet and uploads: light, and it must not wait for a full CPU
+# Shards per Ray Data execution. Its pools start (and load their models) once per window: at 1024 shards of 64+
+# samples that is under 1 % of a GPU pool's time, and the driver holds one window of work items, not the plan.
+WINDOW_SHARDS = 1024
 
 
 class NoResourcesForStage(RuntimeError):
@@ -130,9 +136,15 @@ class RayExecutor:
                 "give it the resource or run those stages without it (e.g. gpus=0)")
         return min(fit, self.accelerator_workers or fit)
 
-    def execute(self, runners: list[StageGroupRunner], stages: list[Stage], jobs: list[ShardJob], on_done) -> None:
-        if not jobs:
-            return
+    def execute(self, runners: list[StageGroupRunner], stages: list[Stage], jobs: Iterable[ShardJob],
+                on_done) -> None:
+        """The jobs stream in windows of WINDOW_SHARDS shards, so the driver never holds the whole plan."""
+        jobs = iter(jobs)
+        while window := list(itertools.islice(jobs, WINDOW_SHARDS)):
+            self._execute_window(runners, stages, window, on_done)
+
+    def _execute_window(self, runners: list[StageGroupRunner], stages: list[Stage], jobs: list[ShardJob],
+                        on_done) -> None:
         ensure_ray(self.address)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the factory draws its own progress

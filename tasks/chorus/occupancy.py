@@ -324,7 +324,7 @@ def _view_index(datasets: DatasetStore, ref: str) -> tuple[str, dict[tuple[str, 
     """The version's exact ref, and (category, None) / (category, base prompt) -> [shard, row] of its views."""
     version = datasets.open_ref(ref)
     index: dict[tuple[str, str | None], list[list[int]]] = defaultdict(list)
-    for shard in range(len(version.manifest.shards)):
+    for shard in range(len(version.shards)):
         table = version.read_shard(shard, ["category", "base_prompt"]).to_pylist()
         for row_number, row in enumerate(table):
             index[(row["category"], None)].append([shard, row_number])

@@ -269,7 +269,7 @@ class PairsPipeline(Pipeline[PairsConfig]):
 
     def report_pictures(self, version) -> dict[str, bytes]:
         rows = version.read_shard(0, ["hoi_image", "hand_mask", "object_image", "sdedit_image", "true_object_image",
-                                      "layout", "input_id"]).to_pylist()[:8] if version.manifest.shards else []
+                                      "layout", "input_id"]).to_pylist()[:8] if version.shards else []
         if not rows:
             return {}
         return {"pairs": stacked_rows([pair_strip(row) for row in rows])}

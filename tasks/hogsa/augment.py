@@ -336,7 +336,7 @@ class AugmentPipeline(Pipeline[AugmentConfig]):
 
     def report_pictures(self, version) -> dict[str, bytes]:
         columns = ["image", "object_only_image", "left_joints_2d", "right_joints_2d"]
-        rows = version.read_shard(0, columns).to_pylist()[:8] if version.manifest.shards else []
+        rows = version.read_shard(0, columns).to_pylist()[:8] if version.shards else []
         if not rows:
             return {}
         from hoi_factory.report import stacked_rows

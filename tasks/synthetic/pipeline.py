@@ -8,19 +8,22 @@ overlapping accelerator work) can be tested and benchmarked on a machine without
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
 from hoi_factory.config import RunConfig
-from hoi_factory.pipeline import Pipeline
+from hoi_factory.pipeline import Pipeline, PlanSummary
 from hoi_factory.stage import MapStage, Resources, Row
 
 
 def busy_wait(seconds: float) -> None:
     """Spend `seconds` of this process's CPU time (not wall time): two workers sharing one core take twice
     as long, so measured scaling is real parallelism."""
+    if seconds <= 0:  # zero work costs nothing, not two clock reads (the scale benchmark runs 10M of these)
+        return
     end = time.process_time() + seconds
     while time.process_time() < end:
         pass
@@ -79,8 +82,11 @@ class SyntheticPipeline(Pipeline[SyntheticConfig]):
     config_class = SyntheticConfig
     schema = pa.schema([("values", pa.list_(pa.float32())), ("total", pa.float64())])
 
-    def plan(self, config: SyntheticConfig, context) -> list[dict]:
-        return [{"input_id": "synthetic", "index": i} for i in range(config.count)]
+    def plan(self, config: SyntheticConfig, context) -> Iterator[dict]:
+        return ({"input_id": "synthetic", "index": i} for i in range(config.count))
+
+    def plan_summary(self, config: SyntheticConfig, context) -> PlanSummary:
+        return PlanSummary(f"synthetic:{config.count}", config.count)  # the count is the whole plan
 
     def stages(self, config: SyntheticConfig):
         work = [FixedCostWork(config.work_ms, config.values)]

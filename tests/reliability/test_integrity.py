@@ -2,13 +2,17 @@
 swapped or rewritten shards, a tampered manifest, a crash between the manifest and the latest pointer, a
 tampered parent. Nothing silently different is ever read; validate names every fault in one line each."""
 
+import hashlib
+import io
 import json
 import random
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from hoi_factory.config import ConfigError, Settings, load_run_config
-from hoi_factory.datasets import CorruptShard, DatasetStore
+from hoi_factory.datasets import SHARD_INDEX, CorruptShard, DatasetStore
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import LATEST, LOCK, MANIFEST, CorruptManifest, manifest_checksum
@@ -24,7 +28,7 @@ def published(local_store_env):
 
 
 def shard_path(dataset, index=0):
-    return dataset.store.path("datasets", dataset.name, dataset.version, dataset.manifest.shards[index].file)
+    return dataset.store.path("datasets", dataset.name, dataset.version, dataset.shards[index].file)
 
 
 def test_every_bit_flip_in_a_shard_is_caught_on_read(published):
@@ -68,9 +72,13 @@ def test_a_changed_manifest_is_refused_and_one_rewritten_with_its_checksum_still
     with pytest.raises(CorruptManifest, match="does not match its checksum"):
         datasets.open("synthetic", published.version)
 
-    def drop_a_shard_and_resign(manifest):  # a writer that knows the checksum rule
+    def drop_a_shard_and_resign(manifest):  # a writer that knows the checksum rule and the shard index
+        index = Path(published.store.path("datasets", published.name, published.version, SHARD_INDEX))
+        data = io.BytesIO()
+        pq.write_table(pq.read_table(index).slice(0, 2), data)
+        index.write_bytes(data.getvalue())
         manifest["num_samples"] = 16
-        manifest["shards"] = manifest["shards"][:2]
+        manifest["shard_index"].update(sha256=hashlib.sha256(data.getvalue()).hexdigest(), bytes=len(data.getvalue()))
         manifest["checksum"] = manifest_checksum(manifest)
 
     tamper_manifest(published, drop_a_shard_and_resign)
@@ -136,7 +144,7 @@ def test_a_reader_never_gets_unverified_rows_from_a_parent(published):
     data = bytearray(open(shard_path(published, 1), "rb").read())
     data[len(data) // 2] ^= 0x01
     open(shard_path(published, 1), "wb").write(bytes(data))
-    with pytest.raises(CorruptShard, match=f"{published.manifest.shards[1].file}: checksum mismatch"):
+    with pytest.raises(CorruptShard, match=f"{published.shards[1].file}: checksum mismatch"):
         run_pipeline(ScalePipeline(), ScaleConfig(parent="synthetic", execution={"executor": "local"}))
     assert DatasetStore(Store.from_settings(Settings())).versions("scaled") == []
 
@@ -156,3 +164,19 @@ def test_a_store_that_ignores_conditional_writes_is_refused_before_any_write(s3_
         proxy.shutdown()
     monkeypatch.setenv("HOI_S3_ENDPOINT_URL", moto_endpoint)
     assert run_pipeline(SyntheticPipeline(), CONFIG).dataset.manifest.num_samples == 24
+
+
+def test_versions_published_before_the_shard_index_list_their_shards_in_the_manifest_and_still_read(published):
+    index_file = Path(published.store.path("datasets", published.name, published.version, SHARD_INDEX))
+    records = [shard.model_dump() for shard in published.shards]
+
+    def inline_the_shards(manifest):  # a schema version 2 manifest, as published before shards.parquet
+        manifest.update(schema_version=2, shards=records, shard_index={})
+        manifest.pop("num_shards")
+        manifest["checksum"] = manifest_checksum(manifest)
+
+    tamper_manifest(published, inline_the_shards)
+    index_file.unlink()
+    old = DatasetStore(Store.from_settings(Settings())).open("synthetic", published.version)
+    assert old.manifest.num_shards == 3 and [s.rows for s in old.shards] == [8, 8, 8]
+    assert old.validate() == [] and old.to_arrow().equals(published.to_arrow())

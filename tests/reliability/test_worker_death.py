@@ -36,7 +36,7 @@ def test_killed_worker_is_replaced_and_nothing_changes(accelerator_ms, local_sto
     thread.join(300)
 
     dataset = outcome["result"].dataset
-    pids = {shard.worker["groups"][0]["pid"] for shard in dataset.manifest.shards}
+    pids = {shard.worker["groups"][0]["pid"] for shard in dataset.shards}
     # The victim's shards may have been redone by its replacement (a result lost with its process is
     # recomputed): either way a third worker process, the replacement, made shards.
     assert len(pids | {victim}) >= 3, f"no replacement worker made shards after {victim} died: {pids}"
@@ -46,4 +46,4 @@ def test_killed_worker_is_replaced_and_nothing_changes(accelerator_ms, local_sto
     undisturbed = run_pipeline(SyntheticPipeline(), SyntheticConfig(**fields, execution={"executor": "local",
                                                                                          "shard_size": 4})).dataset
     assert dataset.to_arrow().equals(undisturbed.to_arrow())
-    assert [s.sha256 for s in dataset.manifest.shards] == [s.sha256 for s in undisturbed.manifest.shards]
+    assert [s.sha256 for s in dataset.shards] == [s.sha256 for s in undisturbed.shards]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from hoi_factory.codec import encode_png
 from hoi_factory.config import ExecutionConfig, Settings
-from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore
+from hoi_factory.datasets import REJECTS_SCHEMA, DatasetStore, ShardLedger
 from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store
 from hoi_factory.training import TrainConfig, train
@@ -168,7 +168,7 @@ def test_render_image_pairs_are_used_as_they_are(local_store_env):
                       "seed": [0, 1, 2], "image": [encode_png(t) for t in targets],
                       "render": [encode_png(r) if r is not None else None for r in renders]})
     writer.sink.write(0, table, REJECTS_SCHEMA.empty_table(), 3, {}, {})
-    version = writer.commit(list(writer.sink.done_shards().values()), num_inputs=3, pipeline="test", config={},
+    version = writer.commit(ShardLedger.of(writer.sink.done_shards().values()), num_inputs=3, pipeline="test", config={},
                             config_hash="h", code_version="test")
 
     data = SRMTask().load([version], {"preset": "tiny"})  # 32 px targets, 16 px inputs
