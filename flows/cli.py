@@ -306,6 +306,40 @@ def models_show(ref: str = typer.Argument(..., help="name or name/version")) -> 
 
 
 @app.command()
+def dashboard(
+    serve: Optional[int] = typer.Option(None, "--serve", metavar="PORT", min=0, max=65535,
+                                        help="then serve it on http://127.0.0.1:PORT (0: a free port)"),
+    ray_dashboard: Optional[str] = typer.Option(None, help="Ray dashboard URL; default: RAY_ADDRESS's host, :8265"),
+) -> None:
+    """Write the factory dashboard, <store>/dashboard/index.html: every dataset and model version, the lineage
+    graph, metrics across versions, links to the reports. --serve PORT then serves it and the pages it links."""
+    from hoi_factory.dashboard import prefect_ui_url, ray_dashboard_url, write_dashboard
+    from hoi_factory.dashboard import serve as dashboard_server
+
+    settings, store = _settings(), _store()
+    try:
+        link = write_dashboard(store, prefect_ui_url(settings.prefect_api_url or prefect_api_url()),
+                               ray_dashboard or ray_dashboard_url(settings.ray_address))
+    except _user_errors() as exc:
+        _fail(exc)
+    console.print(f"[green]✓[/] dashboard: {link}", highlight=False, soft_wrap=True)
+    if serve is None:
+        return
+    try:
+        server = dashboard_server(store, serve)
+    except OSError as exc:
+        _fail(f"cannot serve on port {serve}: {exc}")
+    console.print(f"serving http://127.0.0.1:{server.server_address[1]}/dashboard/index.html (Ctrl-C stops)",
+                  highlight=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command()
 def status(runs: int = typer.Option(10, min=0, help="recent flow runs to show")) -> None:
     """Where the factory points, recent flow runs, the Ray cluster, and what is in the store."""
     from flows.status import ray_cluster, recent_flow_runs
