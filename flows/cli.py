@@ -6,6 +6,7 @@ and a run's inputs are checked before Prefect or Ray start.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand
 
 if TYPE_CHECKING:
     from hoi_factory.storage import Store
@@ -35,9 +38,12 @@ def _fail(message: str, code: int | None = None) -> None:
         from hoi_factory.errors import USER_ERRORS
 
         code = 1 if isinstance(message, BaseException) and not isinstance(message, USER_ERRORS) else 2
+    from rich.markup import escape
+
     from hoi_factory.scrub import scrub
 
-    console.print(f"[bold red]error:[/] {scrub(str(message), _settings().secrets())}", highlight=False)
+    # escaped: a message quotes what was typed (`[a, b]`), which is not markup
+    console.print(f"[bold red]error:[/] {escape(scrub(str(message), _settings().secrets()))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -58,6 +64,68 @@ def _store() -> Store:
     from hoi_factory.storage import Store
 
     return Store.from_settings(_settings())
+
+
+def _usable_store(create: bool) -> Store:
+    """The store, checked with one request (folder or bucket there, credentials accepted, answering); read
+    commands pass create=False: a store that is not there is a wrong HOI_STORE_URL, not an empty store."""
+    from hoi_factory.storage import Store
+
+    store = Store.from_settings(_settings(), create=create)
+    store.check_usable()
+    return store
+
+
+def _user_facing(command):
+    """A command whose user errors (and runs failed by stage errors) end as their message, exit code 2 (1)."""
+
+    @functools.wraps(command)
+    def checked(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _user_errors() as exc:
+            _fail(exc)
+
+    return checked
+
+
+def _unknown(what: str, name: str, known) -> str:
+    from hoi_factory.suggestions import did_you_mean
+
+    return f"unknown {what} {name!r}{did_you_mean(name, known)} (available: {', '.join(sorted(known))})"
+
+
+class _RunCommand(TyperCommand):
+    """`run`'s help, then the settings of the pipeline named before --help (or the pipelines, if none is)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["run_args"] = list(args)  # --help is answered while parsing, before arguments are bound
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter) -> None:
+        super().format_help(ctx, formatter)
+        from flows.registry import PIPELINES
+
+        named = next((arg for arg in ctx.meta.get("run_args", []) if arg in PIPELINES), None)
+        if named is None:
+            console.print(f"pipelines: {', '.join(sorted(PIPELINES))}\n"
+                          "`hoi-factory run PIPELINE --help` lists a pipeline's settings.", highlight=False)
+        else:
+            _print_settings(named)
+
+
+def _print_settings(pipeline: str) -> None:
+    from flows.registry import pipeline_class
+    from hoi_factory.config import RunConfig, field_docs
+
+    chosen = pipeline_class(pipeline)
+    docs = sorted(field_docs(chosen.config_class), key=lambda doc: doc.key.split(".")[0] in RunConfig.model_fields)
+    table = _table(f"settings of {pipeline}: key=value overrides, or keys of a --config YAML file",
+                   "setting", "type", "default", "description")
+    for doc in docs:  # the pipeline's own settings first, then seed, execution.*, output.*
+        table.add_row(*map(Text, doc))  # Text: `[1, 2]` and `name[/version]` are values, not markup
+    console.print(f"{pipeline}: {chosen.description}", highlight=False)
+    console.print(table)
 
 
 def prefect_api_url() -> str | None:
@@ -113,7 +181,8 @@ def _print_results(results: list[dict[str, Any]]) -> None:
         console.print(f"report of {r['dataset']}/{r['version']}: {r['report']}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_RunCommand)
+@_user_facing
 def run(
     pipeline: str = typer.Argument(..., help="pipeline name (see `hoi-factory pipelines`)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config"),
@@ -130,21 +199,19 @@ def run(
     from flows.registry import PIPELINES, pipeline_class, pipeline_flow
 
     if pipeline not in PIPELINES:
-        _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(PIPELINES))}")
+        _fail(_unknown("pipeline", pipeline, PIPELINES))
     from hoi_factory.config import load_run_config
     from hoi_factory.run import check_run
 
     chosen = pipeline_class(pipeline)()
-    try:
-        run_config = load_run_config(chosen.config_class, config, overrides or [])
-        settings = _settings()
-        if prefect if prefect is not None else bool(prefect_api_url()):
-            check_run(chosen, run_config, settings)  # before Prefect starts: plain messages, no traceback
-            result = _with_progress(lambda: pipeline_flow(pipeline)(run_config))
-        else:  # run_pipeline makes the same checks itself, before any work
-            result = _with_progress(lambda: _run_in_process(chosen, run_config, settings))
-    except _user_errors() as exc:
-        _fail(exc)
+    run_config = load_run_config(chosen.config_class, config, overrides or [])
+    settings = _settings()
+    _usable_store(create=True)
+    if prefect if prefect is not None else bool(prefect_api_url()):
+        check_run(chosen, run_config, settings)  # before Prefect starts: plain messages, no traceback
+        result = _with_progress(lambda: pipeline_flow(pipeline)(run_config))
+    else:  # run_pipeline makes the same checks itself, before any work
+        result = _with_progress(lambda: _run_in_process(chosen, run_config, settings))
     _print_results([result])
 
 
@@ -157,23 +224,26 @@ def _run_in_process(pipeline, config, settings) -> dict[str, Any]:
 
 
 @app.command()
+@_user_facing
 def train(
     trainer: str = typer.Argument(..., help="what to train (hoi-factory train --help lists them)"),
-    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. 'datasets=[ho3pairs]' model=NAME"),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. 'datasets=\\[ho3pairs]' model=NAME"),
     config_file: Path | None = typer.Option(None, "--config", help="YAML training config"),
 ) -> None:
     """Train a model on dataset versions and publish it to the model store (resumes a killed run)."""
-    from flows.training import TRAINERS, train_model
     from hoi_factory.config import load_run_config
+    from hoi_factory.datasets import DatasetStore
     from hoi_factory.training import TrainConfig
 
+    config = load_run_config(TrainConfig, config_file, overrides or [])
+    datasets = DatasetStore(_usable_store(create=False))
+    for ref in [*config.datasets, *config.eval_datasets]:  # before Prefect starts: plain messages, no traceback
+        datasets.open_ref(ref)
+    from flows.training import TRAINERS, train_model  # after the checks: it imports Prefect and every model
+
     if trainer not in TRAINERS:
-        _fail(f"unknown trainer {trainer!r}; available: {', '.join(sorted(TRAINERS))}")
-    try:
-        config = load_run_config(TrainConfig, config_file, overrides or [])
-        result = _with_progress(lambda: train_model(trainer, config))
-    except _user_errors() as exc:
-        _fail(exc)
+        _fail(_unknown("trainer", trainer, TRAINERS))
+    result = _with_progress(lambda: train_model(trainer, config))
     console.print(f"[green]✓[/] {result['model']}/{result['version']}: {result['url']}")
 
 
@@ -187,6 +257,7 @@ def pipelines() -> None:
 
 
 @app.command()
+@_user_facing
 def demo(
     executor: str = typer.Option("auto", help="auto (in-process for small plans), ray or local"),
     workers: int = typer.Option(2, min=1),
@@ -196,19 +267,17 @@ def demo(
 
     settings = _settings()
     console.print(f"store: [bold]{settings.store_url}[/]  (set HOI_STORE_URL to change)")
-    try:
-        results = _with_progress(lambda: demo_flow(executor=executor, workers=workers))
-    except _user_errors() as exc:
-        _fail(exc)
-    _print_results(results)
+    _usable_store(create=True)
+    _print_results(_with_progress(lambda: demo_flow(executor=executor, workers=workers)))
 
 
 @datasets_app.command("ls")
+@_user_facing
 def datasets_ls() -> None:
     """Every dataset and its published versions."""
     from hoi_factory.datasets import DatasetStore
 
-    store = DatasetStore(_store())
+    store = DatasetStore(_usable_store(create=False))
     table = _table(f"datasets in {store.store.url}", "name", "versions", "latest", "samples")
     for name in store.names():
         latest = store.open(name)
@@ -217,14 +286,12 @@ def datasets_ls() -> None:
 
 
 @datasets_app.command("show")
+@_user_facing
 def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """A version's manifest: counts, funnel, lineage, shards."""
     from hoi_factory.datasets import DatasetStore
 
-    try:
-        version = DatasetStore(_store()).open_ref(ref)
-    except _user_errors() as exc:
-        _fail(exc)
+    version = DatasetStore(_usable_store(create=False)).open_ref(ref)
     m = version.manifest
     console.print(f"[bold]{version.ref}[/]  {m.num_samples} samples, {m.num_rejects} rejected, "
                   f"{m.num_shards} shards, made {m.created} by {m.pipeline} ({m.code_version})")
@@ -240,14 +307,12 @@ def datasets_show(ref: str = typer.Argument(..., help="name or name/version")) -
 
 
 @datasets_app.command("validate")
+@_user_facing
 def datasets_validate(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """Check every shard against the manifest (presence, checksums, rows, schema). Exit 1 on problems."""
     from hoi_factory.datasets import DatasetStore
 
-    try:
-        version = DatasetStore(_store()).open_ref(ref)
-    except _user_errors() as exc:
-        _fail(exc)
+    version = DatasetStore(_usable_store(create=False)).open_ref(ref)
     problems = version.validate()
     for problem in problems:
         console.print(f"[red]✗[/] {problem}")
@@ -257,6 +322,7 @@ def datasets_validate(ref: str = typer.Argument(..., help="name or name/version"
 
 
 @datasets_app.command("export")
+@_user_facing
 def datasets_export(
     ref: str = typer.Argument(..., help="name or name/version"),
     dest: str = typer.Argument(..., help="a new or empty folder (path or s3:// URL)"),
@@ -267,21 +333,19 @@ def datasets_export(
     from hoi_factory.datasets import DatasetStore
     from hoi_factory.export import export_version
 
-    try:
-        version = DatasetStore(_store()).open_ref(ref)
-        result = export_version(version, dest, format, _settings().storage_options(dest))
-    except _user_errors() as exc:
-        _fail(exc)
+    version = DatasetStore(_usable_store(create=False)).open_ref(ref)
+    result = export_version(version, dest, format, _settings().storage_options(dest))
     console.print(f"[green]✓[/] {version.ref} -> {result.dest} ({result.format}): {result.samples} samples, "
                   f"{result.rejects} rejects, {result.files} files + SHA256SUMS", highlight=False, soft_wrap=True)
 
 
 @models_app.command("ls")
+@_user_facing
 def models_ls() -> None:
     """Every model and its published versions."""
     from hoi_factory.model_store import ModelStore
 
-    store = ModelStore(_store())
+    store = ModelStore(_usable_store(create=False))
     table = _table(f"models in {store.store.url}", "name", "versions", "latest")
     for name in store.names():
         table.add_row(name, " ".join(store.versions(name)), store.area.latest(name))
@@ -289,14 +353,12 @@ def models_ls() -> None:
 
 
 @models_app.command("show")
+@_user_facing
 def models_show(ref: str = typer.Argument(..., help="name or name/version")) -> None:
     """A model version: files, metrics, the datasets it was trained on."""
     from hoi_factory.model_store import ModelStore
 
-    try:
-        model = ModelStore(_store()).open_ref(ref)
-    except _user_errors() as exc:
-        _fail(exc)
+    model = ModelStore(_usable_store(create=False)).open_ref(ref)
     m = model.manifest
     console.print(f"[bold]{m.name}/{m.version}[/]  made {m.created}\nurl: {model.url}")
     console.print(f"trained on: {', '.join(m.datasets) or '-'}")
@@ -368,6 +430,13 @@ def status(runs: int = typer.Option(10, min=0, help="recent flow runs to show"))
                 seconds = f"{row.seconds:.1f}" if row.seconds is not None else ""
                 table.add_row(row.flow, row.name, row.state, row.started, seconds)
             console.print(table)
+    from hoi_factory.storage import StoreError
+
+    try:
+        _usable_store(create=False)
+    except StoreError as exc:  # status shows where things point, usable or not
+        console.print(f"[red]store unusable:[/] {exc}", highlight=False)
+        return
     datasets_ls()
     models_ls()
 

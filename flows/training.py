@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from flows import progress
+from flows.runner import retry_unless_user_error
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
 from hoi_factory.model_store import ModelStore
@@ -31,7 +32,7 @@ MODEL_PUBLISHED = "hoi.model.published"
 TRAINERS = {task.name: task for task in (LayoutNetTask, ContentNetTask, CHOITask, SRMTask)}
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
 def fit(trainer: str, config: TrainConfig):
     """Training as one Prefect task; a retry resumes from the last checkpoint."""
     label = f"{config.model}: steps"

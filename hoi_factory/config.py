@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hoi_factory.storage import StoreError, check_name
+from hoi_factory.suggestions import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -116,12 +117,12 @@ def _shorthand(name: str, field: FieldInfo, value: Any) -> Any:
     if "kind" not in data:
         raise ValueError(f"{name} needs a kind: one of {choices}")
     if not isinstance(kind, str) or kind not in variants:
-        raise ValueError(f"{name} is one of {choices}, not {kind!r}")
+        raise ValueError(f"{name} is one of {choices}, not {kind!r}{did_you_mean(str(kind), variants)}")
     own = variants[kind].model_fields
     stray = next((key for key in data if key not in own), None)
     if stray is not None:
         owners = ", ".join(f"{name}={other}" for other, variant in variants.items() if stray in variant.model_fields)
-        belongs = f"; {stray} belongs to {owners}" if owners else ""
+        belongs = f"; {stray} belongs to {owners}" if owners else did_you_mean(stray, own, f"{name}.")
         takes = ", ".join(key for key in own if key != "kind") or "no fields"
         raise ValueError(f"{name}={kind} has no field {stray!r}{belongs} ({name}={kind} takes: {takes})")
     return data
@@ -248,9 +249,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                           f"e.g. {key.strip()}='\"...\"'") from None
 
 
-def _locate(model: type[BaseModel], loc: typing.Sequence[str | int]) -> tuple[str, FieldInfo | None]:
+def _locate(model: type[BaseModel], loc: typing.Sequence[str | int]
+            ) -> tuple[str, FieldInfo | None, list[type[BaseModel]]]:
     """A location in a config as the dotted key a person types (pydantic puts the kind of a variant after its
-    field's name: dropped), and the field there (None past the fields, e.g. in a list)."""
+    field's name: dropped), the field there (None past the fields, e.g. in a list) and the models whose fields
+    may follow it."""
     key, models, field, variants = [], [model], None, {}
     for part in loc:
         if part in variants:
@@ -262,7 +265,7 @@ def _locate(model: type[BaseModel], loc: typing.Sequence[str | int]) -> tuple[st
         variants = _variants(annotation)
         models = list(variants.values()) or [a for a in _union_args(annotation)
                                              if isinstance(a, type) and issubclass(a, BaseModel)]
-    return ".".join(key), field
+    return ".".join(key), field, models
 
 
 def _holds_variants(model: type[BaseModel], keys: list[str]) -> bool:
@@ -270,14 +273,23 @@ def _holds_variants(model: type[BaseModel], keys: list[str]) -> bool:
     return field is not None and bool(_variants(field.annotation))
 
 
+def _suggest_key(config_class: type[BaseModel], loc: typing.Sequence[str | int]) -> str:
+    """'; did you mean execution.workers?' for the unknown key at `loc`, from the fields beside it."""
+    parent, _, models = _locate(config_class, loc[:-1])
+    fields = [name for model in models for name in model.model_fields if name != "kind"]
+    return did_you_mean(str(loc[-1]), fields, f"{parent}." if parent else "")
+
+
 def _describe(error: ValidationError, config_class: type[BaseModel]) -> str:
     lines = []
     for problem in error.errors():
-        where, field = _locate(config_class, problem["loc"])
+        where, field, _ = _locate(config_class, problem["loc"])
         value = problem.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         if problem["type"] == "missing" and field is not None and field.description:
             shown = f" ({field.description})"
+        if problem["type"] == "extra_forbidden":
+            shown += _suggest_key(config_class, problem["loc"])
         lines.append(f"  {where or '(config)'}: {problem['msg']}{shown}")
     return "\n".join(lines)
 
@@ -326,3 +338,60 @@ def validate_run_config(config_class: type[ConfigT], data: dict[str, Any] | Conf
         return config_class.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid {config_class.__name__} from {source}:\n{_describe(exc, config_class)}") from None
+
+
+class FieldDoc(typing.NamedTuple):
+    """One setting of a config as `hoi-factory run PIPELINE --help` lists it."""
+
+    key: str  # dotted, as typed in an override
+    type: str
+    default: str  # as typed in an override; "required" when there is none
+    description: str
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(map(str, args))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(map(_type_name, args))
+    if args:
+        return f"{typing.get_origin(annotation).__name__}[{', '.join(map(_type_name, args))}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _shown(value: Any) -> str:
+    """A default as a person would type it in `key=value` (YAML): text bare, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def field_docs(model: type[BaseModel], prefix: str = "") -> list[FieldDoc]:
+    """Every setting of `model`, sections (execution.*) and each variant's own fields (source.frame_rate, for
+    source=video) included: dotted key, type with its bounds, default, description."""
+    docs = []
+    for name, field in model.model_fields.items():
+        if name == "kind":
+            continue
+        key, description = f"{prefix}{name}", field.description or ""
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        variants = _variants(field.annotation)
+        if variants:
+            docs.append(FieldDoc(key, "one of " + " | ".join(variants), default.kind if default else "required",
+                                 description))
+            for kind, variant in variants.items():
+                docs += [doc._replace(description=f"({key}={kind}) {doc.description}".rstrip())
+                         for doc in field_docs(variant, f"{key}.")]
+        elif isinstance(default, BaseModel):  # a section: its fields, each with its own default
+            docs += field_docs(type(default), f"{key}.")
+        else:
+            bounds = ", ".join(f"{symbol} {getattr(rule, bound)}" for rule in field.metadata
+                               for bound, symbol in _BOUNDS.items() if getattr(rule, bound, None) is not None)
+            shown_type = _type_name(field.annotation) + (f" ({bounds})" if bounds else "")
+            docs.append(FieldDoc(key, shown_type, "required" if field.is_required() else _shown(default),
+                                 description))
+    return docs

@@ -24,6 +24,7 @@ from fsspec.core import url_to_fs
 log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TEMP_MARKER = ".tmp-"
+PROBE_RETRY_SECONDS = 10.0
 
 
 class StoreError(RuntimeError):
@@ -50,28 +51,52 @@ def _is_transient(error: BaseException) -> bool:
     return isinstance(error, (BotoConnectionError, HTTPClientError))
 
 
+def _refusal(url: str, error: BaseException) -> str | None:
+    """What to fix, when an object store refused a request for want of (valid) credentials; None otherwise."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return None
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return (f"{url}: no S3 credentials found ({error}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE)")
+    if isinstance(error, PermissionError):  # s3fs's translation of 403s: bad key, bad signature, access denied
+        return (f"{url} refused access ({error}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the "
+                "bucket's permissions")
+    return None
+
+
+def _with_retries(store: Store, call, what: str, retry_seconds: float):
+    """`call()`, again with exponential backoff while an object store is unreachable, for up to `retry_seconds`;
+    a refusal of the credentials becomes a StoreError that says what to set."""
+    deadline = time.monotonic() + retry_seconds
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            refusal = _refusal(store.url, error)
+            if refusal is not None:
+                raise StoreError(refusal) from None
+            if not _is_transient(error):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailable(
+                    f"{store.url} did not answer for {retry_seconds:.0f} s ({what}): {error}; check HOI_STORE_URL, "
+                    "HOI_S3_ENDPOINT_URL and the network (HOI_STORE_RETRY_SECONDS: how long to wait)") from None
+            log.warning("%s unreachable (%s); retrying %s in %.1f s", store.url, error, what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def _retried(method):
-    """Run a Store method again with exponential backoff while an object store is unreachable."""
+    """Run a Store method with `_with_retries` on an object store (for the store's `retry_seconds`)."""
 
     @functools.wraps(method)
     def wrapper(self: Store, *args, **kwargs):
         if self.is_local:
             return method(self, *args, **kwargs)
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as error:
-                if not _is_transient(error):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise StoreUnavailable(
-                        f"{self.url} did not answer for {self.retry_seconds:.0f} s ({method.__name__}): {error}"
-                    ) from error
-                log.warning("%s unreachable (%s); retrying %s in %.1f s", self.url, error, method.__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        return _with_retries(self, lambda: method(self, *args, **kwargs), method.__name__, self.retry_seconds)
 
     return wrapper
 
@@ -98,19 +123,45 @@ _honours_conditional_writes: set[str] = set()  # object stores probed in this pr
 class Store:
     """A root URL plus the filesystem that serves it. Paths given to methods are relative to the root."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry_seconds: float = 120.0):
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry_seconds: float = 120.0,
+                 create: bool = True):
+        """`create=False` for commands that only read: a local folder that is not there stays not there."""
         self.url = url.rstrip("/") or url
         self.storage_options = storage_options or {}
         self.retry_seconds = retry_seconds
         self.fs, root = url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
-        if self.is_local:
+        if self.is_local and create:
             self.fs.makedirs(self.root, exist_ok=True)
 
     @classmethod
-    def from_settings(cls, settings) -> Store:
-        return cls(settings.store_url, settings.storage_options(), settings.store_retry_seconds)
+    def from_settings(cls, settings, create: bool = True) -> Store:
+        return cls(settings.store_url, settings.storage_options(), settings.store_retry_seconds, create)
+
+    def check_usable(self, retry_seconds: float = PROBE_RETRY_SECONDS) -> None:
+        """One request before a command does its work: raise a StoreError naming the fix when the store's folder
+        or bucket is not there, or an object store has no (valid) credentials or does not answer within
+        `retry_seconds` (short: at launch, no answer is more likely a wrong address than an outage)."""
+        if self.is_local:
+            if not self.fs.isdir(self.root):
+                raise StoreError(f"store {self.url} does not exist: set HOI_STORE_URL to your store, or make one "
+                                 "with `hoi-factory run` or `hoi-factory demo`")
+            return
+        bucket = self.root.split("/")[0]
+
+        def probe() -> None:
+            try:
+                self.fs.ls(self.root, refresh=True)  # the store's own folders: few, and S3 says why it refuses
+            except FileNotFoundError:
+                self.fs.info(bucket)  # an empty prefix in a bucket that is there is an empty store
+
+        try:
+            _with_retries(self, probe, "check", min(retry_seconds, self.retry_seconds))
+        except FileNotFoundError:
+            raise StoreError(f"{self.url}: bucket {bucket!r} does not exist at "
+                             f"{self.storage_options.get('client_kwargs', {}).get('endpoint_url', 'AWS S3')}: "
+                             "check HOI_STORE_URL and HOI_S3_ENDPOINT_URL, or create the bucket") from None
 
     def __repr__(self) -> str:  # never shows storage_options: they may hold credentials
         return f"Store({self.url!r})"

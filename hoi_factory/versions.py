@@ -28,6 +28,7 @@ from typing import ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from hoi_factory.storage import AlreadyExists, Store, StoreError, StoreUnavailable, check_name
+from hoi_factory.suggestions import did_you_mean
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -170,7 +171,7 @@ class VersionedArea:
             version = self.latest(name)
         check_name(version, "version")
         if not self.is_published(name, version):
-            raise StoreError(f"{self.area[:-1]} {name}/{version} is not published in {self.store.url}")
+            raise self._not_published(name, version)
         where = self.store.full_url(*self.parts(name, version, MANIFEST))
         try:
             manifest = self.store.read_json(*self.parts(name, version, MANIFEST))
@@ -185,11 +186,22 @@ class VersionedArea:
             raise CorruptManifest(f"{where} does not match its checksum: it was changed after publication")
         return manifest
 
+    def _not_published(self, name: str, version: str | None = None) -> StoreError:
+        """The error for a name (or version) that is not there, with the closest one and those that are."""
+        versions = self.versions(name)
+        if version is not None and versions:
+            return StoreError(f"{self.area[:-1]} {name}/{version} is not published in {self.store.url}"
+                              f"{did_you_mean(version, versions)} (published versions: {', '.join(versions)})")
+        names = self.names()
+        shown = ", ".join(names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
+        return StoreError(f"no published version of {self.area[:-1]} {name!r} in {self.store.url}"
+                          f"{did_you_mean(name, names)} ({self.area} there: {shown or 'none'})")
+
     def latest(self, name: str) -> str:
         """The published version with the newest manifest; repairs a stale `latest.json` on the way."""
         versions = self.versions(name)
         if not versions:
-            raise StoreError(f"no published version of {self.area[:-1]} {name!r} in {self.store.url}")
+            raise self._not_published(name)
         newest = max(versions, key=lambda v: (self._created(name, v), _version_sort_key(v)))
         try:
             pointer = self.store.read_json(*self.parts(name, LATEST)).get("version")

@@ -60,7 +60,7 @@ def test_validate_exits_non_zero_on_a_damaged_shard(made_dataset):
     [
         (["run", "synthetic", "count=many"], "count: Input should be a valid integer"),
         (["run", "synthetic", "execution.wokers=2"], "execution.wokers: Extra inputs are not permitted"),
-        (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; available: chorus-occupancy, "
+        (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline' (available: chorus-occupancy, "
                                       "chorus-prompts, chorus-test-views, chorus-views, ho3pairs, hogsa, hogsa-models, "
                                       "hoi-annotations, ingest, synthetic"),
         (["datasets", "show", "../../etc"], "is not allowed"),
@@ -68,6 +68,7 @@ def test_validate_exits_non_zero_on_a_damaged_shard(made_dataset):
     ],
 )
 def test_bad_requests_fail_with_a_message_naming_the_problem(local_store_env, args, message):
+    Path(local_store_env).mkdir()  # an empty store: what is wrong is the request
     result = cli(*args)
     assert result.exit_code == 2
     assert message in flat(result)
