@@ -8,8 +8,9 @@ official CHORUS code's approach, on procedural stand-in views.
   warp every voxel centre with its matrix, project the posed grid with the view's K, R, t, look the pixels
   up in the view's object mask, accumulate r_k x mask and r_k x inside. Vectorized over voxels, one view at
   a time, as there.
-- factory_vectorized: models/chorus/aggregate.py `aggregate`, the camera folded into the bone matrices,
-  views in chunks of 16, one matrix product per chunk.
+- factory_vectorized: models/chorus/aggregate.py `aggregate`: each view's camera folded into its bone matrices,
+  a chunk of voxels projected into all views by one matrix product (no posed grid; voxels bound to one bone
+  take only that bone's block), the masks looked up through one padded table of votes, one gather per chunk.
 
 Both give the same occupancy: checked to 1e-5 on the benchmark's own inputs in float64 before timing (in
 float32, the timed precision, a voxel whose projection is within rounding of a pixel edge may fall on the

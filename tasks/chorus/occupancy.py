@@ -33,7 +33,7 @@ from hoi_factory.report import table_picture
 from hoi_factory.stage import MapStage, Reject, Row
 from models.body.smpl import load_body_model, star_pose
 from models.chorus import pap
-from models.chorus.aggregate import Views, aggregate
+from models.chorus.aggregate import Views, aggregate, views_hit
 from models.chorus.canonical import Grid, backward_warp, canonical_weights
 from tasks.chorus import lexicon
 from tasks.chorus.scenes import canonical_object_voxels, interaction_pose
@@ -229,8 +229,7 @@ def rays_reach(points: torch.Tensor, weights: torch.Tensor, views: Views) -> lis
     """Per view: does a ray through its object mask pass through the canonical `points` (with skinning `weights`)?
     Read, as in the official code, from the aggregation's own test: a point posed by the view's bones and
     projected into its mask (one view alone aggregates to 1 exactly there)."""
-    return [bool(aggregate(points, weights, select_views(views, [k])).gt(0).any())
-            for k in range(len(views.masks))]
+    return views_hit(points, weights, views).tolist()
 
 
 def _downsample(mask: np.ndarray, width: int, height: int) -> np.ndarray:

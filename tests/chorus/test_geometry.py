@@ -9,6 +9,7 @@ import pytest
 import torch
 import trimesh
 
+import models.chorus.aggregate as aggregate_module
 from models.body import load_body_model
 from models.body.smpl import star_pose
 from models.body.standin import rest_joints
@@ -61,12 +62,15 @@ def _views(body, scenes, canonical=True):
                  torch.tensor([s.azimuth for s in scenes]))
 
 
-def test_vectorized_aggregation_equals_the_per_voxel_reference(body):
+def test_vectorized_aggregation_equals_the_per_voxel_reference(body, monkeypatch):
+    """Chunked over voxels (20 per chunk) and over views (tables of 2 views of 50x50 cells): the same as one voxel and
+    one view at a time."""
+    monkeypatch.setattr(aggregate_module, "TABLE_CELLS", 2 * 50 * 50)
     grid = Grid(resolution=6)
     star = body.pose(star_pose())
     weights = canonical_weights(grid, star.vertices[0].numpy(), body.lbs_weights.numpy())
     views = _views(body, [render_scene(body, "backpack", "wearing", seed=s, image_size=48) for s in range(5)])
-    fast = aggregate(grid.centres(), weights, views, chunk=2).numpy()
+    fast = aggregate(grid.centres(), weights, views, chunk_elements=2 * 20).numpy()
     slow = aggregate_reference(grid.centres().numpy(), weights.numpy(), views)
     assert fast.max() > 0  # the case is not trivially empty
     np.testing.assert_allclose(fast, slow, atol=1e-5)
