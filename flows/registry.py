@@ -30,6 +30,8 @@ PIPELINES: dict[str, str] = {  # name -> "module:PipelineClass"
     "hogsa": "tasks.hogsa.augment:AugmentPipeline",
     # HO3Pairs
     "ho3pairs": "tasks.ho3pairs.pipeline:PairsPipeline",
+    "affordance-synthesis": "tasks.affordance.synthesis:SynthesisPipeline",  # reads HO3Pairs or a folder
+    "affordance-evaluation": "tasks.affordance.evaluation:EvaluationPipeline",  # scores a synthesis vs held-out
     # C-HOI training data
     "hoi-annotations": "tasks.c_hoi.annotations:HOIAnnotationsPipeline",
 }

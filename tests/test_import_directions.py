@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_TASKS = {"tasks.chorus", "tasks.ho3pairs", "tasks.hogsa", "tasks.c_hoi"}
+PAPER_TASKS = {"tasks.chorus", "tasks.ho3pairs", "tasks.hogsa", "tasks.c_hoi", "tasks.affordance"}
 PAPER_MODELS = {"models.chorus", "models.affordance", "models.hogsa", "models.c_hoi"}
 #  what each kind of folder may import besides itself
 ALLOWED = {
