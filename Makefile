@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # detectron2 (not on PyPI): its wheel, when ../shared/wheels (beside this repository) holds one.
 DETECTRON2_WHEEL = $(lastword $(sort $(wildcard $(dir $(abspath $(lastword $(MAKEFILE_LIST))))../shared/wheels/detectron2-*.whl)))
 
-.PHONY: install browser demo lint test bench gpu-check
+.PHONY: install browser demo lint test bench gpu-check work-pool deploy
 install: $(VENV)/.installed
 
 # torch and torchvision first, pinned as a pair (a torchvision built for another torch fails to import);
@@ -48,6 +48,19 @@ bench: install
 	$(BIN)/python -m benchmarks.hogsa
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.loader
+
+# The deployments of infra/prefect.yaml on the Prefect server of PREFECT_API_URL (a fresh one too): the process
+# work pool they run on first (kept if it exists), then every deployment. Start a worker to run them:
+# `prefect worker start --pool hoi-factory`. No `install` prerequisite: the compose worker's image has no venv.
+PREFECT ?= $(if $(wildcard $(BIN)/prefect),$(BIN)/prefect,prefect)
+WORK_POOL ?= hoi-factory
+PREFECT_FILE ?= infra/prefect.yaml
+work-pool:
+	$(PREFECT) work-pool inspect $(WORK_POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(WORK_POOL) --type process
+
+deploy: work-pool
+	@test -n "$$HOI_STORE_URL" || { echo "set HOI_STORE_URL: deployments tag their runs with the store"; exit 1; }
+	$(PREFECT) --no-prompt deploy --all --prefect-file $(PREFECT_FILE)
 
 # By hand on a machine with one CUDA GPU (under 8 minutes): gsplat parity, HOGSA, text-to-image, detection and
 # CHORUS aggregation speed, as one JSON object on stdout and in benchmarks/results/gpu_check.json.

@@ -146,8 +146,11 @@ def prefect_api_url() -> str | None:
         return None
 
 
-def _with_progress(run):
-    """Run `run()` with a rich progress bar fed by the flows' progress (samples)."""
+def _with_progress(run, flow_run: bool = True):
+    """Run `run()` with a rich progress bar fed by the flows' progress (samples); a `flow_run` is tagged with the
+    store (`status` lists a store's runs by it)."""
+    from contextlib import nullcontext
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows import progress
@@ -160,8 +163,16 @@ def _with_progress(run):
                 bars[label] = bar.add_task(label, total=total)
             bar.update(bars[label], completed=done, total=total)
 
-        with progress.listening(on_progress):
+        with progress.listening(on_progress), _store_tag() if flow_run else nullcontext():
             return run()
+
+
+def _store_tag():
+    from prefect import tags
+
+    from flows.status import store_tag
+
+    return tags(store_tag(_settings().store_url))
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -211,7 +222,7 @@ def run(
         check_run(chosen, run_config, settings)  # before Prefect starts: plain messages, no traceback
         result = _with_progress(lambda: pipeline_flow(pipeline)(run_config))
     else:  # run_pipeline makes the same checks itself, before any work
-        result = _with_progress(lambda: _run_in_process(chosen, run_config, settings))
+        result = _with_progress(lambda: _run_in_process(chosen, run_config, settings), flow_run=False)
     _print_results([result])
 
 
@@ -421,7 +432,7 @@ def status(runs: int = typer.Option(10, min=0, help="recent flow runs to show"))
         console.print("ray:     local (started by each run; set RAY_ADDRESS for a cluster)")
     if runs:
         try:
-            rows = recent_flow_runs(runs)
+            rows = recent_flow_runs(settings.store_url, runs)
         except Exception as exc:
             console.print(f"[red]flow runs unavailable:[/] {exc}")
         else:

@@ -1,4 +1,9 @@
-"""What `hoi-factory status` reports besides the store: recent flow runs (Prefect) and the Ray cluster."""
+"""What `hoi-factory status` reports besides the store: recent flow runs (Prefect) and the Ray cluster.
+
+One Prefect server may serve factories on several stores; a flow run says which by its tag `hoi-store:<url>`
+(CLI runs get it from `hoi-factory`, deployment runs from their deployment's tags in infra/prefect.yaml), and
+`status` lists only the runs of the configured store.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,14 @@ print(json.dumps({{"nodes": len(nodes), "cpus": total.get("CPU", 0), "gpus": tot
 """
 
 
+STORE_TAG_PREFIX = "hoi-store:"
+
+
+def store_tag(store_url: str) -> str:
+    """The tag of flow runs that work on the store at `store_url` (as HOI_STORE_URL spells it)."""
+    return f"{STORE_TAG_PREFIX}{store_url}"
+
+
 @dataclass
 class FlowRunRow:
     flow: str
@@ -26,13 +39,17 @@ class FlowRunRow:
     seconds: float | None
 
 
-def recent_flow_runs(limit: int = 10) -> list[FlowRunRow]:
-    """The latest flow runs of the configured Prefect API (the ephemeral one when none is set)."""
+def recent_flow_runs(store_url: str, limit: int = 10) -> list[FlowRunRow]:
+    """The latest flow runs on the store at `store_url`, from the configured Prefect API (the ephemeral one when
+    none is set)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from prefect.client.schemas.sorting import FlowRunSort
 
+    on_store = FlowRunFilter(tags=FlowRunFilterTags(all_=[store_tag(store_url)]))
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
+        runs = client.read_flow_runs(flow_run_filter=on_store, sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                                     limit=limit)
         flow_names = {flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in runs}}
     return [
         FlowRunRow(flow_names[run.flow_id], run.name, run.state_type.value if run.state_type else "?",

@@ -61,25 +61,105 @@ def test_factory_services_get_every_setting_the_flows_read(monkeypatch):
     assert services["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
-def test_prefect_deployments_point_at_real_flows():
+def deployment_configs(deployment: dict) -> list[dict]:
+    """The parameters a deployment's runs get: its own, and each trigger's with the event's templates filled in
+    as Prefect fills them (a published version `<dataset>/v7`)."""
+    import jinja2
+
+    def render(value, event):
+        if isinstance(value, dict):
+            return {k: render(v, event) for k, v in value.items()}
+        if isinstance(value, list):
+            return [render(v, event) for v in value]
+        return jinja2.Template(value).render(event=event) if isinstance(value, str) else value
+
+    found = [deployment["parameters"]] if "parameters" in deployment else []
+    for trigger in deployment.get("triggers", []):
+        resource = trigger["match"]["prefect.resource.id"]
+        for resource_id in [resource] if isinstance(resource, str) else resource:
+            name = resource_id.rsplit(".", 1)[1]
+            event = {"payload": {"dataset": name, "model": name, "version": "v7"}}
+            found.append(render(trigger["parameters"], event))
+    return found
+
+
+def test_prefect_deployments_point_at_real_flows_with_valid_parameters():
     from prefect.flows import load_flow_from_entrypoint
 
-    deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
-    flow_names = {*PIPELINES, "validate-dataset", "train-model", "retrain-on-publish"}
-    for deployment in deployments:  # loaded the way a Prefect worker loads it
-        assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
-        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]), use_placeholder_flow=False)
-        assert flow.name in flow_names, deployment["entrypoint"]
-        if flow.name in PIPELINES:  # a pipeline deployment's parameters are a valid config of that pipeline
-            assert flow is pipeline_flow(flow.name)
-            pipeline_class(flow.name).config_class.model_validate(deployment["parameters"]["config"])
-    [trigger] = next(d for d in deployments if d["name"] == "validate-on-publish")["triggers"]
-    assert trigger["expect"] == [PUBLISHED_EVENT] and trigger["match"]["prefect.resource.id"] == "hoi.dataset.*"
-    [retrain] = next(d for d in deployments if d["name"] == "retrain-layoutnet")["triggers"]
-    assert retrain["expect"] == [PUBLISHED_EVENT] and retrain["parameters"]["min_new_samples"] >= 1
+    from flows.evaluation import EvalConfig
+    from flows.status import store_tag
+    from flows.training import TRAINERS
     from hoi_factory.training import TrainConfig
 
-    TrainConfig.model_validate({**retrain["parameters"]["config"], "datasets": ["ho3pairs/v1"]})  # a valid config
+    deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
+    flow_names = {*PIPELINES, "validate-dataset", "retrain-on-publish", "evaluate-hoi-synthesis"}
+    flows_deployed = set()
+    for deployment in deployments:  # loaded the way a Prefect worker loads it
+        assert deployment["work_pool"]["name"] == "hoi-factory"
+        assert deployment["tags"] == [store_tag("{{ $HOI_STORE_URL }}")]  # runs tagged with their store, for status
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]), use_placeholder_flow=False)
+        assert flow.name in flow_names, deployment["entrypoint"]
+        flows_deployed.add(flow.name)
+        configs = deployment_configs(deployment)
+        assert configs, f"{deployment['name']} has no parameters"
+        for parameters in configs:  # every run it can start is a valid call of its flow
+            if flow.name in PIPELINES:
+                assert flow is pipeline_flow(flow.name)
+                pipeline_class(flow.name).config_class.model_validate(parameters["config"])
+            elif flow.name == "retrain-on-publish":
+                assert parameters["trainer"] in TRAINERS and parameters["min_new_samples"] >= 1
+                TrainConfig.model_validate({**parameters["config"], "datasets": [parameters["dataset"]]})
+            elif flow.name == "evaluate-hoi-synthesis":
+                EvalConfig.model_validate(parameters["config"])
+            else:
+                assert parameters["ref"].endswith("/v7")
+    assert flows_deployed == flow_names  # every pipeline has a deployment, and so have retraining and evaluation
+
+
+def test_the_factory_loop_is_closed():
+    """Each trigger listens for what the flows emit, on a dataset or model something makes; every trainer
+    retrains on a dataset a pipeline makes; the CHORUS chain feeds each version to the next pipeline."""
+    from flows.training import MODEL_PUBLISHED, TRAINERS
+
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]}
+    produced_datasets = {config["config"]["output"]["dataset"] for d in deployments.values()
+                         for config in deployment_configs(d) if "output" in config.get("config", {})}
+    retrained = {}
+    for name, deployment in deployments.items():
+        for trigger in deployment.get("triggers", []):
+            resource = trigger["match"]["prefect.resource.id"]
+            resources = [resource] if isinstance(resource, str) else resource
+            assert trigger["enabled"] and trigger["type"] == "event"
+            if trigger["expect"] == [PUBLISHED_EVENT]:
+                assert all(r == "hoi.dataset.*" or r.removeprefix("hoi.dataset.") in produced_datasets
+                           for r in resources), name
+            else:
+                assert trigger["expect"] == [MODEL_PUBLISHED] and all(r.startswith("hoi.model.") for r in resources)
+            if deployment["entrypoint"] == "flows/training.py:retrain_on_publish":
+                retrained[trigger["parameters"]["trainer"]] = resources
+    assert set(retrained) == set(TRAINERS)
+    assert retrained["layoutnet"] == retrained["contentnet"] == ["hoi.dataset.ho3pairs"]
+    assert retrained["c-hoi"] == ["hoi.dataset.hoi-annotations"] and retrained["srm"] == ["hoi.dataset.hogsa-models"]
+    chain = [("chorus-prompts", "chorus-views-on-prompts", "prompts"), ("chorus-views", "chorus-occupancy-on-views",
+                                                                       "views"),
+             ("affordance-synthesis", "evaluate-affordance-synthesis", "synthesized")]
+    for parent, child, field in chain:
+        [trigger] = deployments[child]["triggers"]
+        assert trigger["match"]["prefect.resource.id"] == f"hoi.dataset.{parent}"
+        [config] = deployment_configs({"triggers": [trigger]})
+        assert config["config"][field] == f"{parent}/v7"  # the version just published, not the latest
+    [evaluation] = deployments["evaluate-on-model-publish"]["triggers"]
+    assert set(evaluation["match"]["prefect.resource.id"]) == {"hoi.model.layoutnet", "hoi.model.contentnet"}
+
+
+def test_make_deploy_creates_the_work_pool_before_deploying():
+    dry_run = subprocess.run(["make", "-n", "deploy", "PREFECT=prefect"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=30)
+    assert dry_run.returncode == 0, dry_run.stderr
+    lines = dry_run.stdout.splitlines()
+    [create] = [i for i, line in enumerate(lines) if "work-pool create hoi-factory --type process" in line]
+    [deploy] = [i for i, line in enumerate(lines) if "deploy --all --prefect-file infra/prefect.yaml" in line]
+    assert create < deploy
 
 
 def test_cluster_configs_run_the_factory_image_and_read_secrets_from_the_environment():

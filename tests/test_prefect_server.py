@@ -13,6 +13,8 @@ import pytest
 from support.network import free_port
 from support.processes import kill_tree_by_marker, venv_executable
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def api(url: str, path: str, body: dict | None = None):
     request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode() if body is not None else None,
@@ -91,24 +93,29 @@ def test_status_in_embedded_mode_lists_runs_and_datasets(clean_env, tmp_path):
     assert re.search(r"│ synthetic\s+│ v1\s+│ v1\s+│ 3\s+│", status.stdout)  # the dataset row
 
 
-SERVE_RETRAINING = """
-import sys, yaml
-from prefect.events import DeploymentEventTrigger
-from flows.training import retrain_on_publish
+def deployment_file_for_the_test(path: Path) -> Path:
+    """infra/prefect.yaml, run from this checkout, with the LayoutNet retraining small enough for a test; the
+    triggers whose flows need real models (ContentNet, SRM, the evaluation, the CHORUS images) stay off."""
+    import yaml
 
-[deployment] = [d for d in yaml.safe_load(open("infra/prefect.yaml"))["deployments"]
-                if d["name"] == "retrain-layoutnet"]
-[trigger] = deployment["triggers"]
-parameters = dict(trigger["parameters"])
-# The deployment file's trigger, with a training small enough for a test.
-parameters.update(min_new_samples=5, config={**parameters["config"], "steps": 4, "batch_size": 4,
-                                              "options": {"preset": "tiny"}})
-retrain_on_publish.serve(name="retrain-layoutnet", triggers=[DeploymentEventTrigger(
-    expect=set(trigger["expect"]), match=trigger["match"], parameters=parameters)])
-"""
+    spec = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
+    spec["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    for deployment in spec["deployments"]:
+        for trigger in deployment.get("triggers", []):
+            trigger["enabled"] = deployment["name"] in ("retrain-layoutnet", "validate-on-publish")
+            if deployment["name"] == "retrain-layoutnet":
+                parameters = trigger["parameters"]
+                parameters.update(min_new_samples=5, config={**parameters["config"], "steps": 4, "batch_size": 4,
+                                                             "options": {"preset": "tiny"}})
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
-def test_a_published_dataset_triggers_retraining_on_a_prefect_server(prefect_server, clean_env, tmp_path):
+def test_deployed_factory_retrains_and_validates_a_published_dataset(prefect_server, clean_env, tmp_path):
+    """`make deploy` on a fresh server (the work pool too), a process worker, then one published ho3pairs version:
+    its trigger starts the retraining and the validation as flow runs of the deployments, and both complete."""
+    import yaml
+
     from hoi_factory.config import Settings
     from hoi_factory.model_store import ModelStore
     from hoi_factory.storage import Store
@@ -116,17 +123,21 @@ def test_a_published_dataset_triggers_retraining_on_a_prefect_server(prefect_ser
 
     store = tmp_path / "store"
     env = {**clean_env, "PREFECT_API_URL": prefect_server, "HOI_STORE_URL": str(store),
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "HOI_CACHE": str(tmp_path / "cache")}
-    server_marker = f"serve-{tmp_path.name}"
-    serving = subprocess.Popen([venv_executable("python"), "-c", SERVE_RETRAINING, server_marker],
-                               cwd=Path(__file__).resolve().parent.parent, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "HOI_CACHE": str(tmp_path / "cache"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    deployment_file = deployment_file_for_the_test(tmp_path / "prefect.yaml")
+    deploy = subprocess.run(["make", "-s", "deploy", f"PREFECT={venv_executable('prefect')}",
+                             f"PREFECT_FILE={deployment_file}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    deployed = {d["name"] for d in api(prefect_server, "/deployments/filter", {"limit": 200})}
+    expected = {d["name"] for d in yaml.safe_load(deployment_file.read_text())["deployments"]}
+    assert deployed == expected
+
+    worker_name = f"worker-{tmp_path.name}"
+    worker = subprocess.Popen([venv_executable("prefect"), "worker", "start", "--pool", "hoi-factory",
+                               "--name", worker_name], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not api(prefect_server, "/deployments/filter",
-                      {"deployments": {"name": {"any_": ["retrain-layoutnet"]}}}):
-            assert time.monotonic() < deadline and serving.poll() is None, "the retraining deployment never appeared"
-            time.sleep(1)
         write_hand_object_folder(tmp_path / "scenes", 12, seed=2, with_bad_files=False)
         run = subprocess.run([venv_executable("hoi-factory"), "run", "ho3pairs", f"inputs={tmp_path / 'scenes'}",
                               "inpainter=biharmonic", "sdedit=none", "size=64", "max_seam_score=1e9",
@@ -134,18 +145,34 @@ def test_a_published_dataset_triggers_retraining_on_a_prefect_server(prefect_ser
                              env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
 
-        deadline = time.monotonic() + 240
+        triggered = ["retrain-on-publish", "validate-dataset"]
+        deadline = time.monotonic() + 300
         while True:
-            runs = api(prefect_server, "/flow_runs/filter",
-                       {"flows": {"name": {"any_": ["retrain-on-publish"]}}, "sort": "START_TIME_DESC"})
-            if runs and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
+            runs = api(prefect_server, "/flow_runs/filter", {"flows": {"name": {"any_": triggered}}})
+            finished = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
+            if len(finished) == len(triggered):
                 break
-            assert time.monotonic() < deadline, f"no finished retraining run: {runs}"
+            assert time.monotonic() < deadline and worker.poll() is None, f"triggered runs unfinished: {runs}"
             time.sleep(1)
-        assert runs[0]["state_type"] == "COMPLETED" and runs[0]["parameters"]["dataset"] == "ho3pairs/v1"
+        assert sorted(r["state_type"] for r in runs) == ["COMPLETED", "COMPLETED"], runs
+        assert all(r["deployment_id"] for r in runs)  # runs of the deployments, on the worker
+        parameters = {tuple(sorted(r["parameters"])): r["parameters"] for r in runs}
+        assert parameters[("config", "dataset", "min_new_samples", "trainer")]["dataset"] == "ho3pairs/v1"
+        assert parameters[("ref",)]["ref"] == "ho3pairs/v1"
         model = ModelStore(Store.from_settings(Settings(store_url=str(store)))).open("layoutnet")
         assert model.manifest.datasets == ["ho3pairs/v1"] and model.manifest.metrics["steps"] == 4
     finally:
-        serving.terminate()
-        serving.wait(30)
-        kill_tree_by_marker(server_marker)
+        worker.terminate()
+        worker.wait(30)
+        kill_tree_by_marker(worker_name)
+
+    # `status` lists the runs on its store (the CLI's and the deployments'), and none on another store
+    def listed_flows(store_url: str) -> set[str]:
+        status = subprocess.run([venv_executable("hoi-factory"), "status", "--runs", "20"], capture_output=True,
+                                env={**env, "HOI_STORE_URL": store_url, "COLUMNS": "200"}, text=True, timeout=120)
+        assert "recent flow runs" in status.stdout, status.stdout + status.stderr
+        return set(re.findall(r"│ ([a-z0-9-]+)\s+│ [a-z]+-[a-z]+\s+│", status.stdout))
+
+    # (besides them: the runs the schedules of the deployments have planned)
+    assert {"ho3pairs", "retrain-on-publish", "validate-dataset"} <= listed_flows(str(store))
+    assert listed_flows(str(tmp_path / "another-store")) == set()
