@@ -4,15 +4,19 @@ camera looking down +z, image y down)."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 
 CHORUS_FOV_DEGREES = 46.4
 
 
-def intrinsics(width: int, height: int, fov_degrees: float = CHORUS_FOV_DEGREES) -> np.ndarray:
-    """K for a square-pixel camera whose field of view spans the shorter image side."""
-    focal = 0.5 * min(width, height) / math.tan(math.radians(fov_degrees) / 2)
+def intrinsics(width: int, height: int, fov_degrees: float = CHORUS_FOV_DEGREES,
+               across: Literal["short", "width"] = "short") -> np.ndarray:
+    """K for a square-pixel camera whose field of view spans the shorter image side, or the width (the
+    official CHORUS calibration's convention)."""
+    span = width if across == "width" else min(width, height)
+    focal = 0.5 * span / math.tan(math.radians(fov_degrees) / 2)
     return np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1.0]])
 
 

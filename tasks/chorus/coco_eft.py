@@ -346,7 +346,7 @@ class EFTCamera(MapStage):
 
     needs = frozenset({"fit", "image_array", "keypoints"})
     makes = frozenset({"body_pose", "K", "R", "t", "azimuth", "reprojection_error", "calibration", "staged_defect",
-                       "prompt", "base_prompt", "verb", "augmentation"})
+                       "prompt", "base_prompt", "verb", "augmentation", "mpjpe", "azimuth_error"})
 
     def __init__(self, body_model: str):
         self.body_model = body_model
@@ -376,7 +376,7 @@ class EFTCamera(MapStage):
                  if seen.any() else math.nan)
         return {**row, "body_pose": body_pose, "K": K, "R": R, "t": t, "azimuth": camera_azimuth(R, t),
                 "reprojection_error": error, "calibration": "eft", "staged_defect": "", "prompt": "",
-                "base_prompt": "", "verb": "", "augmentation": ""}
+                "base_prompt": "", "verb": "", "augmentation": "", "mpjpe": math.nan, "azimuth_error": math.nan}
 
 
 class COCOEFTPipeline(Pipeline[COCOEFTConfig]):
@@ -386,7 +386,8 @@ class COCOEFTPipeline(Pipeline[COCOEFTConfig]):
     schema = ViewsPipeline.schema
     item_keys = frozenset({"input_id", "fit", "problem", "problem_detail", "annotations", "image", "category"})
     preview_column = "image"
-    allow_non_finite = frozenset({"reprojection_error"})  # NaN: no annotated keypoint to compare with
+    # NaN: no annotated keypoint to compare with; no true pose (the views schema's truth columns)
+    allow_non_finite = frozenset({"reprojection_error", "mpjpe", "azimuth_error"})
 
     def plan(self, config: COCOEFTConfig, context: StageContext) -> list[dict]:
         eft = _read_json(config.eft, "EFT fit", context.storage_options(config.eft))

@@ -82,10 +82,12 @@ LearnedPerception = TorchvisionPerception | Detectron2Perception
 
 
 class FitCalibration(Variant):
-    """SMPL pose and camera fitted to the keypoints."""
+    """SMPL pose and camera fitted to the keypoints (tasks/chorus/calibration.py)."""
 
     kind: Literal["fit"] = "fit"
-    steps: int = Field(200, ge=1, le=5000)
+    steps: int = Field(10, ge=1, le=500, description="Levenberg-Marquardt iterations per fitting stage")
+    pose_prior: str = Field("procedural", description="'procedural' (the stand-in generator's pose distribution) "
+                            "or a GMM .npz with means, covars, weights (e.g. SMPLify's gmm_08 converted)")
     max_reprojection_error_px: float = Field(6.0, gt=0, description="worse fits are rejected")
 
 
@@ -188,7 +190,11 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
         ("object_mask", pa.binary()), ("width", pa.int32()), ("height", pa.int32()), ("keypoints", f32),
         ("body_pose", f32), ("K", f32), ("R", f32), ("t", f32), ("azimuth", pa.float32()),
         ("calibration", pa.string()), ("reprojection_error", pa.float32()), ("staged_defect", pa.string()),
+        pa.field("mpjpe", pa.float32(), metadata={"description": "metres, 24 SMPL joints in camera coordinates, "
+                                                  "pelvis aligned; NaN: no truth"}),
+        pa.field("azimuth_error", pa.float32(), metadata={"description": "degrees; NaN: no truth"}),
     ])
+    allow_non_finite = frozenset({"mpjpe", "azimuth_error"})  # NaN: the image has no true pose
     item_keys = frozenset({"input_id", "index", *PARENT_KEYS})
     preview_column = "image"
 
@@ -202,7 +208,10 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
                   else ProceduralImage(source, config.body_model))
         perceive = (Perceive(perception.kind, perception.weights, perception.image_size, perception.gpus)
                     if isinstance(perception, LearnedPerception) else Perceive("ground_truth"))
-        calibrate = (Calibrate("fit", config.body_model, calibration.max_reprojection_error_px, calibration.steps)
+        # The procedural prior follows the scenes' jitter when the scenes are procedural.
+        jitter = source.pose_jitter if isinstance(source, ProceduralImages) else ProceduralImages().pose_jitter
+        calibrate = (Calibrate("fit", config.body_model, calibration.max_reprojection_error_px, calibration.steps,
+                               calibration.pose_prior, jitter)
                      if isinstance(calibration, FitCalibration)
                      else Calibrate("given", config.body_model, math.inf))  # the truth: no error to bound
         return [
@@ -214,6 +223,17 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
             calibrate,
             EncodeView(),
         ]
+
+    def dataset_metrics(self, version) -> dict[str, float]:
+        """Calibration accuracy where the truth is known (procedural scenes): median MPJPE (metres) and azimuth
+        error (degrees) over those views, and their count."""
+        table = version.to_arrow(["mpjpe", "azimuth_error"]).to_pydict()
+        known = np.isfinite(np.asarray(table["mpjpe"], dtype=float))
+        if not known.any():
+            return {}
+        return {"median_mpjpe": float(np.median(np.asarray(table["mpjpe"], dtype=float)[known])),
+                "median_azimuth_error": float(np.median(np.asarray(table["azimuth_error"], dtype=float)[known])),
+                "views_with_truth": float(known.sum())}
 
     def demo_config(self, inputs: Path, execution: ExecutionConfig) -> ViewsConfig:
         return ViewsConfig(prompts="demo-chorus-prompts", images_per_prompt=1,
