@@ -7,8 +7,11 @@ the forearm (any length). The splat is a palm disc plus a forearm stick of lengt
 palm radius, starting at the palm centre. Layouts live on square images.
 
 The splat is a spatial transformer: one canonical template, moved by a similarity transform (affine grid +
-grid sample), so it is differentiable in all five parameters. `soft=True` samples a smooth template (the max of
-a Gaussian disc and a Gaussian bar, 0.5 on the hard outline, for LayoutNet); `soft=False` the hard one
+grid sample), so it is differentiable in all five parameters. `soft=True` samples the official soft template
+(LayoutNet): the max of a Gaussian of the distance to the palm centre (sigma 0.83 palm radii) and, ahead of the
+centre, a Gaussian across the stick (sigma 0.83 stick half widths), cut to the official template window (1 palm
+radius behind and beside the centre, the stick's end 7 palm radii ahead: a sharp end, zero outside); its 0.5
+level is within 3 % of the hard outline (palm 0.98, stick half width 0.49 palm radii). `soft=False` the hard one
 (ContentNet, inpainting masks).
 
 Extraction follows the paper (palm from a hand box). A DEVIATION: without a box, which the official code
@@ -29,6 +32,7 @@ STICK_LENGTH = 3.5  # forearm length in units of a^2 (= 7 palm radii)
 STICK_HALF_WIDTH = 0.5  # in palm radii: the stick's width equals the palm radius
 MIN_HAND_PIXELS = 50  # Affordance Diffusion: fewer hand pixels -> no layout
 MIN_SPLAT_IOU = 0.5  # Affordance Diffusion: the splat must explain the hand mask at least this well
+SOFT_SIGMA = 0.83  # the official soft splat's Gaussian width, in palm radii (across the stick: stick half widths)
 
 # The template spans [-EXTENT, EXTENT]^2 palm radii, with the palm at its centre and the stick along +x.
 _EXTENT = 8.0
@@ -44,13 +48,11 @@ def _template(soft: bool) -> torch.Tensor:
         radius = torch.sqrt(u**2 + v**2)
         stick_end = 2 * STICK_LENGTH  # 3.5 a^2 = 7 palm radii
         if soft:
-            # Gaussians that are 0.5 on the hard outline, so thresholding at 0.5 gives the hard shape back
-            # (max-norm across/along the bar keeps its square end at the same place).
-            disc = torch.exp(-math.log(2) * radius**2)
-            past_end = (u - (stick_end - STICK_HALF_WIDTH)).clamp(min=0)
-            bar = torch.exp(-math.log(2) * (torch.maximum(v.abs(), past_end) / STICK_HALF_WIDTH) ** 2)
-            bar = torch.where(u >= 0, bar, torch.zeros_like(bar))
-            template = torch.maximum(disc, bar)
+            # The official LollipopMask(soft=True): no blur at the window's edges, so the stick ends sharply.
+            disc = torch.exp(-0.5 * (radius / SOFT_SIGMA) ** 2)
+            bar = torch.exp(-0.5 * (v / (SOFT_SIGMA * STICK_HALF_WIDTH)) ** 2) * (u > 0)
+            window = (u >= -1) & (u <= stick_end) & (v.abs() <= 1)
+            template = torch.maximum(disc, bar) * window
         else:
             # Anti-aliased: 0.5 exactly on the outline (signed distance of the union), so sampling and
             # thresholding at 0.5 is exact to well below a template pixel.

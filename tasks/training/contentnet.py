@@ -1,5 +1,6 @@
-"""Training ContentNet on HO3Pairs versions: (augmented object image, hard splat of the layout, object class)
--> the HOI image. Fine-tunes the inpainting pipeline named by `options.base` (`tiny` in the tests)."""
+"""Training ContentNet on HO3Pairs versions: (augmented object image, hard splat of the jittered layout,
+object class) -> the HOI image (cropped and flipped with them, tasks/training/augment.py). Fine-tunes the
+inpainting pipeline named by `options.base` (`tiny` in the tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from hoi_factory.training import saved_files
 from models.affordance.contentnet import ContentNet
 from models.affordance.layout import splat
-from tasks.training.augment import augment_objects
+from tasks.training.augment import augment_objects, jitter_layouts, random_crop_and_flip
 from tasks.training.layoutnet import load_pairs
 
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -28,8 +29,10 @@ class ContentNetTask:
         return load_pairs(datasets, int(options.get("image_size", 256)), with_hoi=True)
 
     def loss(self, module: ContentNet, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        batch = random_crop_and_flip(batch, generator)
         objects = augment_objects(batch["objects"], batch["sdedited"], batch["has_sdedit"], generator)
-        return module.loss(batch["hoi"], objects, batch["layouts"], batch["prompts"], generator)
+        layouts = jitter_layouts(batch["layouts"], generator)
+        return module.loss(batch["hoi"], objects, layouts, batch["prompts"], generator)
 
     def files(self, module) -> dict[str, bytes]:
         return saved_files(module)

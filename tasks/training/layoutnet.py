@@ -20,7 +20,7 @@ from hoi_factory.codec import open_image
 from hoi_factory.training import saved_files
 from models.affordance.layout import splat
 from models.affordance.layoutnet import LayoutNet, LayoutNetConfig
-from tasks.training.augment import augment_objects
+from tasks.training.augment import augment_objects, random_crop_and_flip
 
 EVALUATED = 32  # pairs scored by `evaluate`
 
@@ -94,6 +94,7 @@ class LayoutNetTask:
         return load_pairs(datasets, self.config(options).image_size)
 
     def loss(self, module: LayoutNet, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        batch = random_crop_and_flip(batch, generator)
         objects = augment_objects(batch["objects"], batch["sdedited"], batch["has_sdedit"], generator)
         return module.loss(objects, batch["layouts"], generator)
 

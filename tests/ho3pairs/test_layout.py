@@ -69,7 +69,7 @@ def test_soft_and_hard_splats_agree_after_thresholding_and_the_soft_one_has_grad
     layouts = torch.tensor(np.stack(random_layouts(12, seed=1)))
     hard, soft = splat(layouts, SIZE), splat(layouts, SIZE, soft=True)
     for h, s in zip(hard[:, 0].numpy() >= 0.5, soft[:, 0].numpy() >= 0.5):
-        assert iou(h, s) > 0.98
+        assert iou(h, s) > 0.95  # the official soft splat's 0.5 level: palm 0.98, stick half width 0.49 radii
     assert soft.min() >= 0 and soft.max() <= 1 and (soft[:, 0] > 0.01).sum() > (soft[:, 0] >= 0.5).sum()  # smooth
 
     params = layouts[:1].clone().requires_grad_(True)
@@ -77,6 +77,32 @@ def test_soft_and_hard_splats_agree_after_thresholding_and_the_soft_one_has_grad
     loss = ((splat(params, SIZE, soft=True) - target) ** 2).mean()
     loss.backward()
     assert torch.isfinite(params.grad).all() and params.grad[0, 0] < 0  # pushes x toward the shifted target
+
+
+def test_soft_splat_is_the_official_gaussian_lollipop_cut_at_the_template_edge():
+    # Palm radius a^2/2 = 24 px on 256 px, its centre on the centre of pixel (row 128, column 48), stick along +x.
+    radius, cx, cy = 24, 48.5, 128.5
+    layout = [cx / 128 - 1, cy / 128 - 1, math.sqrt(2 * radius / 128), 1.0, 0.0]
+    soft = splat(torch.tensor([layout]), SIZE, soft=True)[0, 0].double()
+
+    def at(dx: float, dy: float) -> float:  # the splat at an offset (pixels) from the palm centre, bilinear
+        return float(torch.nn.functional.grid_sample(
+            soft[None, None], torch.tensor([[[[(cx + dx) / 128 - 1, (cy + dy) / 128 - 1]]]]).double(),
+            align_corners=False))
+
+    assert at(0, 0) == pytest.approx(1, abs=1e-3)
+    sigma = 0.83 * radius
+    for dx, dy in [(-sigma, 0), (0, sigma), (-0.6 * sigma, -0.8 * sigma)]:  # palm: exp(-d^2 / 2 sigma^2)
+        assert at(dx, dy) == pytest.approx(math.exp(-0.5), abs=2e-3)
+    # Stick (ahead of the centre, width = palm radius): a Gaussian across it with sigma 0.83 half widths,
+    # constant along it up to its sharp end 7 palm radii ahead.
+    for along in (3 * radius, 6 * radius):
+        assert at(along, 0) == pytest.approx(1, abs=1e-3)
+        assert at(along, 0.83 * radius / 2) == pytest.approx(math.exp(-0.5), abs=2e-3)
+    assert at(7 * radius - 2, 0) > 0.99 and at(7 * radius + 2, 0) == 0
+    # Zero outside the template window: 1 palm radius behind and beside the centre, though the Gaussian is not.
+    assert at(-0.9 * radius, 0) == pytest.approx(math.exp(-0.5 * (0.9 / 0.83) ** 2), abs=2e-3)
+    assert at(-radius - 2, 0) == 0 and at(0, radius + 2) == 0 and at(3 * radius, -radius - 2) == 0
 
 
 def test_masks_without_a_layout_are_rejected_with_the_reason():

@@ -1,5 +1,9 @@
 """LayoutNet: it learns (overfits a batch, beats random layouts on held-out pairs), guided generation holds
-its fixed coordinates, training resumes after a crash to the same weights, and a model in S3 loads back."""
+its fixed coordinates, training resumes after a crash to the same weights, a model in S3 loads back, and the
+diffusion encoder starts from the pretrained inpainting UNet."""
+
+import tempfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from hoi_factory.run import run_pipeline
 from hoi_factory.storage import Store
 from hoi_factory.training import TrainConfig, train
 from models.affordance.layoutnet import LayoutNet, LayoutNetConfig
+from models.diffusion import load_diffusion
 from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 from tasks.procedural.hand_object import write_hand_object_folder
 from tasks.training.layoutnet import LayoutNetTask
@@ -40,6 +45,36 @@ def test_tiny_layoutnet_overfits_a_fixed_batch():
         optimizer.step()
         losses.append(float(loss.detach()))
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) / 20
+
+
+def test_the_diffusion_encoder_starts_from_the_inpainting_unet_learns_and_loads_back():
+    torch.manual_seed(0)
+    model = LayoutNet(replace(LayoutNetConfig.tiny(), encoder="diffusion", encoder_base="tiny"))
+    pipeline = load_diffusion("tiny", "inpainting")
+    unet = pipeline.unet
+    pretrained = {f"encoder.{k}": v for k, v in unet.state_dict().items() if not k.startswith(("up_", "conv_"))
+                  or k.startswith("conv_in")}
+    weights = model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in pretrained.items())  # every encoder-half weight, as trained
+    objects = torch.rand(8, 3, 32, 32) * 2 - 1
+    layouts = torch.tensor([[0.1 * i - 0.3, 0.2, 0.5, 1.0, 0.0] for i in range(8)])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
+    losses = []
+    for step in range(60):
+        loss = model.loss(objects, layouts, torch.Generator().manual_seed(step % 4))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) / 4
+    assert not torch.equal(model.state_dict()["encoder.conv_in.weight"], unet.conv_in.weight)  # fine-tuned
+    vae_weights = {f"encoder.vae_encoder.{k}": v for k, v in pipeline.vae.encoder.state_dict().items()}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in vae_weights.items())  # the VAE stays frozen
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        loaded = LayoutNet.from_pretrained(folder)
+    t = torch.full((8,), 10)
+    assert torch.equal(loaded(layouts, t, objects), model.eval()(layouts, t, objects))
 
 
 def test_guided_generation_keeps_the_fixed_coordinates():
