@@ -168,8 +168,8 @@ def test_render_image_pairs_are_used_as_they_are(local_store_env):
                       "seed": [0, 1, 2], "image": [encode_png(t) for t in targets],
                       "render": [encode_png(r) if r is not None else None for r in renders]})
     writer.sink.write(0, table, REJECTS_SCHEMA.empty_table(), 3, {}, {})
-    version = writer.commit(ShardLedger.of(writer.sink.done_shards().values()), num_inputs=3, pipeline="test", config={},
-                            config_hash="h", code_version="test")
+    version = writer.commit(ShardLedger.of(writer.sink.done_shards().values()), num_inputs=3, pipeline="test",
+                            config={}, config_hash="h", code_version="test")
 
     data = SRMTask().load([version], {"preset": "tiny"})  # 32 px targets, 16 px inputs
     assert data["degraded"].tolist() == [False, True, False]
