@@ -247,8 +247,8 @@ def column_statistics(table: pa.Table) -> list[dict]:
             while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type) \
                     or pa.types.is_fixed_size_list(flat.type):
                 flat = pc.list_flatten(flat)
-            if _is_number(flat.type):
-                entry["values"] = number_statistics(*_numbers(flat))
+            # None, not absent, for non-numbers (list<binary>): the template's c["values"] would find dict.values
+            entry["values"] = number_statistics(*_numbers(flat)) if _is_number(flat.type) else None
         elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
             found = Counter(encoding_of(value) for value in pc.drop_null(array).to_pylist())
             entry.update(kind="binary", encoding=", ".join(sorted(found)) or "-",

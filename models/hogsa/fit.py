@@ -1,9 +1,16 @@
 """Fitting a HOGS model to a sequence's calibrated images (HOGSA section 3.2, Eq. 6).
 
-Views are (image, camera, scene pose) triples; each step renders one view with all three actors and minimizes
-L_HOGS = (1 - 0.2) L1 + 0.2 (1 - SSIM) + 0.5 L_R over the mesh offsets, barycentric weights, scales, SH colours
-and opacities. Colours start from the images: every face takes the mean colour of the pixels where a z-buffer
-of the posed meshes shows it (faces never seen start grey), so the fit refines rather than discovers colour.
+Views are (image, camera, scene pose) triples with an optional foreground mask (hands and object); each step
+renders one view with all three actors and minimizes L_HOGS = (1 - 0.2) L1 + 0.2 (1 - SSIM) + 0.5 L_R over the
+mesh offsets, barycentric weights, scales, SH colours and opacities. As in the paper, only hands and object are
+fitted: a masked view's target is its photo inside the mask composited on the render's (black) background, so the
+photometric terms compare photo and render inside the mask and push the Gaussians off the rest (the room, the
+body, the forearms). Object colours learn from the object's own visible pixels only (`fit_render`): otherwise
+the object Gaussians under the fingers take the hand's colour where they show through at the hand's edges, and
+the object-only renders (HO3Pairs' truth) come out stained. Colours start from the targets: every face takes
+the mean colour of the pixels where a z-buffer of the posed meshes shows it, a face never seen (e.g. under the
+fingers, where its colour gets no gradient either) the nearest seen face's, so the fit refines rather than
+discovers colour.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from models.gaussians.fit import LAMBDA_R, LAMBDA_SSIM, LearningRates
+from models.gaussians.render import rasterize_gaussians
 from models.gaussians.ssim import ssim
 from models.hogsa.hogs import ACTORS, HANDS, HOGS, Camera, ScenePose
 from models.render.raster import rasterize
@@ -22,14 +31,39 @@ from models.render.raster import rasterize
 
 @dataclass
 class View:
-    image: torch.Tensor  # (H, W, 3) float in [0, 1]
+    image: torch.Tensor  # (H, W, 3) float in [0, 1]: the photo
     camera: Camera
     pose: ScenePose
+    mask: torch.Tensor | None = None  # (H, W) bool: hands and object; None fits the whole photo
+    object_mask: torch.Tensor | None = None  # (H, W) bool: the object's visible pixels (None: no such limit)
+
+    @property
+    def target(self) -> torch.Tensor:
+        """What the render should reproduce: the photo inside the mask, black (the render's background) outside."""
+        return self.image if self.mask is None else torch.where(self.mask[..., None], self.image, 0.0)
 
 
 def hogs_loss(model: HOGS, rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     l1 = (rendered - target).abs().mean()
     return (1 - LAMBDA_SSIM) * l1 + LAMBDA_SSIM * (1 - ssim(rendered, target)) + LAMBDA_R * model.regularization()
+
+
+def fit_render(model: HOGS, view: View) -> torch.Tensor:
+    """The (H, W, 3) render the loss compares. With an object mask, the object's colours reach the loss only
+    through the object's visible pixels: they enter the image detached, and a zero-valued extra channel (the
+    colours minus themselves detached) carries their gradient, masked. Image values and every other gradient are
+    the plain render's (the channel's zero value adds none to the geometry)."""
+    if view.object_mask is None:
+        return model.render(view.camera, view.pose)["image"]
+    camera = view.camera
+    viewmat = camera.viewmat
+    splats = model.splats(view.pose, -viewmat[:3, :3].T @ viewmat[:3, 3])
+    on_object = (splats.pop("actor") == ACTORS.index("object"))[:, None]
+    colors = splats.pop("colors")
+    out = rasterize_gaussians(**splats, colors=torch.where(on_object, colors.detach(), colors),
+                              viewmat=viewmat.to(colors), K=camera.K.to(colors), width=camera.width,
+                              height=camera.height, features=torch.where(on_object, colors - colors.detach(), 0.0))
+    return out["image"] + view.object_mask[..., None] * out["features"]
 
 
 @torch.no_grad()
@@ -53,7 +87,7 @@ def initialize_colours(model: HOGS, views: list[View]) -> None:
         _, face_index = rasterize(cam, torch.cat(faces).cpu().numpy(), camera.K.double().numpy(), camera.width,
                                   camera.height)
         seen = face_index >= 0
-        hit, colours = torch.from_numpy(face_index[seen]), view.image.cpu()[torch.from_numpy(seen)]
+        hit, colours = torch.from_numpy(face_index[seen]), view.target.cpu()[torch.from_numpy(seen)]
         start = 0
         for actor, count in owners:
             mine = (hit >= start) & (hit < start + count)
@@ -61,7 +95,13 @@ def initialize_colours(model: HOGS, views: list[View]) -> None:
             counts[actor].index_add_(0, hit[mine] - start, torch.ones(int(mine.sum())))
             start += count
     for actor in ACTORS:
-        colour = torch.where(counts[actor][:, None] > 0, sums[actor] / counts[actor].clamp_min(1)[:, None], 0.5)
+        seen = counts[actor] > 0
+        colour = torch.full((len(seen), 3), 0.5)
+        colour[seen] = sums[actor][seen] / counts[actor][seen, None]
+        if seen.any() and not seen.all():  # a hidden face (under the fingers) continues the nearest seen surface
+            centres = model.actors[actor].rest_vertices[model.actors[actor].faces].mean(1).cpu().numpy()
+            _, nearest = cKDTree(centres[seen.numpy()]).query(centres[~seen.numpy()])
+            colour[~seen] = colour[seen][torch.as_tensor(nearest)]
         model.actors[actor].set_colors(colour.repeat_interleave(model.per_face, 0))
 
 
@@ -83,8 +123,7 @@ def fit_hogs(model: HOGS, views: list[View], iterations: int, seed: int = 0, rat
     losses = []
     for step, index in enumerate(order):
         view = views[index]
-        rendered = model.render(view.camera, view.pose)["image"]
-        loss = hogs_loss(model, rendered, view.image)
+        loss = hogs_loss(model, fit_render(model, view), view.target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # VGG-19 `features` index of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 -> weight of its feature L1
 VGG_LAYERS = {1: 1 / 32, 6: 1 / 16, 11: 1 / 8, 20: 1 / 4, 29: 1.0}
 
+# The columns a dataset offers the SRM as (input, target) pairs: aligned lists of PNGs (hogsa-models writes them).
+PAIR_COLUMNS = ("train_renders", "train_images")
+
 
 @dataclass(frozen=True)
 class SRMConfig:

@@ -2,8 +2,18 @@
 
 A work item is a sequence (ARCTIC, H2O, or a procedural STAND-IN); the worker reads it, fits left hand, right hand
 and object Gaussians on the training cameras' images, and scores novel views on the held-out cameras (PSNR, SSIM).
+As in the paper only hands and object are fitted (`masked`, the default): each view's foreground is the dataset's
+masks where it has them (the stand-ins), else the visible pixels of the ground-truth hand (MANO) and object meshes
+z-buffered together; outside it the target is the render's black background (models/hogsa/fit.py), and the scores
+compare with that target. Deviation: whatever the meshes do not model (forearms, a body in front of the object)
+still counts as foreground where it covers their silhouettes.
+On the stand-ins, whose exact object-only view is known, `object_only_error` checks the object rendered alone
+where the hands hide it (HO3Pairs' truth; a stained model shows the hands' colour there), and
+`max_object_only_error` rejects models above it.
 A row carries everything the augmentation pipeline (`hogsa`) needs: the model blob, the sequence's poses and
-cameras as JSON, the hand model it was posed with, and a truth | render preview of a held-out view.
+cameras as JSON, the hand model it was posed with, and a truth | render preview of a held-out view; and, for the
+SRM (tasks/training/srm.py), (HOGS render, ground-truth image) pairs of up to `srm_pairs` training views
+(`train_renders`, `train_images`: PNGs, both cropped to the same square around the view's foreground).
 """
 
 from __future__ import annotations
@@ -26,14 +36,17 @@ from models.gaussians.ssim import psnr, ssim
 from models.hand import load_hands
 from models.hogsa.fit import View, fit_hogs
 from models.hogsa.hogs import HANDS, HOGS
+from models.hogsa.super_resolution import PAIR_COLUMNS
 from tasks.hogsa.arctic import read_arctic
 from tasks.hogsa.h2o import read_h2o
-from tasks.hogsa.posing import camera_of, camera_to_json, frame_to_json, scene_pose, sequence_betas
-from tasks.hogsa.sequence import FrameReject, Sequence, StorageOptions
+from tasks.hogsa.posing import camera_of, camera_to_json, frame_to_json, hand_output, scene_pose, sequence_betas
+from tasks.hogsa.sequence import Frame, FrameReject, Sequence, StorageOptions, posed_object_vertices, visible_masks
 
 QUALITY_COLUMNS = ("psnr_train", "psnr_heldout", "ssim_heldout")
 MODEL_COLUMNS = ("object_name", "hogs", "frames", "cameras", "hand_model", "flat_hand_mean", "num_gaussians",
-                 "train_views", "held_out_views", "skipped_frames", *QUALITY_COLUMNS, "preview")
+                 "train_views", "held_out_views", "skipped_frames", *QUALITY_COLUMNS, "object_only_error", "preview",
+                 *PAIR_COLUMNS)
+PAIR_MARGIN = 1.2  # a pair's square crop: the foreground's longer bounding-box side times this
 
 
 class ProceduralSequences(Variant):
@@ -77,6 +90,11 @@ class HOGSModelsConfig(RunConfig):
     iterations: int = Field(3000, ge=1, le=1_000_000, description="fitting steps (the paper: 50k)")
     gaussians_per_face: int = Field(2, ge=1, le=7, description="the paper's k")
     sh_degree: int = Field(1, ge=0, le=3)
+    masked: bool = Field(True, description="fit hands and object only (their masks); false fits the whole photo")
+    max_object_only_error: float | None = Field(None, gt=0, le=1, description="stand-ins: reject a model whose "
+                                                "object-only render errs more (mean |colour|, 0-1) where hands hide it")
+    srm_pairs: int = Field(16, ge=0, le=10_000, description="training views written as (render, image) pairs "
+                           "for the SRM, evenly spread over the training views")
     gpus: float = Field(0.0, ge=0, le=8, description="GPUs per fitting worker")
 
 
@@ -137,6 +155,11 @@ class FitHOGS(MapStage):
                                      self.storage_options)
         except PlanError as exc:
             return Reject.of(row, "unreadable sequence", str(exc))
+        return self.fit(row, sequence, len(frame_rejects))
+
+    def fit(self, row: Row, sequence: Sequence, skipped_frames: int = 0) -> Row | Reject:
+        """The row of a sequence already read: the fitted model, its scores and SRM pairs."""
+        config = self.config
         names = [c.name for c in sequence.cameras]
         held_out = set(names[len(names) - config.held_out_cameras:]) if config.held_out_cameras else set()
         if len(held_out) >= len(names):
@@ -144,38 +167,109 @@ class FitHOGS(MapStage):
         views = {"train": [], "held_out": []}
         for frame in sequence.frames:
             pose = scene_pose(self.hands, frame)
+            masks = self.visible(sequence, frame) if config.masked else {}
             for camera in sequence.cameras:
                 if camera.name in frame.images:
                     image = torch.tensor(frame.images[camera.name], dtype=torch.float32, device=self.device) / 255
+                    labels = {k: torch.as_tensor(v, device=self.device) for k, v in masks.get(camera.name, {}).items()}
+                    foreground = torch.stack(list(labels.values())).any(0) if labels else None
                     views["held_out" if camera.name in held_out else "train"].append(
-                        View(image, camera_of(camera), pose))
+                        View(image, camera_of(camera), pose, foreground, labels.get("object")))
         if not views["train"]:
-            return Reject.of(row, "no training images", f"{len(frame_rejects)} frames skipped")
+            return Reject.of(row, "no training images", f"{skipped_frames} frames skipped")
         model = self.build(sequence).to(self.device)
         losses = fit_hogs(model, views["train"], config.iterations, seed=row["seed"])
         if not np.isfinite(losses).all():  # e.g. a degenerate pose or mesh: the model is not usable
             return Reject.of(row, "fit diverged", f"non-finite loss from step {int(np.argmin(np.isfinite(losses)))}")
-        return {**row, **self.score(model, views), "hogs": model.to_bytes(), "object_name": sequence.object_name,
+        stain = self.object_only_error(model, sequence, set(names) - held_out)
+        if config.max_object_only_error is not None and stain > config.max_object_only_error:
+            return Reject.of(row, "stained object", f"object-only colour error {stain:.3f} where the hands hide it "
+                             f"> max_object_only_error {config.max_object_only_error}")
+        return {**row, **self.score(model, views), **self.pairs(model, views["train"]), "hogs": model.to_bytes(),
+                "object_only_error": stain, "object_name": sequence.object_name,
                 "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
                 "cameras": json.dumps([camera_to_json(c) for c in sequence.cameras]),
                 "hand_model": config.hand_model, "flat_hand_mean": flat_hand_mean(config.source.kind),
                 "num_gaussians": sum(m.num_gaussians for m in model.actors.values()),
                 "train_views": len(views["train"]), "held_out_views": len(views["held_out"]),
-                "skipped_frames": len(frame_rejects)}
+                "skipped_frames": skipped_frames}
+
+    def visible(self, sequence: Sequence, frame: Frame) -> dict[str, dict[str, np.ndarray]]:
+        """camera name -> label ("left", "right", "object") -> (H, W) bool: what each shows in that view, the
+        dataset's masks when it has them, else the ground-truth meshes z-buffered together."""
+        if frame.masks:
+            return frame.masks
+        with torch.no_grad():
+            meshes = {side: (hand_output(self.hands[side], pose).vertices[0].double().cpu().numpy(),
+                             np.asarray(self.hands[side].faces)) for side, pose in frame.hands.items()}
+        meshes["object"] = (posed_object_vertices(sequence, frame), np.asarray(sequence.object_mesh.faces))
+        return {camera.name: visible_masks(camera, meshes) for camera in sequence.cameras
+                if camera.name in frame.images}
+
+    @torch.no_grad()
+    def object_only_error(self, model: HOGS, sequence: Sequence, cameras: set[str]) -> float:
+        """Stand-ins (NaN otherwise): the mean absolute colour error (0-1) of the object rendered alone against
+        its exact render, over the object pixels the hands hide in the `cameras`' views."""
+        if not isinstance(self.config.source, ProceduralSequences):
+            return float("nan")
+        from tasks.hogsa.standin_sequences import render_hands_and_object
+
+        errors = []
+        for frame in sequence.frames:
+            pose = scene_pose(self.hands, frame)
+            for camera in sequence.cameras:
+                if camera.name not in cameras or camera.name not in frame.masks:
+                    continue
+                exact = render_hands_and_object(camera, posed_object_vertices(sequence, frame), sequence.object_mesh,
+                                                {})
+                hidden = exact.masks["object"] & ~frame.masks[camera.name]["object"]
+                if hidden.any():
+                    render = model.render(camera_of(camera), pose, actors=("object",))["image"].clamp(0, 1)
+                    errors.append(np.abs(render.cpu().numpy() - exact.image / 255)[hidden])
+        return float(np.concatenate(errors).mean()) if errors else float("nan")
+
+    @torch.no_grad()
+    def pairs(self, model: HOGS, views: list[View]) -> dict[str, list[bytes]]:
+        """(HOGS render, target) PNG pairs of `srm_pairs` training views evenly spread, cropped alike."""
+        count = min(self.config.srm_pairs, len(views))
+        chosen = [views[int(i)] for i in np.linspace(0, len(views) - 1, count).round()] if count else []
+        renders, images = [], []
+        for view in chosen:
+            render = model.render(view.camera, view.pose)["image"].clamp(0, 1)
+            top, left, side = foreground_square(view.mask)
+            for image, out in ((render, renders), (view.target, images)):
+                crop = image[top:top + side, left:left + side] if side else image
+                out.append(encode_png((crop * 255).round().byte().cpu().numpy()))
+        return dict(zip(PAIR_COLUMNS, (renders, images)))
 
     @torch.no_grad()
     def score(self, model: HOGS, views: dict[str, list[View]]) -> dict:
         scores = {}
         for split, key in (("train", "psnr_train"), ("held_out", "psnr_heldout")):
-            renders = [(model.render(v.camera, v.pose)["image"].clamp(0, 1), v.image) for v in views[split]]
+            renders = [(model.render(v.camera, v.pose)["image"].clamp(0, 1), v.target) for v in views[split]]
             scores[key] = float(np.mean([psnr(r, t) for r, t in renders])) if renders else float("nan")
             if split == "held_out":
                 scores["ssim_heldout"] = float(np.mean([float(ssim(r, t)) for r, t in renders])
                                                ) if renders else float("nan")
         shown = (views["held_out"] or views["train"])[0]
         render = model.render(shown.camera, shown.pose)["image"].clamp(0, 1)
-        scores["preview"] = encode_png((torch.cat([shown.image, render], 1) * 255).round().byte().cpu().numpy())
+        scores["preview"] = encode_png((torch.cat([shown.target, render], 1) * 255).round().byte().cpu().numpy())
         return scores
+
+
+def foreground_square(mask: torch.Tensor | None) -> tuple[int, int, int]:
+    """(top, left, side) of a square inside the image centred on the mask's bounding box, PAIR_MARGIN times its
+    longer side (at most the image's shorter side); side 0 (the whole image) without a mask or foreground."""
+    if mask is None or not bool(mask.any()):
+        return 0, 0, 0
+    height, width = mask.shape
+    rows, cols = torch.nonzero(mask.cpu(), as_tuple=True)
+    top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    side = min(height, width, int(np.ceil(PAIR_MARGIN * max(bottom - top, right - left))))
+    centre_y, centre_x = (top + bottom) // 2, (left + right) // 2
+    top = int(np.clip(centre_y - side // 2, 0, height - side))
+    left = int(np.clip(centre_x - side // 2, 0, width - side))
+    return top, left, side
 
 
 class HOGSModelsPipeline(Pipeline[HOGSModelsConfig]):
@@ -187,11 +281,13 @@ class HOGSModelsPipeline(Pipeline[HOGSModelsConfig]):
         ("cameras", pa.string()), ("hand_model", pa.string()), ("flat_hand_mean", pa.bool_()),
         ("num_gaussians", pa.int64()), ("train_views", pa.int32()), ("held_out_views", pa.int32()),
         ("skipped_frames", pa.int32()), ("psnr_train", pa.float32()), ("psnr_heldout", pa.float32()),
-        ("ssim_heldout", pa.float32()), ("preview", pa.binary()),
+        ("ssim_heldout", pa.float32()), ("object_only_error", pa.float32()), ("preview", pa.binary()),
+        *((column, pa.list_(pa.binary())) for column in PAIR_COLUMNS),
     ])
     item_keys = frozenset({"input_id", "sequence"})
     preview_column = "preview"
-    allow_non_finite = frozenset({"psnr_heldout", "ssim_heldout"})  # NaN without held-out cameras
+    allow_non_finite = frozenset({"psnr_heldout", "ssim_heldout",  # NaN without held-out cameras
+                                  "object_only_error"})  # NaN but on stand-ins
 
     def plan(self, config: HOGSModelsConfig, context: StageContext) -> list[dict]:
         from tasks.procedural.hand_object import OBJECTS

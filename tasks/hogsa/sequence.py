@@ -23,6 +23,7 @@ from PIL import Image
 
 from hoi_factory.codec import open_image
 from hoi_factory.pipeline import PlanError
+from models.render.raster import rasterize
 
 HAND_SIDES = ("left", "right")
 StorageOptions = Callable[[str], dict[str, Any]]  # fsspec options for a URL, e.g. StageContext.storage_options
@@ -100,6 +101,20 @@ def posed_object_vertices(sequence: Sequence, frame: Frame) -> np.ndarray:
     """(V, 3) world vertices of the object in `frame`: articulation first, then the rigid object -> world pose."""
     vertices = articulated_object_vertices(sequence, frame.articulation)
     return vertices @ np.asarray(frame.object_rotation).T + np.asarray(frame.object_translation)
+
+
+def visible_masks(camera: CameraView, meshes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """label -> (H, W) bool: the pixels where that label's mesh (world vertices (V, 3), faces (F, 3)) is the nearest
+    surface, all meshes z-buffered together (models/render/raster.py, pixel centres)."""
+    labels = list(meshes)
+    offsets = np.cumsum([0] + [len(meshes[label][0]) for label in labels])
+    vertices = np.concatenate([np.asarray(meshes[label][0], dtype=np.float64) for label in labels])
+    faces = np.concatenate([np.asarray(meshes[label][1]) + offset for label, offset in zip(labels, offsets)])
+    face_label = np.repeat(np.arange(len(labels)), [len(meshes[label][1]) for label in labels])
+    _, face_index = rasterize(vertices @ np.asarray(camera.R).T + np.asarray(camera.t), faces, np.asarray(camera.K),
+                              camera.width, camera.height)
+    pixel_label = np.where(face_index >= 0, face_label[np.maximum(face_index, 0)], -1)
+    return {label: pixel_label == i for i, label in enumerate(labels)}
 
 
 # --- shared by the dataset adapters -------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 Pairs (low-res input, high-res target), both square: every image is centre-cropped to a square and resized to
 `image_size` (the target); the input is
-- the row's `render` (option `render_column`) when the dataset carries one — a HOGS render paired with its
-  ground-truth `image`, as the HOGSA pipeline writes them — resized to image_size / scale; else
+- a HOGS render paired with its ground-truth image, as the paper trains the SRM, resized to image_size / scale:
+  a `hogsa-models` dataset's `train_renders` / `train_images` lists (several training views per sequence), or a
+  row's `render` (option `render_column`) beside its `image`; else
 - the target degraded: optional Gaussian blur (`blur_sigma`, px) then antialiased bicubic downsampling by the
   scale — a STAND-IN for a coarse render (a render's blur and artifacts are not a bicubic kernel's), so that any
-  dataset with a PNG column (option `image_column`, default `image`) trains an SRM.
+  dataset with a PNG column (option `image_column`, default `image`) trains an SRM. Option `inputs=bicubic`
+  degrades every target, renders or not.
 The paper trains 150k iterations (TrainConfig.steps). Images are kept as uint8 (a 512 px dataset in float
 would not fit in memory) and scaled to [0, 1] per batch.
 
@@ -32,12 +34,15 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from hoi_factory.codec import open_image
 from hoi_factory.training import saved_files
-from models.hogsa.super_resolution import SRMConfig, SuperResolution, bicubic
+from models.hogsa.super_resolution import PAIR_COLUMNS, SRMConfig, SuperResolution, bicubic
 
-DATA_OPTIONS = {"image_column": "image", "render_column": "render"}  # options that are not SRMConfig fields
+# Options that are not SRMConfig fields. inputs: "render" (a dataset's renders where it has them) or "bicubic".
+DATA_OPTIONS = {"image_column": "image", "render_column": "render", "inputs": "render"}
+INPUTS = ("render", "bicubic")
 EVALUATED = 32  # examples scored by `evaluate`
 EVAL_BATCH = 8
 BINARY = ("binary", "large_binary")  # arrow types an image column can have
+BINARY_LISTS = tuple(f"list<{kind}>" for kind in BINARY)
 
 
 def degrade(high: torch.Tensor, scale: int, blur_sigma: float = 0.0) -> torch.Tensor:
@@ -82,20 +87,13 @@ class SRMTask:
         """`high` (N, 3, S, S) and `low` (N, 3, S/scale, S/scale) uint8, `degraded` (N,): input made from the
         target (no render)."""
         config = self.config(options)
-        image_column, render_column = (options.get(k, default) for k, default in DATA_OPTIONS.items())
+        image_column, render_column, inputs = (options.get(k, default) for k, default in DATA_OPTIONS.items())
+        if inputs not in INPUTS:
+            raise ValueError(f"option inputs={inputs!r}: expected one of {INPUTS}")
         highs, lows, degraded = [], [], []
         for version in datasets:
-            columns = version.manifest.columns
-            if columns.get(image_column) not in BINARY:
-                binary = sorted(name for name, kind in columns.items() if kind in BINARY)
-                raise ValueError(f"{version.ref}: no image column {image_column!r} (option image_column); "
-                                 f"its binary columns: {binary}")
-            wanted = [image_column] + ([render_column] if columns.get(render_column) in BINARY else [])
-            for row in version.to_arrow(wanted).to_pylist():
-                if not row[image_column]:
-                    continue
-                highs.append(square_image(row[image_column], config.image_size))
-                render = row.get(render_column)
+            for image, render in image_pairs(version, image_column, render_column, inputs == "render"):
+                highs.append(square_image(image, config.image_size))
                 lows.append(square_image(render, config.input_size) if render else None)
                 degraded.append(not render)
         if not highs:
@@ -122,6 +120,24 @@ class SRMTask:
             outputs.append(to_uint8(module.upscale(batch)))
             baselines.append(to_uint8(bicubic(batch, module.config.scale)))
         return {**image_quality(torch.cat(outputs), high, ""), **image_quality(torch.cat(baselines), high, "_bicubic")}
+
+
+def image_pairs(version, image_column: str, render_column: str, renders: bool) -> list[tuple[bytes, bytes | None]]:
+    """(target PNG, render PNG or None) of every image in a dataset version: a hogsa-models version's training-view
+    pairs, else each row's `image_column` with its `render_column` when present. renders=False leaves out renders."""
+    columns = version.manifest.columns
+    if all(columns.get(name) in BINARY_LISTS for name in PAIR_COLUMNS):
+        render_list, image_list = PAIR_COLUMNS
+        rows = version.to_arrow(list(PAIR_COLUMNS)).to_pylist()
+        return [(image, render if renders else None) for row in rows
+                for render, image in zip(row[render_list] or [], row[image_list] or []) if image]
+    if columns.get(image_column) not in BINARY:
+        binary = sorted(name for name, kind in columns.items() if kind in BINARY)
+        raise ValueError(f"{version.ref}: no image column {image_column!r} (option image_column) and no "
+                         f"{' / '.join(PAIR_COLUMNS)} pairs; its binary columns: {binary}")
+    with_renders = renders and columns.get(render_column) in BINARY
+    rows = version.to_arrow([image_column] + ([render_column] if with_renders else [])).to_pylist()
+    return [(row[image_column], row.get(render_column)) for row in rows if row[image_column]]
 
 
 def image_quality(images: torch.Tensor, targets: torch.Tensor, suffix: str) -> dict[str, float]:

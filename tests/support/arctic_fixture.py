@@ -4,7 +4,9 @@ recovers exactly what was written.
 
 The object is a box with a door (the door's vertices are the moving part, labelled 0 in parts.json as ARCTIC's code
 reads them, hinged on the z axis through the object origin); the hands carry small random MANO parameters; the
-images are the object rendered by the calibrated cameras. Units are converted on writing as ARCTIC stores them
+images are the object rendered by the calibrated cameras (flat, on one colour), or, given hand models, the hands
+and the shaded object on a background that may be cluttered (a different busy picture per camera, the same in
+every frame: what a real capture's room is to the fit). Units are converted on writing as ARCTIC stores them
 (object translation and mesh in millimetres), and the MANO dicts are written by np.save, as ARCTIC's were.
 """
 
@@ -17,6 +19,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
+from models.hand import HandModel
 from models.render.camera import intrinsics, orbit_camera
 from models.render.raster import rasterize
 from tasks.hogsa.arctic import ALLOCENTRIC_VIEWS, ARTICULATION_AXIS, MOVING_PART_LABEL
@@ -29,6 +32,7 @@ from tasks.hogsa.sequence import (
     axis_angle_to_matrix,
     posed_object_vertices,
 )
+from tasks.hogsa.standin_sequences import render_frame
 
 OBJECT_COLOUR = np.array([200, 120, 60], dtype=np.uint8)
 BACKGROUND = np.array([30, 40, 50], dtype=np.uint8)
@@ -47,9 +51,9 @@ def door_box() -> tuple[trimesh.Trimesh, np.ndarray]:
     return mesh, moving
 
 
-def _cameras(width: int, height: int) -> list[CameraView]:
+def _cameras(width: int, height: int, fov_degrees: float) -> list[CameraView]:
     """The eight allocentric views around the object, at 45 degree steps."""
-    K = intrinsics(width, height, fov_degrees=50)
+    K = intrinsics(width, height, fov_degrees=fov_degrees)
     target = np.array([0.06, -0.03, 0.0])
     return [CameraView(str(view), K, *orbit_camera(45.0 * (view - 1), 20.0, 0.45, target), width, height)
             for view in ALLOCENTRIC_VIEWS]
@@ -63,6 +67,28 @@ def _render(sequence: Sequence, frame: Frame, camera: CameraView) -> np.ndarray:
     return image
 
 
+def clutter(width: int, height: int, seed: int) -> np.ndarray:
+    """(H, W, 3) uint8: a busy stand-in room: blocks of random colour at two scales and diagonal stripes."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width, 3))
+    for block in (12, 5):
+        cells = rng.uniform(0, 255, (height // block + 1, width // block + 1, 3))
+        image += 0.5 * cells.repeat(block, 0).repeat(block, 1)[:height, :width]
+    rows, cols = np.mgrid[:height, :width]
+    image *= 0.6 + 0.4 * (np.sin((rows + cols) * 0.9) > 0)[..., None]
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def _render_with_hands(sequence: Sequence, frame: Frame, camera: CameraView, hand_models: dict[str, HandModel],
+                       background: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Hands and object (shaded, OBJECT_COLOUR) over `background`; also the visible masks."""
+    view = render_frame(sequence, frame, camera, hand_models)
+    backdrop = {"plain": np.broadcast_to(BACKGROUND, view.image.shape), "black": np.zeros_like(view.image),
+                "cluttered": clutter(camera.width, camera.height, seed * 100 + int(camera.name))}[background]
+    foreground = np.logical_or.reduce(list(view.masks.values()))
+    return np.where(foreground[..., None], view.image, backdrop), view.masks
+
+
 def _write_obj(path: Path, mesh: trimesh.Trimesh, scale: float) -> None:
     lines = [f"v {x!r} {y!r} {z!r}" for x, y, z in (np.asarray(mesh.vertices) * scale).tolist()]
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in mesh.faces]
@@ -71,17 +97,23 @@ def _write_obj(path: Path, mesh: trimesh.Trimesh, scale: float) -> None:
 
 def write_arctic_fixture(root: str | Path, subject: str = "s01", sequence: str = "box_grab_01",
                          views: tuple[int, ...] = (1, 2), num_frames: int = 3, width: int = 64, height: int = 48,
-                         ioi_offset: int = 2, seed: int = 0) -> Sequence:
+                         ioi_offset: int = 2, seed: int = 0, hand_models: dict[str, HandModel] | None = None,
+                         background: str = "plain", fov_degrees: float = 50.0) -> Sequence:
     """Writes the ARCTIC layout under `root` (= arctic_data/data): raw_seqs, meta/misc.json (all 8 views calibrated),
     the object template and the images of `views`; returns the Sequence those files encode (images as rendered,
-    before JPEG)."""
+    before JPEG). With `hand_models` the images show the hands too, over `background` ("plain", "black" or
+    "cluttered"), and the frames carry the exact visible masks."""
     root, rng = Path(root), np.random.default_rng(seed)
+    if hand_models is None and background != "plain":
+        raise ValueError("a background other than 'plain' needs hand_models (the object-only images are flat)")
     mesh, moving = door_box()
-    cameras = _cameras(width, height)
+    cameras = _cameras(width, height, fov_degrees)
     shape = {side: rng.normal(0, 0.5, 10) for side in HAND_SIDES}  # ARCTIC: one shape per sequence
     truth = Sequence(id=f"arctic/{subject}/{sequence}", object_name=sequence.split("_")[0], object_mesh=mesh,
                      cameras=[c for c in cameras if int(c.name) in views], frames=[], object_part=moving,
                      articulation_axis=ARTICULATION_AXIS)
+    shaded = Sequence(**{**vars(truth), "object_mesh": mesh.copy()})  # the hands' renderer shades vertex colours
+    shaded.object_mesh.visual.vertex_colors = np.append(OBJECT_COLOUR, 255)
     object_params = np.zeros((num_frames, 7))
     for index in range(num_frames):
         object_params[index] = [rng.uniform(0, 1.2), *rng.normal(0, 0.2, 3), *rng.normal(0, 0.01, 3)]
@@ -89,7 +121,12 @@ def write_arctic_fixture(root: str | Path, subject: str = "s01", sequence: str =
                                 betas=shape[side], transl=rng.normal(0, 0.1, 3)) for side in HAND_SIDES}
         frame = Frame(index=index, hands=hands, object_rotation=axis_angle_to_matrix(object_params[index, 1:4]),
                       object_translation=object_params[index, 4:7].copy(), articulation=object_params[index, 0])
-        frame.images = {camera.name: _render(truth, frame, camera) for camera in truth.cameras}
+        if hand_models is None:
+            frame.images = {camera.name: _render(truth, frame, camera) for camera in truth.cameras}
+        else:
+            for camera in truth.cameras:
+                frame.images[camera.name], frame.masks[camera.name] = _render_with_hands(
+                    shaded, frame, camera, hand_models, background, seed)
         truth.frames.append(frame)
 
     seqs = root / "raw_seqs" / subject
