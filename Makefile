@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python -m benchmarks.hogsa
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.loader
+	$(BIN)/python -m benchmarks.scale
 
 # The deployments of infra/prefect.yaml on the Prefect server of PREFECT_API_URL (a fresh one too): the process
 # work pool they run on first (kept if it exists), then every deployment. Start a worker to run them:

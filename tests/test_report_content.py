@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_report_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 from hoi_factory import report
 from hoi_factory.codec import encode_png
@@ -21,7 +22,6 @@ from hoi_factory.storage import Store
 from tasks.images.ingest import IngestConfig, IngestPipeline
 from tasks.procedural.image_folder import write_image_folder
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
-from tests.test_report_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
