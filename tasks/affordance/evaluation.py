@@ -12,7 +12,7 @@ its `inception-v3-compat` extractor is the TF-Inception port ("pt_inception-2015
 numbers use, unlike models/metrics.py's torchvision Inception (numbers not comparable with the papers').
 
 Two deviations from calling torch-fidelity as is:
-- its weight loader unpickles (`torch.load(weights_only=False)`); here that call is made tensors-only
+- its weight loader unpickles (torch's loader with weights_only off); here that call is made tensors-only
   (`weights_only=True`: the published file is a plain state dict), so no code runs from a weights file;
 - nothing is downloaded: the weights are a local file (`INCEPTION_WEIGHTS_URL`, fetched once by the user),
   and a missing one is an error that says so, never a number from other weights.
