@@ -60,9 +60,9 @@ def test_validate_exits_non_zero_on_a_damaged_shard(made_dataset):
     [
         (["run", "synthetic", "count=many"], "count: Input should be a valid integer"),
         (["run", "synthetic", "execution.wokers=2"], "execution.wokers: Extra inputs are not permitted"),
-        (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline' (available: chorus-occupancy, "
-                                      "chorus-prompts, chorus-test-views, chorus-views, ho3pairs, hogsa, hogsa-models, "
-                                      "hoi-annotations, ingest, synthetic"),
+        (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline' (available: affordance-evaluation, "
+                                      "affordance-synthesis, chorus-occupancy, chorus-prompts, chorus-test-views, "
+                                      "chorus-views, ho3pairs, hogsa, hogsa-models, hoi-annotations, ingest, synthetic"),
         (["datasets", "show", "../../etc"], "is not allowed"),
         (["datasets", "show", "never-made"], "no published version of dataset 'never-made'"),
     ],
