@@ -62,7 +62,8 @@ def test_validate_exits_non_zero_on_a_damaged_shard(made_dataset):
         (["run", "synthetic", "execution.wokers=2"], "execution.wokers: Extra inputs are not permitted"),
         (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline' (available: affordance-evaluation, "
                                       "affordance-synthesis, chorus-occupancy, chorus-prompts, chorus-test-views, "
-                                      "chorus-views, ho3pairs, hogsa, hogsa-models, hoi-annotations, ingest, synthetic"),
+                                      "chorus-views, ho3pairs, hogsa, hogsa-models, hoi-annotations, ingest, "
+                                      "synthetic"),
         (["datasets", "show", "../../etc"], "is not allowed"),
         (["datasets", "show", "never-made"], "no published version of dataset 'never-made'"),
     ],
