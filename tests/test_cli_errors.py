@@ -117,7 +117,7 @@ def test_run_help_without_a_pipeline_names_them():
 # -- did you mean ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "synthtic"], "unknown pipeline 'synthtic'; did you mean synthetic? (available: chorus-occupancy, "),
+    (["run", "synthtic"], "unknown pipeline 'synthtic'; did you mean synthetic? (available: affordance-evaluation, "),
     (["run", "synthetic", "cont=3"], "cont: Extra inputs are not permitted (got 3); did you mean count?"),
     (["run", "synthetic", "execution.wokers=2"],
      "execution.wokers: Extra inputs are not permitted (got 2); did you mean execution.workers?"),

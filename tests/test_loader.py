@@ -1,6 +1,11 @@
 """The streaming torch loader: each shard read once per epoch, every sample once across DDP ranks x DataLoader
 workers, shuffled differently per epoch and seed; cells decoded to tensors."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -45,24 +50,49 @@ def epoch_order(stream_for_rank, world_size: int, num_workers: int, epoch: int) 
     return order
 
 
-def test_every_sample_once_per_epoch_across_ranks_and_workers_each_shard_read_once(encoded, read_log):
+EPOCHS_IN_A_FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], str(Path(sys.argv[1]).parent)]
+from hoi_factory.config import Settings
+from hoi_factory.datasets import DatasetStore
+from hoi_factory.storage import Store
+from test_loader import epoch_order
+encoded = DatasetStore(Store.from_settings(Settings(store_url=sys.argv[2]))).open_ref(sys.argv[3])
+log = Path(sys.argv[4])
+read_bytes = encoded.store.read_bytes
+def logged(*parts):
+    if parts[-1].startswith("data/"):
+        with open(log, "a") as handle:
+            handle.write(parts[-1] + "\\n")
+    return read_bytes(*parts)
+encoded.store.read_bytes = logged
+results = []
+for seed, epoch in ((0, 0), (0, 1), (1, 0), (0, 1)):
+    log.write_text("")
+    order = epoch_order(lambda rank: encoded.to_torch_stream(["sample_id"], shuffle=True, seed=seed, buffer_size=8,
+                                                             rank=rank, world_size=2), 2, 2, epoch)
+    results.append({"order": order, "reads": log.read_text().split()})
+print(json.dumps(results))
+"""
+
+
+def test_every_sample_once_per_epoch_across_ranks_and_workers_each_shard_read_once(encoded, tmp_path):
+    """Forked DataLoader workers, in a fresh process: a fork of the test process (threads of earlier tests'
+    libraries) once died at exit."""
     all_ids = encoded.to_arrow(["sample_id"]).column("sample_id").to_pylist()
-    read_log.write_text("")
     assert len(all_ids) == 30 and sum(1 for s in encoded.shards if s.rows) == 14
-
-    def stream(seed):
-        return lambda rank: encoded.to_torch_stream(["sample_id"], shuffle=True, seed=seed, buffer_size=8,
-                                                    rank=rank, world_size=2)
-
-    orders = {}
-    for seed, epoch in ((0, 0), (0, 1), (1, 0)):
-        orders[seed, epoch] = epoch_order(stream(seed), world_size=2, num_workers=2, epoch=epoch)
-        assert sorted(orders[seed, epoch]) == sorted(all_ids)  # each sample once: none lost, none twice
-        reads = read_log.read_text().split()
-        assert sorted(reads) == sorted(s.file for s in encoded.shards if s.rows)  # once each
-        read_log.write_text("")
-    assert orders[0, 0] != orders[0, 1] and orders[0, 0] != orders[1, 0]
-    assert epoch_order(stream(0), world_size=2, num_workers=2, epoch=1) == orders[0, 1]  # (seed, epoch) decides
+    done = subprocess.run([sys.executable, "-c", EPOCHS_IN_A_FRESH_PROCESS, str(Path(__file__).parent),
+                           encoded.store.url, encoded.ref, str(tmp_path / "reads.log")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    epochs = json.loads(done.stdout.strip().splitlines()[-1])
+    for epoch in epochs:
+        assert sorted(epoch["order"]) == sorted(all_ids)  # each sample once: none lost, none twice
+        assert sorted(epoch["reads"]) == sorted(s.file for s in encoded.shards if s.rows)  # each shard once
+    first, next_epoch, other_seed, again = (epoch["order"] for epoch in epochs)
+    assert first != next_epoch and first != other_seed
+    assert again == next_epoch  # (seed, epoch) decides
 
 
 def test_readers_split_the_shards_without_overlap(encoded):
