@@ -127,7 +127,12 @@ def test_ho3pairs_reads_hogsa_renders_with_their_true_object_only_view(augmented
         output={"dataset": "pairs"}), settings).dataset
     assert pairs.manifest.parents == [augmented.ref]
     rows = pairs.to_arrow(["psnr", "psnr_inpainted", "object_class", "hand_mask"]).to_pylist()
-    assert len(rows) == len(augmented), pairs.rejects().to_pylist()
+    # The official crop (2.6x the object box, inside the frame) can refuse a view whose object sits at the frame
+    # edge: a decision with its reason. Nothing else may drop a sample.
+    rejects = pairs.rejects().to_pylist()
+    assert all(r["kind"] == "reject" and r["reason"] == "object does not fit a square crop inside the frame"
+               for r in rejects), rejects
+    assert len(rows) + len(rejects) == len(augmented) and rows
     for row in rows:  # every pair is scored against HOGSA's object-only render of the same view
         assert row["object_class"] == "bottle" and np.isfinite(row["psnr"]) and np.isfinite(row["psnr_inpainted"])
         assert decode_mask(row["hand_mask"]).sum() >= 50
