@@ -27,6 +27,7 @@ import torch
 from benchmarks.results_table import interleaved, median, show_and_save
 from hoi_factory.config import ExecutionConfig, Settings
 from hoi_factory.run import run_pipeline
+from hoi_factory.training import training_batch
 from models.affordance.layoutnet import LayoutNet, LayoutNetConfig
 from tasks.ho3pairs.pipeline import PairsConfig, PairsPipeline
 from tasks.procedural.hand_object import write_hand_object_folder
@@ -48,11 +49,8 @@ def train_and_score(config: LayoutNetConfig, train: dict, held_out: dict, steps:
     model, task = LayoutNet(config), LayoutNetTask()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     started = time.process_time()
-    for step in range(steps):  # as hoi_factory.training.train draws its batches
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        picked = torch.randint(0, len(train["layouts"]), (batch_size,), generator=generator)
-        batch = {key: value[picked] if torch.is_tensor(value) else [value[i] for i in picked.tolist()]
-                 for key, value in train.items()}
+    for step in range(steps):
+        batch, generator = training_batch(train, len(train["layouts"]), batch_size, seed, step)
         loss = task.loss(model, batch, generator)
         optimizer.zero_grad()
         loss.backward()

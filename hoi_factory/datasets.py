@@ -115,7 +115,7 @@ class ShardLedger:
         self._pending: list[dict] = []
         self._batches: list[pa.RecordBatch] = []
         self.spans: list[tuple[int, int]] = []  # (first plan position, inputs) of each shard
-        self.samples = self.rejects = self.errors = 0
+        self.inputs = self.samples = self.rejects = self.errors = 0
         self.first_errors: list[dict] = []
         self._stage_order: list[str] = []
         self._stage_totals: dict[str, Counter] = {}
@@ -133,6 +133,7 @@ class ShardLedger:
 
     def add(self, record: ShardRecord) -> None:
         self.spans.append((record.index, record.inputs))
+        self.inputs += record.inputs
         self.samples += record.rows
         self.rejects += record.rejects - record.errors
         self.errors += record.errors

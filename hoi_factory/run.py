@@ -136,13 +136,9 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         writer = datasets.begin(name, datasets.area.next_version(name), fingerprint, pipeline.schema)
     where = f"{name}/{writer.lease.version}"
 
-    ledger = ShardLedger()
-    covered = []
-    for record in writer.sink.done_shards().values():
-        ledger.add(record)
-        covered.append(record.covers)
-    resumed = len(ledger)
-    inputs_resumed = sum(len(span) for span in covered)
+    ledger = ShardLedger.of(writer.sink.done_shards().values())
+    covered = [range(start, start + inputs) for start, inputs in ledger.spans]
+    resumed, inputs_resumed = len(ledger), ledger.inputs
     if resumed:
         log.info("resuming %s: %d shards (%d of %d inputs) already written", where, resumed, inputs_resumed,
                  plan.count)
@@ -163,7 +159,7 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         if ledger.errors > budget:  # already failed: stop spending compute (resumed shards have no errors)
             raise ErrorBudgetExceeded(_budget_message(where, ledger, plan.count, budget))
         if progress:
-            progress(sum(inputs for _, inputs in ledger.spans), plan.count)
+            progress(ledger.inputs, plan.count)
 
     executor = make_executor(config.execution, settings, plan.count)
     second_walk = planned(hash_items=walked_twice)

@@ -72,6 +72,16 @@ class TrainingTask(Protocol):
     def evaluate(self, module: torch.nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float]: ...
 
 
+def training_batch(data: dict, count: int, batch_size: int, seed: int, step: int) -> tuple[dict, torch.Generator]:
+    """The examples `train` draws at `step`, and the generator drawn from: seeded by (seed, step), so a resumed run
+    draws the same batches."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    picked = torch.randint(0, count, (min(batch_size, count),), generator=generator)
+    batch = {key: value[picked] if torch.is_tensor(value) else [value[i] for i in picked.tolist()]
+             for key, value in data.items()}
+    return batch, generator
+
+
 def saved_files(module: torch.nn.Module) -> dict[str, bytes]:
     """What `module.save_pretrained(folder)` writes, by path relative to the folder: a task's `files`."""
     import tempfile
@@ -183,10 +193,7 @@ def train(task: TrainingTask, config: TrainConfig, settings: Settings | None = N
         log.info("resuming %s training from step %d of %d", config.model, start, config.steps)
     module.train()
     for step in range(start, config.steps):
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        picked = torch.randint(0, count, (min(config.batch_size, count),), generator=generator)
-        batch = {key: value[picked] if torch.is_tensor(value) else [value[i] for i in picked.tolist()]
-                 for key, value in data.items()}
+        batch, generator = training_batch(data, count, config.batch_size, config.seed, step)
         loss = task.loss(module, batch, generator)
         optimizer.zero_grad()
         loss.backward()

@@ -4,14 +4,12 @@ procedural inputs, one local Ray for the session, Prefect's test harness."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support.network import free_port, wait_for_port
-from support.processes import venv_executable
+from support.network import moto_server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -20,15 +18,8 @@ os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real S3 endpoint on loopback (moto's server), as s3fs's own tests use."""
-    port = free_port()
-    server = subprocess.Popen([venv_executable("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from flows import cli as cli_module
 from flows.cli import app
-from support.network import free_port, wait_for_port
+from support.network import free_port, moto_server
 from support.processes import venv_executable
 
 runner = CliRunner()
@@ -226,16 +226,8 @@ def test_an_s3_store_without_credentials_says_what_to_set(s3_env, s3_store_env, 
 @pytest.fixture(scope="module")
 def s3_endpoint_checking_keys():
     """moto's server with IAM checks on from the first request: every access key is unknown to it."""
-    port = free_port()
-    server = subprocess.Popen([venv_executable("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as url:
+        yield url
 
 
 def test_an_s3_store_refusing_the_credentials_says_what_to_check(s3_env, s3_endpoint_checking_keys):
