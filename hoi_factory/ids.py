@@ -13,17 +13,19 @@ from typing import Any
 _SEPARATOR = "\x1f"
 
 
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(_SEPARATOR.join(str(p) for p in parts).encode()).hexdigest()
+def sample_identity(config_hash: str, input_id: str, index: int) -> tuple[str, int]:
+    """(sample id, seed) from one SHA-256 (the driver makes one per planned item): the id is the first 10 bytes
+    in hex, the seed the next 4 as a 31-bit integer, valid for numpy, torch and Python's random alike."""
+    digest = hashlib.sha256(f"{config_hash}{_SEPARATOR}{input_id}{_SEPARATOR}{index}".encode()).digest()
+    return digest[:10].hex(), int.from_bytes(digest[10:14], "big") & 0x7FFFFFFF
 
 
 def sample_id(config_hash: str, input_id: str, index: int) -> str:
-    return _digest("sample", config_hash, input_id, index)[:20]
+    return sample_identity(config_hash, input_id, index)[0]
 
 
 def sample_seed(config_hash: str, input_id: str, index: int) -> int:
-    """A 31-bit seed, valid for numpy, torch and Python's random alike."""
-    return int(_digest("seed", config_hash, input_id, index)[:8], 16) & 0x7FFFFFFF
+    return sample_identity(config_hash, input_id, index)[1]
 
 
 def fingerprint(obj: Any) -> str:

@@ -160,8 +160,8 @@ def assign_ids(items: Iterable[dict[str, Any]], config_hash: str) -> list[dict[s
     assigned = []
     for item in items:
         index = int(item.get("index", 0))
-        assigned.append({**item, "index": index, "sample_id": ids.sample_id(config_hash, str(item["input_id"]), index),
-                         "seed": ids.sample_seed(config_hash, str(item["input_id"]), index)})
+        sample_id, seed = ids.sample_identity(config_hash, item["input_id"], index)
+        assigned.append({**item, "index": index, "sample_id": sample_id, "seed": seed})
     return assigned
 
 
@@ -260,7 +260,7 @@ class ShardWork:
 
     @classmethod
     def start(cls, job: ShardJob) -> ShardWork:
-        return cls(job.index, len(job.items), StageOutput(rows=[dict(item) for item in job.items]))
+        return cls(job.index, len(job.items), StageOutput(rows=list(job.items)))  # assign_ids made them: ours
 
 
 class StageGroupRunner:

@@ -158,9 +158,9 @@ def _checked(stage: Stage, batch: list[Row], results: list) -> list[Row | Reject
                         f"{len(results) if isinstance(results, list) else '?'} results for {len(batch)} rows")
     checked: list[Row | Reject | StageError] = []
     for row, result in zip(batch, results):
-        if isinstance(result, dict) and (missing := stage.makes - result.keys()):
-            result = StageError.of(row, stage.name, KeyError(f"{stage.name} declares it makes {sorted(missing)} "
-                                                             "but did not"))
+        if isinstance(result, dict) and not stage.makes <= result.keys():
+            missing = sorted(stage.makes - result.keys())
+            result = StageError.of(row, stage.name, KeyError(f"{stage.name} declares it makes {missing} but did not"))
         elif not isinstance(result, (dict, Reject, StageError)):
             result = StageError.of(row, stage.name, TypeError(f"{stage.name} returned a {type(result).__name__}"))
         checked.append(result)
@@ -180,12 +180,15 @@ def _apply(stage: Stage, batch: list[Row], retries: int) -> list[Row | Reject | 
     return [result for row in batch for result in _apply(stage, [row], retries)]
 
 
+MAP_CHUNK = 4  # rows per pass over a row-by-row chain: amortizes each stage call's bookkeeping, few at full size
+
+
 def _chunk_size(stages: list[Stage]) -> int:
     """Rows pushed through all the stages together: the largest batch a batch stage wants (so each still sees
-    full batches), 1 when every stage works row by row. A shard then streams through its stages: a worker
-    holds one chunk at full size (e.g. decoded images before resizing) plus the rows already done."""
+    full batches), MAP_CHUNK when every stage works row by row. A shard then streams through its stages: a
+    worker holds one chunk at full size (e.g. decoded images before resizing) plus the rows already done."""
     batched = [s.batch_size for s in stages if not isinstance(s, (MapStage, Filter))]
-    return max(batched, default=1)
+    return max(batched, default=MAP_CHUNK)
 
 
 def _run_stage(stage: Stage, rows: list[Row], retries: int, output: StageOutput) -> list[Row]:
