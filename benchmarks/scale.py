@@ -43,7 +43,7 @@ for index in range(bare_rows):
 stage_cpu_per_row = (time.process_time() - started) / max(bare_rows, 1)
 marks = []  # when progress was reported: first with the resumed inputs, then after each new shard
 
-def progress(done, total):
+def progress(done, total, stages):
     marks.append(time.perf_counter())
 
 wall, cpu = time.perf_counter(), time.process_time()

@@ -230,8 +230,7 @@ def _run_in_process(pipeline, config, settings) -> dict[str, Any]:
     from flows import progress
     from hoi_factory.run import run_pipeline
 
-    label = f"{pipeline.name}: samples"
-    return run_pipeline(pipeline, config, settings, lambda done, total: progress.report(label, done, total)).summary()
+    return run_pipeline(pipeline, config, settings, progress.run_progress(pipeline.name)).summary()
 
 
 @app.command()
@@ -272,14 +271,21 @@ def pipelines() -> None:
 def demo(
     executor: str = typer.Option("auto", help="auto (in-process for small plans), ray or local"),
     workers: int = typer.Option(2, min=1),
+    models: bool = typer.Option(True, "--models/--no-models",
+                                help="then train, evaluate and retrain every model on the demo's datasets"),
 ) -> None:
-    """Run every pipeline at small scale on the embedded defaults and say what was made."""
+    """Run every pipeline at small scale on the embedded defaults, then train every model on what they made
+    (tiny models, a few steps), evaluate them and show retraining; say what was made."""
     from flows.demo import demo as demo_flow
+    from flows.demo import summary
 
     settings = _settings()
     console.print(f"store: [bold]{settings.store_url}[/]  (set HOI_STORE_URL to change)")
     _usable_store(create=True)
-    _print_results(_with_progress(lambda: demo_flow(executor=executor, workers=workers)))
+    made = _with_progress(lambda: demo_flow(executor=executor, workers=workers, train_models=models))
+    _print_results(made["datasets"])
+    for line in summary(made):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @datasets_app.command("ls")

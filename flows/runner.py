@@ -10,9 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -35,14 +33,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
 def make_dataset(pipeline: Pipeline, config: RunConfig) -> RunResult:
     """A stage group as one Prefect task. A retry resumes from the shards already written."""
-    label = f"{pipeline.name}: samples"
-    artifact_id = create_progress_artifact(0.0, description=label)
-
-    def on_progress(done: int, total: int) -> None:
-        update_progress_artifact(artifact_id, 100.0 * done / max(total, 1))
-        progress.report(label, done, total)
-
-    return run_pipeline(pipeline, config, Settings(), on_progress)
+    return run_pipeline(pipeline, config, Settings(), progress.run_progress(pipeline.name, artifacts=True))
 
 
 def _embedded_png(dataset: DatasetVersion, relative: str) -> str:

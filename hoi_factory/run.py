@@ -38,7 +38,8 @@ from hoi_factory.storage import check_name
 from hoi_factory.versions import VersionBusy
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]  # (inputs done, inputs in all): the finished shards' inputs
+Progress = Callable[[int, int, dict[str, int]], None]
+"""(inputs done, inputs in all, samples each stage has taken in so far), counted over the finished shards."""
 
 
 class ErrorBudgetExceeded(RuntimeError):
@@ -78,6 +79,10 @@ def _budget_message(where: str, ledger: ShardLedger, num_inputs: int, budget: in
         lines.append(f"--- {error['stage']} on sample {error['sample_id']} (input {error['input_id']}): "
                      f"{error['error']}\n{error['traceback'].rstrip()}")
     return "\n".join(lines)
+
+
+def _stage_inputs(ledger: ShardLedger, num_inputs: int) -> dict[str, int]:
+    return {step["stage"]: step["rows_in"] for step in ledger.funnel(num_inputs)[1:]}
 
 
 def _measure_and_report(version: DatasetVersion, pipeline: Pipeline) -> dict[str, str]:
@@ -143,7 +148,7 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         log.info("resuming %s: %d shards (%d of %d inputs) already written", where, resumed, inputs_resumed,
                  plan.count)
     if progress:
-        progress(inputs_resumed, plan.count)
+        progress(inputs_resumed, plan.count, _stage_inputs(ledger, plan.count))
     budget = config.execution.error_budget(plan.count)
     submitted: set[int] = set()  # first plan positions of the shards handed to the executor
 
@@ -159,7 +164,7 @@ def run_pipeline(pipeline: Pipeline, config: RunConfig, settings: Settings | Non
         if ledger.errors > budget:  # already failed: stop spending compute (resumed shards have no errors)
             raise ErrorBudgetExceeded(_budget_message(where, ledger, plan.count, budget))
         if progress:
-            progress(ledger.inputs, plan.count)
+            progress(ledger.inputs, plan.count, _stage_inputs(ledger, plan.count))
 
     executor = make_executor(config.execution, settings, plan.count)
     second_walk = planned(hash_items=walked_twice)

@@ -6,6 +6,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from flows import progress
 from flows.maintenance import DatasetInvalid, validate_dataset
 from flows.pipelines import ingest, synthetic
 from flows.runner import PUBLISHED_EVENT
@@ -24,9 +25,16 @@ def read_artifact(key):
 def test_flow_publishes_a_version_emits_the_event_and_leaves_artifacts(local_store_env, image_folder, captured_events):
     folder, expected_rejects = image_folder
     config = IngestConfig(source=str(folder), execution={"executor": "local"}, output={"dataset": "flow-test"})
-    summary = ingest(config)
+    lines: dict[str, tuple[int, int]] = {}  # label -> last (done, total) reported
+    with progress.listening(lambda label, done, total: lines.__setitem__(label, (done, total))):
+        summary = ingest(config)
     assert (summary["dataset"], summary["version"], summary["samples"]) == ("flow-test", "v1", 12)
     assert summary["rejects"] == len(expected_rejects)
+    # Progress per stage in samples: each stage's line ends at the samples that reached it.
+    dataset = DatasetStore(Store(local_store_env)).open("flow-test", "v1")
+    funnel = {step["stage"]: step["rows_in"] for step in dataset.manifest.funnel[1:]}
+    assert lines == {"ingest: samples": (16, 16), **{f"ingest › {stage}": (n, 16) for stage, n in funnel.items()}}
+    assert funnel["ReadImage"] == 16 > funnel["EncodePNG"] == 12
 
     [event] = [e for e in captured_events() if e.event == PUBLISHED_EVENT]
     assert event.payload == {"dataset": "flow-test", "version": "v1", "num_samples": 12,
