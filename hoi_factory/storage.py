@@ -13,12 +13,12 @@ import json
 import logging
 import posixpath
 import re
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import tenacity
 from fsspec.core import url_to_fs
 
 log = logging.getLogger(__name__)
@@ -67,26 +67,26 @@ def _refusal(url: str, error: BaseException) -> str | None:
 
 
 def _with_retries(store: Store, call, what: str, retry_seconds: float):
-    """`call()`, again with exponential backoff while an object store is unreachable, for up to `retry_seconds`;
-    a refusal of the credentials becomes a StoreError that says what to set."""
-    deadline = time.monotonic() + retry_seconds
-    delay = 0.5
-    while True:
-        try:
-            return call()
-        except Exception as error:
-            refusal = _refusal(store.url, error)
-            if refusal is not None:
-                raise StoreError(refusal) from None
-            if not _is_transient(error):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise StoreUnavailable(
-                    f"{store.url} did not answer for {retry_seconds:.0f} s ({what}): {error}; check HOI_STORE_URL, "
-                    "HOI_S3_ENDPOINT_URL and the network (HOI_STORE_RETRY_SECONDS: how long to wait)") from None
-            log.warning("%s unreachable (%s); retrying %s in %.1f s", store.url, error, what, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    """`call()`, again with exponential backoff (0.5 s doubling to 10 s, tenacity) while an object store is
+    unreachable, for up to `retry_seconds`; a refusal of the credentials becomes a StoreError that says what
+    to set."""
+    def warn(state: tenacity.RetryCallState) -> None:
+        log.warning("%s unreachable (%s); retrying %s in %.1f s", store.url, state.outcome.exception(), what,
+                    state.next_action.sleep)
+
+    retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_is_transient),
+                                 wait=tenacity.wait_exponential(multiplier=0.5, max=10.0),
+                                 stop=tenacity.stop_before_delay(retry_seconds), before_sleep=warn, reraise=True)
+    try:
+        return retrying(call)
+    except Exception as error:
+        if (refusal := _refusal(store.url, error)) is not None:
+            raise StoreError(refusal) from None
+        if _is_transient(error):
+            raise StoreUnavailable(
+                f"{store.url} did not answer for {retry_seconds:.0f} s ({what}): {error}; check HOI_STORE_URL, "
+                "HOI_S3_ENDPOINT_URL and the network (HOI_STORE_RETRY_SECONDS: how long to wait)") from None
+        raise
 
 
 def _retried(method):

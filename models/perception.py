@@ -46,15 +46,6 @@ class Detection:
         return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) boxes (x0, y0, x1, y1) -> (N, M) IoU."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
-    area = lambda boxes: (boxes[:, 2:] - boxes[:, :2]).prod(-1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
-
-
 def peak_probability(logits: torch.Tensor, radius: int = PEAK_RADIUS) -> torch.Tensor:
     """(N, K, H, W) heatmap logits -> (N, K) spatial-softmax probability within `radius` cells of each peak."""
     n, k, height, width = logits.shape
@@ -70,15 +61,18 @@ def detections_from_outputs(masks: dict, keypoints: dict, categories: list[str],
                             min_score: float = 0.05) -> list[Detection]:
     """One image's Mask R-CNN and Keypoint R-CNN outputs -> detections; each person mask takes the keypoints
     of the keypoint detection whose box overlaps it most (IoU >= 0.5), else none."""
+    from torchvision.ops import box_iou
+
     to_numpy = {key: value.detach().cpu().numpy() for key, value in masks.items()}
     people = {key: value.detach().cpu().numpy() for key, value in keypoints.items()}
+    overlaps = box_iou(masks["boxes"].detach().cpu().float(), keypoints["boxes"].detach().cpu().float()).numpy()
     detections = []
     for i in np.nonzero(to_numpy["scores"] >= min_score)[0]:
         label = categories[int(to_numpy["labels"][i])]
         mask = to_numpy["masks"][i, 0] >= MASK_THRESHOLD
         points = None
         if label == "person" and len(people["boxes"]):
-            overlap = _box_iou(to_numpy["boxes"][i:i + 1], people["boxes"])[0]
+            overlap = overlaps[i]
             best = int(overlap.argmax())
             if overlap[best] >= 0.5:
                 points = np.concatenate([people["keypoints"][best, :, :2],
