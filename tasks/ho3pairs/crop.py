@@ -19,6 +19,15 @@ from hoi_factory.stage import MapStage, Reject, Row
 from models.affordance.layout import layout_from_mask
 
 PADDING = 0.8  # the official pad: the square reaches 0.8 x the object box's longer side past it on each side
+# Where a row's hand box (the layout's palm) came from: its `hand_box_source`.
+HAND_BOX_SOURCES = {
+    "provided": "the input folder's hand_boxes.json",
+    "mask": "the box of HOI4D's hand-only mask",
+    "keypoints": "the box of HOGSA's projected MANO joints (the official code boxes HOI4D's hand keypoints)",
+    "landmarks": "the box of MediaPipe's 21 hand landmarks",
+    "detector": "the detectron2 hand detector's box of the hand instance",
+    "fallback": "no box: the palm found in the hand mask itself (models/affordance/layout.py)",
+}
 
 Box = tuple[float, float, float, float]
 
@@ -99,12 +108,12 @@ class CropAroundInteraction(MapStage):
 
 
 class ExtractLayout(MapStage):
-    """The 5-parameter layout of the (cropped) hand mask and hand box (if known); no layout (too few pixels,
-    poor fit) rejects."""
+    """The 5-parameter layout of the (cropped) hand mask and hand box (if known), and where that box came from
+    (`hand_box_source`: `fallback` without one); no layout (too few pixels, poor fit) rejects."""
 
     batch_size = 32
     needs = frozenset({"hand_mask_array"})
-    makes = frozenset({"layout", "layout_iou"})
+    makes = frozenset({"layout", "layout_iou", "hand_box_source"})
 
     def __init__(self, min_iou: float):
         self.min_iou = min_iou
@@ -114,4 +123,5 @@ class ExtractLayout(MapStage):
                                       row.get("object_mask_array"))
         if extraction.layout is None:
             return Reject.of(row, extraction.reason, f"splat IoU {extraction.iou:.2f}")
-        return {**row, "layout": extraction.layout.tolist(), "layout_iou": extraction.iou}
+        source = row.get("hand_box_source") if row.get("hand_box_crop") is not None else "fallback"
+        return {**row, "layout": extraction.layout.tolist(), "layout_iou": extraction.iou, "hand_box_source": source}

@@ -1,14 +1,17 @@
-"""Hand segmentation behind one interface: `HandSegmenter.masks(image) -> list of hand (+ forearm) masks`.
+"""Hand segmentation behind one interface (models/hand_detection.py `HandDetector`): `hands(image)` -> per
+hand its mask (hand + forearm) and its box (the hand alone: the layout's palm); `masks(image)` the masks alone.
 
 Backends:
 - `provided`: the masks that came with the input (folders, HOI4D, HOGSA renders); never guesses.
 - `mediapipe`: MediaPipe Tasks' hand landmarker with the user's `.task` file; the 21 landmarks become a
-  hand + forearm mask (`mask_from_landmarks`).
-- `detectron2`: any detectron2 instance-segmentation model of hands (e.g. a Mask R-CNN trained on EgoHands or
-  100DOH) from a folder holding its `config.yaml` and `model.safetensors`; detectron2 has no wheels for current
-  torch (build it: infra/Dockerfile WITH_DETECTRON2=true). Weights load through safetensors, never detectron2's
-  pickle-based checkpointer.
-The same segmenter doubles as the sanity filter's hand detector on the object-only image.
+  hand + forearm mask (`mask_from_landmarks`) and their box (`keypoint_box`, as the official code boxes hand
+  keypoints).
+- `detectron2`: a detectron2 Mask R-CNN of hands (models/hand_detection.py: the 100DOH-style config, a folder
+  holding `config.yaml` and `model.safetensors`); each hand instance's mask and box. Weights load through
+  safetensors, never detectron2's pickle-based checkpointer.
+Where the input gives no hand box, `SegmentHands` takes the box of the largest hand found (most mask pixels, as
+the HOGSA loader picks its hand); where it gives one, that box stays. The same segmenter doubles as the sanity
+filter's hand detector on the object-only image.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from PIL import Image, ImageDraw
 from hoi_factory.context import StageContext
 from hoi_factory.optional import require
 from hoi_factory.stage import MapStage, Reject, Resources, Row
+from models.hand_detection import DetectedHand, Detectron2HandDetector, HandDetector, keypoint_box
 
 WRIST, MIDDLE_MCP = 0, 9
 FOREARM_LENGTH = 2.5  # in wrist-to-middle-knuckle lengths, pointing away from the fingers
@@ -51,15 +55,23 @@ def mask_from_landmarks(landmarks: np.ndarray, width: int, height: int) -> np.nd
     return np.asarray(canvas) > 0
 
 
-class MediaPipeHands:
+def hand_from_landmarks(landmarks: np.ndarray, width: int, height: int) -> DetectedHand:
+    """21 hand landmarks (pixels, MediaPipe order) -> the hand + forearm mask and the landmarks' box, as the
+    official code boxes hand keypoints."""
+    points = np.asarray(landmarks, dtype=float)[:, :2]
+    return DetectedHand(mask_from_landmarks(points, width, height), keypoint_box(points))
+
+
+class MediaPipeHands(HandDetector):
     """MediaPipe Tasks hand landmarker (IMAGE mode) from a `.task` model file the user supplies."""
+
+    box_source = "landmarks"
 
     def __init__(self, model_path: str, max_hands: int = 2):
         if not model_path:
-            raise ValueError("hand_segmentation=mediapipe needs hand_landmarker: the path of a MediaPipe "
-                             "hand_landmarker.task file")
+            raise ValueError("hands=mediapipe needs hands.model: the path of a MediaPipe hand_landmarker.task file")
         if not Path(model_path).is_file():
-            raise ValueError(f"hand_landmarker {model_path!r} is not a file")
+            raise ValueError(f"hands.model: the MediaPipe hand_landmarker {model_path!r} is not a file")
         mediapipe = require("mediapipe", "hands", "MediaPipe hand segmentation")
         from mediapipe.tasks.python import BaseOptions, vision
 
@@ -68,56 +80,15 @@ class MediaPipeHands:
         self.landmarker = vision.HandLandmarker.create_from_options(options)
         self.mediapipe = mediapipe
 
-    def masks(self, image: np.ndarray) -> list[np.ndarray]:
+    def hands(self, image: np.ndarray) -> list[DetectedHand]:
         height, width = image.shape[:2]
         found = self.landmarker.detect(self.mediapipe.Image(image_format=self.mediapipe.ImageFormat.SRGB,
                                                             data=np.ascontiguousarray(image)))
-        return [mask_from_landmarks(np.array([[p.x * width, p.y * height] for p in hand]), width, height)
+        return [hand_from_landmarks(np.array([[p.x * width, p.y * height] for p in hand]), width, height)
                 for hand in found.hand_landmarks]
 
 
-class Detectron2Hands:
-    """A detectron2 hand segmenter: the instances of class `hand_class` scoring at least `min_score`."""
-
-    def __init__(self, folder: str, device: str = "cpu", hand_class: int = 0, min_score: float = 0.5):
-        root = Path(folder or "")
-        for name in ("config.yaml", "model.safetensors"):
-            if not (root / name).is_file():
-                raise ValueError(f"hands=detectron2 needs hands.model: a folder with config.yaml and "
-                                 f"model.safetensors; {str(root / name)!r} is not a file")
-        require("detectron2", "detectron2", "detectron2 hand segmentation (build it: infra/Dockerfile "
-                "WITH_DETECTRON2=true)")
-        import safetensors.torch
-        import torch
-        from detectron2.config import get_cfg
-        from detectron2.data import transforms
-        from detectron2.modeling import build_model
-
-        cfg = get_cfg()
-        cfg.merge_from_file(str(root / "config.yaml"))
-        cfg.MODEL.DEVICE = device
-        self.model = build_model(cfg).eval()
-        try:
-            weights = safetensors.torch.load_file(str(root / "model.safetensors"), device=cfg.MODEL.DEVICE)
-        except Exception as exc:  # safetensors raises its own error type for a damaged file
-            raise ValueError(f"hands.model: {str(root / 'model.safetensors')!r} is not a readable safetensors "
-                             f"file ({exc})") from None
-        self.model.load_state_dict(weights)
-        self.resize = transforms.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        self.bgr = cfg.INPUT.FORMAT == "BGR"
-        self.hand_class, self.min_score, self.torch = hand_class, min_score, torch
-
-    def masks(self, image: np.ndarray) -> list[np.ndarray]:
-        height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image[:, :, ::-1] if self.bgr else image)
-        tensor = self.torch.as_tensor(np.ascontiguousarray(resized).transpose(2, 0, 1).astype("float32"))
-        with self.torch.no_grad():
-            instances = self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
-        keep = (instances.pred_classes == self.hand_class) & (instances.scores >= self.min_score)
-        return list(instances.pred_masks[keep].numpy())
-
-
-def make_segmenter(backend: str, model: str | None, device: str = "cpu"):
+def make_segmenter(backend: str, model: str | None, device: str = "cpu") -> HandDetector | None:
     """None for `provided`; `model` is the mediapipe `.task` file or the detectron2 folder, which runs on
     `device` (MediaPipe picks its own)."""
     if backend == "provided":
@@ -125,7 +96,7 @@ def make_segmenter(backend: str, model: str | None, device: str = "cpu"):
     if backend == "mediapipe":
         return MediaPipeHands(model or "")
     if backend == "detectron2":
-        return Detectron2Hands(model or "", device)
+        return Detectron2HandDetector.from_pretrained(model or "", device)
     raise ValueError(f"unknown hand segmentation backend {backend!r} (provided, mediapipe, detectron2)")
 
 
@@ -135,7 +106,8 @@ def segmenter_resources(backend: str, gpus: float) -> Resources:
 
 
 class SegmentHands(MapStage):
-    """`hand_mask_array`: the provided mask, or the union of the hands the segmenter finds."""
+    """`hand_mask_array`: the provided mask, or the union of the hands the segmenter finds; a segmenter also
+    gives the rows without a hand box one (`hand_box`, `hand_box_source`: its detector's name)."""
 
     batch_size = 8
 
@@ -144,7 +116,8 @@ class SegmentHands(MapStage):
         self.resources = segmenter_resources(backend, gpus)
         # `provided` only checks the loader's mask is there; a segmenter replaces it.
         self.needs = frozenset({"hand_mask_array"} if backend == "provided" else {"image_array"})
-        self.makes = frozenset() if backend == "provided" else frozenset({"hand_mask_array"})
+        self.makes = frozenset() if backend == "provided" else \
+            frozenset({"hand_mask_array", "hand_box", "hand_box_source"})
 
     def setup(self, context: StageContext) -> None:
         self.segmenter = make_segmenter(self.backend, self.model, context.device)
@@ -154,7 +127,11 @@ class SegmentHands(MapStage):
             if row["hand_mask_array"] is None:
                 return Reject.of(row, "no hand mask provided")
             return row
-        masks = self.segmenter.masks(row["image_array"])
-        if not masks:
+        hands = self.segmenter.hands(row["image_array"])
+        if not hands:
             return Reject.of(row, "no hand found")
-        return {**row, "hand_mask_array": np.logical_or.reduce(masks)}
+        found = {"hand_mask_array": np.logical_or.reduce([hand.mask for hand in hands])}
+        if row.get("hand_box") is None:
+            largest = max(hands, key=lambda hand: hand.mask.sum())
+            found |= {"hand_box": list(largest.box), "hand_box_source": self.segmenter.box_source}
+        return {**row, **found}

@@ -13,6 +13,10 @@
 - `hogsa`: a `hogsa` dataset version (name or name/version in `inputs`): composites with exact hand and object
   masks and the true object-only render of the same view; the hand box is the box of the projected MANO joints.
 
+Each loaded row says where its hand box came from (`hand_box_source`, tasks/ho3pairs/crop.py HAND_BOX_SOURCES):
+`provided` (hand_boxes.json), `mask` (HOI4D), `keypoints` (HOGSA), or None: the hand stage's detector may give
+one (video frames, folders without hand_boxes.json), else the layout falls back to the mask's own palm.
+
 The planning helpers take the fsspec options of the inputs (`StageContext.storage_options`); the loading stages
 get them in `setup`.
 """
@@ -33,6 +37,7 @@ from hoi_factory.optional import require
 from hoi_factory.parents import PARENT_KEYS
 from hoi_factory.pipeline import PlanError
 from hoi_factory.stage import MapStage, Reject, Row
+from models.hand_detection import keypoint_box
 from tasks.ho3pairs.crop import mask_box
 from tasks.images.stages import ReadImage
 
@@ -181,10 +186,7 @@ def plan_hogsa(datasets, ref: str) -> list[dict[str, Any]]:
 
 def joints_box(joints_2d: list[float]) -> list[float] | None:
     """The box (x0, y0, x1, y1) of flattened 2D joints, as the official code boxes HOI4D's hand keypoints."""
-    if not joints_2d:
-        return None
-    joints = np.asarray(joints_2d, dtype=float).reshape(-1, 2)
-    return [*joints.min(0).tolist(), *joints.max(0).tolist()]
+    return list(keypoint_box(np.reshape(joints_2d, (-1, 2)))) if joints_2d else None
 
 
 class LoadHOGSASample(MapStage):
@@ -195,7 +197,7 @@ class LoadHOGSASample(MapStage):
     An undecodable PNG, or a mask or view whose size differs from the image, rejects the sample."""
 
     needs = frozenset(HOGSA_COLUMNS)
-    makes = LOADED_KEYS | {"object_class", "hand_box"}
+    makes = LOADED_KEYS | {"object_class", "hand_box", "hand_box_source"}
 
     def process_row(self, row: Row) -> Row | Reject:
         decoded = {}
@@ -211,9 +213,10 @@ class LoadHOGSASample(MapStage):
                                  f"{key} {decoded[key].shape[:2]} vs {image.shape[:2]}")
         hands = decoded["left_mask"] | decoded["right_mask"]
         main_hand = max(("left", "right"), key=lambda side: decoded[f"{side}_mask"].sum())
+        box = joints_box(row[f"{main_hand}_joints_2d"])
         return {**row, "object_class": row["object_name"], "image_array": image, "hand_mask_array": hands,
                 "object_mask_array": decoded["object_mask"], "object_only_array": truth,
-                "hand_box": joints_box(row[f"{main_hand}_joints_2d"])}
+                "hand_box": box, "hand_box_source": "keypoints" if box else None}
 
 
 class LoadSample(MapStage):
@@ -224,13 +227,13 @@ class LoadSample(MapStage):
     """
 
     batch_size = 8
-    makes = LOADED_KEYS
+    makes = LOADED_KEYS | {"hand_box_source"}
 
     def __init__(self, source: str, hand_colours: list[tuple[int, int, int]]):
         self.video = source == "video"
         self.hoi4d = source == "hoi4d"
         if self.hoi4d:  # its hand masks hold the hand alone: their box is the layout's palm
-            self.makes = LOADED_KEYS | {"hand_box"}
+            self.makes = self.makes | {"hand_box"}
         self.needs = frozenset({"video", "frame_time"}) if self.video else frozenset({"image"})
         self.read_image = ReadImage()
         self.hand_colours = np.asarray(hand_colours, dtype=np.uint8).reshape(-1, 3)
@@ -260,7 +263,8 @@ class LoadSample(MapStage):
         image = self._frame(row) if self.video else self._image(row, row["image"])
         if isinstance(image, Reject):
             return image
-        loaded = {"image_array": image, "hand_mask_array": None, "object_mask_array": None, "object_only_array": None}
+        loaded = {"image_array": image, "hand_mask_array": None, "object_mask_array": None, "object_only_array": None,
+                  "hand_box_source": "provided" if row.get("hand_box") else None}  # a folder's hand_boxes.json
         if self.hoi4d:
             loaded["hand_box"] = None
         for key, target in (("hand_mask", "hand_mask_array"), ("object_mask", "object_mask_array"),
@@ -278,7 +282,7 @@ class LoadSample(MapStage):
             is_hand = (colours[:, :, None, :] == self.hand_colours[None, None]).all(-1).any(-1)
             loaded["hand_mask_array"], loaded["object_mask_array"] = is_hand, colours.any(-1) & ~is_hand
             box = mask_box(is_hand)
-            loaded["hand_box"] = list(box) if box else None
+            loaded["hand_box"], loaded["hand_box_source"] = (list(box), "mask") if box else (None, None)
         for target in ("hand_mask_array", "object_mask_array"):
             if loaded[target] is not None and loaded[target].ndim == 3:
                 loaded[target] = loaded[target].mean(-1) > 127

@@ -1,5 +1,6 @@
 """The 5-parameter layout: its convention, splat (hard, soft, differentiable), and extraction from masks."""
 
+import functools
 import math
 
 import numpy as np
@@ -120,7 +121,8 @@ def test_masks_without_a_layout_are_rejected_with_the_reason():
         layout_from_mask(np.ones((10, 20), bool))
 
 
-def hand_and_forearm_scenes(count: int) -> list:
+@functools.cache  # rendered once per test session: tests/ho3pairs/test_hand_boxes.py uses them too
+def hand_and_forearm_scenes(count: int) -> tuple:
     """Procedural hand + forearm scenes (256 px) whose palm centre is seen: the palm and the approach direction
     are known from the 3D hand, projected."""
     from tasks.procedural.hand_object import render_hand_object
@@ -132,7 +134,7 @@ def hand_and_forearm_scenes(count: int) -> list:
         x, y = scene.palm_centre
         if 0 <= x < SIZE and 0 <= y < SIZE and scene.hand_mask[int(y), int(x)]:
             scenes.append(scene)
-    return scenes
+    return tuple(scenes)
 
 
 def test_without_a_hand_box_the_palm_is_found_at_the_hand_end_of_a_hand_and_forearm_mask():
