@@ -186,6 +186,9 @@ class ExecutionConfig(ConfigModel):
     accelerator_workers: int | None = Field(
         None, ge=1, description="Ray actors per GPU (or custom-resource) stage group; default: as many as fit")
     shard_size: int = Field(64, ge=1, description="samples per Parquet shard (the unit of resume)")
+    ray_progress_bars: bool = Field(
+        False, description="also draw Ray Data's bars (shards through each stage group's pool) beside the "
+        "factory's own per-stage bars (samples)")
     batch_retries: int = Field(1, ge=0, description="retries of a failed batch before samples are tried one by one")
     max_error_fraction: float = Field(
         0.01, ge=0, le=1, description="errors (exceptions, not rejects) allowed, as a fraction of the inputs")

@@ -71,8 +71,14 @@ def test_ray_and_in_process_executors_make_identical_datasets(local_store_env, i
 
 
 def test_synthetic_flow_on_ray(local_store_env, prefect_harness, local_ray):
+    import ray.data
+
     summary = synthetic(SyntheticConfig(count=20, work_ms=1, execution={"executor": "ray", "shard_size": 5}))
     assert (summary["samples"], summary["shards"], summary["rejects"]) == (20, 4, 0)
+    assert not ray.data.DataContext.get_current().enable_progress_bars  # the factory's bars only, by default
+    synthetic(SyntheticConfig(count=10, work_ms=1, execution={"executor": "ray", "shard_size": 5,
+                                                              "ray_progress_bars": True}))
+    assert ray.data.DataContext.get_current().enable_progress_bars
 
 
 def test_validate_flow_passes_a_good_version_and_fails_a_damaged_one(local_store_env, prefect_harness):

@@ -38,4 +38,5 @@ def make_executor(execution: ExecutionConfig, settings: Settings, num_items: int
     from hoi_factory.executors.ray import RayExecutor
 
     return RayExecutor(address=settings.ray_address, workers=execution.workers,
-                       accelerator_workers=execution.accelerator_workers)
+                       accelerator_workers=execution.accelerator_workers,
+                       progress_bars=execution.ray_progress_bars)

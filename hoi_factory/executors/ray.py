@@ -113,8 +113,9 @@ class RayExecutor:
     benchmark's baseline)."""
 
     def __init__(self, address: str | None = None, workers: int = 2, accelerator_workers: int | None = None,
-                 fuse: bool = False):
+                 fuse: bool = False, progress_bars: bool = False):
         self.address = address
+        self.progress_bars = progress_bars
         self.workers = workers
         self.accelerator_workers = accelerator_workers
         self.fuse = fuse
@@ -147,7 +148,7 @@ class RayExecutor:
                         on_done) -> None:
         ensure_ray(self.address)
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the factory draws its own progress
+        context.enable_progress_bars = self.progress_bars  # off by default: the factory draws per-stage bars
         context.print_on_execution_start = False
         if self.fuse:
             first = runners[0]
