@@ -22,8 +22,8 @@ PADDING = 0.8  # the official pad: the square reaches 0.8 x the object box's lon
 # Where a row's hand box (the layout's palm) came from: its `hand_box_source`.
 HAND_BOX_SOURCES = {
     "provided": "the input folder's hand_boxes.json",
-    "mask": "the box of HOI4D's hand-only mask",
-    "keypoints": "the box of HOGSA's projected MANO joints (the official code boxes HOI4D's hand keypoints)",
+    "mask": "the box of HOI4D's hand-only mask (frames without hand keypoints)",
+    "keypoints": "the box of 2D hand keypoints: HOI4D's kps2D (the official rule) or HOGSA's projected MANO joints",
     "landmarks": "the box of MediaPipe's 21 hand landmarks",
     "detector": "the detectron2 hand detector's box of the hand instance",
     "fallback": "no box: the palm found in the hand mask itself (models/affordance/layout.py)",

@@ -6,16 +6,19 @@
   ({stem: [x0, y0, x1, y1]}, the hand without the forearm, as a hand detector gives it: the layout's palm).
 - `hoi4d`: HOI4D's layout, `<...>/C<k>/<...>/align_rgb/<frame>.jpg` (decoded frames) with
   `2Dseg/mask/<frame>.png` beside `align_rgb`; the object class comes from the `C<k>` folder, hand pixels are
-  those of `source.hand_colours` in the mask, object pixels any other non-black colour; the hand box is the hand
-  mask's box (HOI4D labels the hand without the arm; the official code boxes its 2D hand keypoints).
+  those of `source.hand_colours` in the mask, object pixels any other non-black colour; the hand box is the
+  official one, the box of HOI4D's 2D hand keypoints (`<root>/handpose/refinehandpose_{right,left}/<sequence>/
+  <frame number>.pickle`, read without running code: tasks/ho3pairs/hoi4d.py), else the hand mask's box (HOI4D
+  labels the hand without the arm).
 - `video`: video files (any container PyAV/FFmpeg reads), one frame every 1/`source.frame_rate` seconds; no masks,
   so hands come from a detector.
 - `hogsa`: a `hogsa` dataset version (name or name/version in `inputs`): composites with exact hand and object
   masks and the true object-only render of the same view; the hand box is the box of the projected MANO joints.
 
 Each loaded row says where its hand box came from (`hand_box_source`, tasks/ho3pairs/crop.py HAND_BOX_SOURCES):
-`provided` (hand_boxes.json), `mask` (HOI4D), `keypoints` (HOGSA), or None: the hand stage's detector may give
-one (video frames, folders without hand_boxes.json), else the layout falls back to the mask's own palm.
+`provided` (hand_boxes.json), `keypoints` (HOI4D's kps2D, HOGSA's MANO joints), `mask` (HOI4D frames without
+hand keypoints), or None: the hand stage's detector may give one (video frames, folders without
+hand_boxes.json), else the layout falls back to the mask's own palm.
 
 The planning helpers take the fsspec options of the inputs (`StageContext.storage_options`); the loading stages
 get them in `setup`.
@@ -39,6 +42,7 @@ from hoi_factory.pipeline import PlanError
 from hoi_factory.stage import MapStage, Reject, Row
 from models.hand_detection import keypoint_box
 from tasks.ho3pairs.crop import mask_box
+from tasks.ho3pairs.hoi4d import HandPoseError, hand_keypoints_box, hand_pose_paths, read_hand_keypoints
 from tasks.images.stages import ReadImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -52,7 +56,8 @@ HOI4D_CLASSES = ["", "toy car", "mug", "laptop", "storage furniture", "bottle", 
 SOURCE_ITEM_KEYS = {
     "folder": frozenset({"input_id", "image", "hand_mask", "object_mask", "object_only", "object_class", "hand_box",
                          "frame_time"}),
-    "hoi4d": frozenset({"input_id", "image", "hoi4d_mask", "object_only", "object_class", "frame_time"}),
+    "hoi4d": frozenset({"input_id", "image", "hoi4d_mask", "hand_pose", "object_only", "object_class",
+                       "frame_time"}),
     "video": frozenset({"input_id", "video", "frame_time", "object_class", "object_only"}),
     "hogsa": frozenset({"input_id", "frame_time", "hand_box"}) | PARENT_KEYS,
 }
@@ -117,6 +122,7 @@ def plan_folder(url: str, object_class: str, storage_options: dict[str, Any]) ->
 
 def plan_hoi4d(url: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
     fs, root = _filesystem(url, storage_options)
+    hand_poses = {f"handpose/{stem}.pickle" for stem in _listing(fs, root, "handpose", (".pickle",))}
     items = []
     for stem, relative in _listing(fs, root, "", (".jpg", ".png")).items():
         parts = relative.split("/")
@@ -125,8 +131,10 @@ def plan_hoi4d(url: str, storage_options: dict[str, Any]) -> list[dict[str, Any]
         sequence, frame = "/".join(parts[:-2]), posixpath.splitext(parts[-1])[0]
         category = next((int(m.group(1)) for p in parts if (m := re.fullmatch(r"C(\d+)", p))), 0)
         mask = f"{sequence}/2Dseg/mask/{frame}.png"
+        hand_pose = next((path for path in hand_pose_paths(sequence, frame) if path in hand_poses), None)
         items.append({"input_id": relative, "image": _join(url, relative),
                       "hoi4d_mask": _join(url, mask) if fs.isfile(f"{root}/{mask}") else None,
+                      "hand_pose": _join(url, hand_pose) if hand_pose else None,
                       "object_only": None, "frame_time": None,
                       "object_class": HOI4D_CLASSES[category] if category < len(HOI4D_CLASSES) else ""})
     if not items:
@@ -223,7 +231,7 @@ class LoadSample(MapStage):
     """A work item -> `image_array`, and the masks / true object-only view the source provides.
 
     Missing or unreadable files, video frames past the end and masks whose size differs from the image reject
-    the sample, with the reason.
+    the sample, with the reason; so does a HOI4D hand-pose file that is damaged or names a refused global.
     """
 
     batch_size = 8
@@ -232,7 +240,7 @@ class LoadSample(MapStage):
     def __init__(self, source: str, hand_colours: list[tuple[int, int, int]]):
         self.video = source == "video"
         self.hoi4d = source == "hoi4d"
-        if self.hoi4d:  # its hand masks hold the hand alone: their box is the layout's palm
+        if self.hoi4d:  # its hand keypoints, else its hand masks (the hand alone), give the layout's palm
             self.makes = self.makes | {"hand_box"}
         self.needs = frozenset({"video", "frame_time"}) if self.video else frozenset({"image"})
         self.read_image = ReadImage()
@@ -283,6 +291,12 @@ class LoadSample(MapStage):
             loaded["hand_mask_array"], loaded["object_mask_array"] = is_hand, colours.any(-1) & ~is_hand
             box = mask_box(is_hand)
             loaded["hand_box"], loaded["hand_box_source"] = (list(box), "mask") if box else (None, None)
+        if row.get("hand_pose"):
+            try:
+                keypoints = read_hand_keypoints(row["hand_pose"], self.storage_options(row["hand_pose"]))
+            except (HandPoseError, FileNotFoundError) as exc:
+                return Reject.of(row, "unreadable hand pose", str(exc))
+            loaded["hand_box"], loaded["hand_box_source"] = hand_keypoints_box(keypoints), "keypoints"
         for target in ("hand_mask_array", "object_mask_array"):
             if loaded[target] is not None and loaded[target].ndim == 3:
                 loaded[target] = loaded[target].mean(-1) > 127

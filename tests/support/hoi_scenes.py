@@ -43,3 +43,25 @@ def hoi_scene(index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[
               "labels": torch.tensor([OBJECTS.index("person"), OBJECTS.index(label)]),
               "hoi": torch.tensor([[0, 1, VERBS.index(verb)]])}
     return torch.from_numpy(np.clip(image, 0, 1)).permute(2, 0, 1).contiguous(), target, (0, 1, verb)
+
+
+def write_hoi4d_sequence(root, seeds, hand_colour=(128, 0, 0), object_colour=(0, 128, 0)):
+    """One HOI4D sequence (a mug, class folder C2) under `root`: frame k is render_hand_object(seeds[k]) as
+    align_rgb/<k:05d>.jpg with its colour mask 2Dseg/mask/<k:05d>.png, the hand labelled without its forearm
+    (inside the scene's hand box), as HOI4D labels it. Returns the sequence folder and the scenes."""
+    from PIL import Image
+
+    from tasks.procedural.hand_object import render_hand_object
+
+    sequence = root / "ZY20210800001" / "H1" / "C2" / "N01" / "S1" / "s1" / "T1"
+    (sequence / "align_rgb").mkdir(parents=True)
+    (sequence / "2Dseg" / "mask").mkdir(parents=True)
+    scenes = [render_hand_object(seed, object_class="mug") for seed in seeds]
+    for frame, scene in enumerate(scenes):
+        Image.fromarray(scene.image).save(sequence / "align_rgb" / f"{frame:05d}.jpg", quality=95)
+        colours = np.zeros(scene.image.shape, np.uint8)
+        colours[scene.object_mask] = object_colour
+        x0, y0, x1, y1 = scene.hand_box
+        colours[y0:y1, x0:x1][scene.hand_mask[y0:y1, x0:x1]] = hand_colour
+        Image.fromarray(colours).save(sequence / "2Dseg" / "mask" / f"{frame:05d}.png")
+    return sequence, scenes
