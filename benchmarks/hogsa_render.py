@@ -1,4 +1,5 @@
-"""HOGS rendering speed: milliseconds per 224x224 image (forward only) for 10k and 50k mesh-bound Gaussians,
+"""HOGS rendering speed: milliseconds per 224x224 image (forward only; and a fitting step's render with its
+backward pass, below) for 10k and 50k mesh-bound Gaussians,
 against the paper's 0.06 s per augmented image (HOGSA, Qu et al. 2025, on an RTX 4090, which includes its
 super-resolution and compositing; the render is only a part of it).
 
@@ -13,7 +14,11 @@ Each (backend, scene) is set up and warmed up once, then measured interleaved an
 (`time.process_time`) with `--threads` torch threads (default 1, so no thread waits at a barrier while
 counted); gsplat on CUDA in synchronized wall time. Printed: ms per image (median, min-max) and ratios of
 medians (vs the paper's 60 ms, 50k vs 10k, main's torch rasterizer vs this one). The `labels_10k` runs add
-the per-actor coverage render that every augmented image needs (HOGS.render(labels=True)).
+the per-actor coverage render that every augmented image needs (HOGS.render(labels=True)). The
+`fit_step_10k_96px` run times what a HOGS fitting step spends in the renderer: a 96x96 render of the 10k scene
+with gradients and its backward pass (main's baseline is forward-only, so it has no such run).
+The baseline shares this module's projection (models/gaussians/projection.py), which got faster too, so the
+ratios understate the speed-up over main slightly.
 
     python -m benchmarks.hogsa_render [--views 8] [--threads 1] [--repeats 3]
         [--out benchmarks/results/hogsa_render.json]
@@ -41,6 +46,7 @@ from models.render.camera import intrinsics, orbit_camera
 
 PAPER_SECONDS_PER_IMAGE = 0.06
 SIZE = 224
+FIT_SIZE = 96  # the HOGS fit's image side (tasks/hogsa/hogs_models.py)
 # Gaussians -> torus sections (major, minor): 2 x major x minor faces, 2 Gaussians per face
 SCENES = {"10k": (50, 50), "50k": (125, 100)}
 
@@ -97,6 +103,30 @@ def renderer(gaussians, K, views, backend: str, labels: bool = False) -> Callabl
     render(views[0])
     synchronize()
     return render_all
+
+
+def fit_step(gaussians, views, size: int) -> Callable[[], float]:
+    """After one warm-up: a function that renders every view at size x size with gradients, backpropagates an L1
+    loss to every Gaussian parameter (as a fitting step does, without the optimizer) and returns milliseconds
+    per view, CPU time of this process."""
+    parameters = [x.clone().requires_grad_() for x in gaussians]
+    K = torch.tensor(intrinsics(size, size), dtype=torch.float32)
+
+    def step(view):
+        image = rasterize_gaussians(*parameters, view, K, size, size, backend="torch")["image"]
+        (image - 0.5).abs().mean().backward()
+        for parameter in parameters:
+            parameter.grad = None
+
+    def steps() -> float:
+        started = time.process_time()
+        for view in views:
+            step(view)
+        return 1000 * (time.process_time() - started) / len(views)
+
+    step(views[0])
+    return steps
+
 
 # -- Baseline: main's torch rasterizer before the tiled one (per-pixel pairs, global (pixel, depth) sort) --------
 MAIN_PAIRS_PER_BAND = 1 << 22
@@ -194,9 +224,12 @@ def main() -> None:
             runs[f"{run}_{name}"] = renderer(scene(sections, device), K, views, backend)
         if device == "cpu":  # the render each augmented image needs: colours and coverage labels
             runs[f"{run}_labels_10k"] = renderer(scene(SCENES["10k"], device), K, views, backend, labels=True)
+    runs[f"torch_cpu_fit_step_10k_{FIT_SIZE}px"] = fit_step(scene(SCENES["10k"], "cpu"), cameras(args.views, "cpu")[1],
+                                                           FIT_SIZE)
     ms = interleaved(runs, args.repeats)
     paper_ms = 1000 * PAPER_SECONDS_PER_IMAGE
-    ratios = {f"{name}_vs_paper_0.06s": median(values) / paper_ms for name, values in ms.items()}
+    ratios = {f"{name}_vs_paper_0.06s": median(values) / paper_ms for name, values in ms.items()
+              if "fit_step" not in name}
     for run, _, _ in backends:
         ratios[f"{run}_50k_vs_10k"] = median(ms[f"{run}_50k"]) / median(ms[f"{run}_10k"])
     for name in [*SCENES, "labels_10k"]:

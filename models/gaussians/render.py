@@ -5,15 +5,18 @@
 - "torch": a pure-torch rasterizer with the same rules, for CPU (and any device): EWA projection
   (projection.py), SH colours (spherical_harmonics.py), then front-to-back compositing with gsplat's rules:
   alpha = min(0.999, opacity exp(-power)), alphas below 1/255 skipped, a pixel stops before the Gaussian that
-  would bring its transmittance to <= 1e-4. As in gsplat, each Gaussian is paired with the TILE x TILE tiles its
-  alpha >= 1/255 box meets, the pairs are sorted by (tile, depth) with a stable sort (equal depths keep index
-  order, as gsplat's radix sort does), and every pixel of a tile is composited against that tile's Gaussians
-  with a cumulative sum of log-transmittance down the sorted pairs, restarted at each tile. Deviation: TILE is
-  3, not gsplat's 16 (a CUDA thread block): on a CPU each pair evaluates every pixel of its tile, and small
-  tiles waste fewer of those on pixels outside the splat. Each tile's weighted values are summed by one sparse
-  matrix product. Pairs are processed in chunks of whole tiles holding at most PAIRS_PER_BAND (Gaussian, pixel)
-  evaluations, so memory stays bounded for any scene; autograd gives the gradients. (An alpha of exactly 1/255
-  is skipped here and kept by gsplat: a measure-zero difference.)
+  would bring its transmittance to <= 1e-4. As in gsplat, each Gaussian is paired with the TILE x TILE tiles it
+  reaches, the pairs are sorted by (tile, depth) with a stable sort (equal depths keep index order, as gsplat's
+  radix sort does), and every pixel of a tile is composited against that tile's Gaussians in that order.
+  Deviations, for speed on a CPU (the images are the same): TILE is 4, not gsplat's 16 (a CUDA thread block):
+  each pair evaluates every pixel of its tile, and small tiles waste fewer of those on pixels outside the splat;
+  and a Gaussian is paired only with the tiles whose pixel centres its alpha > 1/255 ellipse meets, not every
+  tile of its box. Tiles are composited in groups of similar pair counts, each group one padded dense block
+  (tiles, pairs, pixels) that fits the CPU's cache: alphas from one matrix product, transmittance from a
+  cumulative sum of log(1 - alpha) along the pairs, the weighted values summed by a batched matrix product. At
+  most PAIRS_PER_GROUP (Gaussian, pixel) evaluations are held at once, so memory stays bounded for any scene;
+  every step is a dense torch op, so autograd's backward costs about what the forward does. (An alpha of
+  exactly 1/255 is skipped here and kept by gsplat: a measure-zero difference.)
 
 Optional per-Gaussian `features` (labels, ids...) are composited in the same pass with the same weights.
 
@@ -35,8 +38,8 @@ from models.gaussians.projection import ALPHA_THRESHOLD, MAX_ALPHA, Splats, proj
 from models.gaussians.spherical_harmonics import sh_degree, sh_to_rgb
 
 TRANSMITTANCE_STOP = 1e-4
-TILE = 3  # pixels per tile side (gsplat: 16)
-PAIRS_PER_BAND = 1 << 22  # (Gaussian, pixel) evaluations composited at once by the torch backend
+TILE = 4  # pixels per tile side (gsplat: 16)
+PAIRS_PER_GROUP = 1 << 16  # (Gaussian, pixel) evaluations composited at once by the torch backend
 _GSPLAT_WORKS: dict[str, bool] = {}  # device -> whether gsplat's one-time probe render succeeded there
 
 
@@ -122,17 +125,33 @@ def _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width,
         colors = sh_to_rgb(colors, means - _camera_centre(viewmat))
     ids = torch.nonzero(splats.visible).squeeze(1)
     tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
-    # Per Gaussian: colour (3), features (F), depth, 1 (its accumulated weight is the pixel's alpha).
-    values = [colors, *([] if features is None else [features.to(colors)]), splats.depths[:, None],
-              torch.ones_like(splats.depths)[:, None]]
-    inputs = torch.cat([splats.means2d, splats.conics, opacities[:, None], *values], 1).index_select(0, ids)
-    gaussian, tile = _tile_intersections(splats, ids, tiles_x, width, height)
+    gaussian, tile = _tile_intersections(splats, ids, opacities, tiles_x, width, height)
+    # Per Gaussian: its centre, conic and log opacity (visible ones have opacity > 1/255), and the values it
+    # composites: colour (3), features (F), depth, 1 (its accumulated weight is the pixel's alpha). A last row,
+    # zero opacity, is the Gaussian of one last pair that pads the tile groups.
+    shape = torch.cat([splats.means2d.T, splats.conics.T, torch.log(opacities.clamp_min(ALPHA_THRESHOLD))[None]])
+    shape = torch.cat([shape, shape.new_tensor([0, 0, 0, 0, 0, -math.inf])[:, None]], 1)  # (6, Gaussians + 1)
+    values = torch.cat([colors, *([] if features is None else [features.to(colors)]), splats.depths[:, None],
+                        torch.ones_like(splats.depths)[:, None]], 1)
+    values = torch.cat([values, values.new_zeros(1, values.shape[1])])
+    gaussian, tile = torch.cat([gaussian, gaussian.new_full((1,), len(means))]), torch.cat([tile, tile.new_zeros(1)])
+    terms = _log_alpha_terms(shape.index_select(1, gaussian), tile, tiles_x)
+    pixel = torch.arange(TILE * TILE, device=means.device)
+    u, v = (pixel % TILE).to(terms), (pixel // TILE).to(terms)
+    monomials = torch.stack([torch.ones_like(u), u, v, u * u, v * v, u * v])  # (6, pixels in a tile)
     tiles = tiles_y * tiles_x
-    accumulated = torch.zeros(TILE * TILE * tiles, inputs.shape[1] - 6, dtype=means.dtype, device=means.device)
-    for start, end in _chunks(tile, tiles):
-        accumulated = accumulated + _composite_tiles(inputs, gaussian[start:end], tile[start:end], tiles_x, tiles)
-    # (pixel in tile, tile row, tile column) -> (row, column)
-    accumulated = accumulated.reshape(TILE, TILE, tiles_y, tiles_x, -1).permute(2, 0, 3, 1, 4)
+    drawn, parts = [], []
+    for group, slots in _tile_groups(tile[:-1], tiles, len(tile) - 1):
+        drawn.append(group)
+        slot = slots.reshape(-1)
+        parts.append(_composite(terms.index_select(0, slot).reshape(*slots.shape, 6),
+                                values.index_select(0, gaussian.index_select(0, slot)).reshape(*slots.shape, -1),
+                                monomials))
+    accumulated = values.new_zeros(tiles, TILE * TILE, values.shape[1])
+    if parts:
+        accumulated = accumulated.index_copy(0, torch.cat(drawn), torch.cat(parts))
+    # (tile row, tile column, pixel row in tile, pixel column in tile) -> (row, column)
+    accumulated = accumulated.reshape(tiles_y, tiles_x, TILE, TILE, -1).permute(0, 2, 1, 3, 4)
     accumulated = accumulated.reshape(tiles_y * TILE, tiles_x * TILE, -1)[:height, :width]
     alpha = accumulated[..., -1]
     out = {"image": accumulated[..., :3] + (1 - alpha)[..., None] * background, "alpha": alpha,
@@ -143,89 +162,96 @@ def _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width,
 
 
 @torch.no_grad()
-def _tile_intersections(splats: Splats, ids: torch.Tensor, tiles_x: int, width: int, height: int):
-    """Every (Gaussian, tile) pair whose tile meets the Gaussian's alpha >= 1/255 box, sorted by tile, then depth,
-    then index (as gsplat's radix sort of (tile, depth) keys keeps index order for equal depths): the Gaussian's
-    row in `ids` and the tile, per pair."""
-    centre, half = splats.means2d[ids], splats.half_sizes[ids]
-    limit = torch.tensor([width - 1, height - 1], device=ids.device)
-    # First and last (column, row) whose pixel centre (+0.5) lies in the box, then their tiles; first > last if none.
-    first = torch.ceil(centre - half - 0.5).long().clamp_min(0)
-    last = torch.minimum(torch.floor(centre + half - 0.5).long(), limit)
-    first_tile, last_tile = first // TILE, torch.where(last >= first, last // TILE, first // TILE - 1)
-    columns = (last_tile[:, 0] - first_tile[:, 0] + 1).clamp_min(0)
-    per_gaussian = columns * (last_tile[:, 1] - first_tile[:, 1] + 1).clamp_min(0)
-    by_depth = torch.sort(splats.depths[ids], stable=True).indices
-    per_gaussian = per_gaussian.index_select(0, by_depth)
-    # Per Gaussian, nearest first: minus the index of its first pair, its first tile's column and row, its width
-    # in tiles; then per pair (int32: faster division and sort).
-    box = torch.stack([-(torch.cumsum(per_gaussian, 0) - per_gaussian), first_tile[:, 0].index_select(0, by_depth),
-                       first_tile[:, 1].index_select(0, by_depth), columns.index_select(0, by_depth)], 1).int()
-    local, left, top, span = torch.repeat_interleave(box, per_gaussian, 0).unbind(1)
-    local = local + torch.arange(len(local), dtype=torch.int32, device=ids.device)
-    tile, order = torch.sort((top + local // span) * tiles_x + left + local % span, stable=True)
+def _tile_intersections(splats: Splats, ids: torch.Tensor, opacities: torch.Tensor, tiles_x: int, width: int,
+                        height: int):
+    """Every (Gaussian, tile) pair where the Gaussian's alpha can exceed 1/255 at a pixel centre of the tile,
+    sorted by tile, then depth, then index (as gsplat's radix sort of (tile, depth) keys keeps index order for
+    equal depths): the Gaussian (one of `ids`) and the tile, per pair. Per Gaussian and row of tiles, the tiles
+    are those whose pixel-centre columns meet the ellipse alpha >= 1/255 within the row's band of pixel centres
+    (gsplat pairs a Gaussian with every tile of its bounding box: here the tiles are small, and the box's corners
+    would be a quarter of the pairs)."""
+    ids = ids.index_select(0, torch.sort(splats.depths.detach().index_select(0, ids), stable=True).indices)
+    x, y, a, b, c = torch.cat([splats.means2d.detach(), splats.conics.detach()], 1).index_select(0, ids).unbind(1)
+    # The ellipse: power = 0.5 (a x^2 + 2 b x y + c y^2) <= bound = ln(255 opacity) (x, y from its centre),
+    # widened by a rounding margin so that no pixel it reaches is lost.
+    bound = torch.log(opacities.detach().index_select(0, ids) / ALPHA_THRESHOLD)
+    twice_bound = 2 * (bound + 1e-4 * (1 + bound))
+    det = a * c - b * b
+    reach_y = torch.sqrt(twice_bound * a / det)
+    first_row = torch.ceil(y - reach_y - 0.5).clamp_min(0)
+    last_row = torch.floor(y + reach_y - 0.5).clamp_max(height - 1)
+    first_tile_row = torch.div(first_row, TILE, rounding_mode="floor")
+    rows = torch.where(last_row >= first_row, torch.div(last_row, TILE, rounding_mode="floor") - first_tile_row + 1,
+                       0).long()
+    # Across a band of rows, the ellipse's left edge x = (-b y - sqrt(2 bound a - det y^2)) / a is convex in y,
+    # least at the ellipse's leftmost point y = b sqrt(2 bound / (det c)); the right edge is greatest at minus it.
+    extreme_y = b * torch.sqrt(twice_bound / (det * c))
+    # Per (Gaussian, row of tiles), nearest Gaussian first: its row of tiles (the Gaussian's first + the place of
+    # the row in the Gaussian's), the band of pixel-centre rows y0..y1 it covers there, its columns of tiles.
+    x, y, a, b, det, twice_bound, extreme_y, first_row, last_row = torch.repeat_interleave(
+        torch.stack([x, y, a, b, det, twice_bound, extreme_y, first_row, last_row], 1), rows, 0).unbind(1)
+    row = torch.repeat_interleave(first_tile_row.long() - (torch.cumsum(rows, 0) - rows), rows)
+    row = (row + torch.arange(len(row), device=ids.device)).to(x)
+    y0 = torch.maximum(row * TILE, first_row) + 0.5 - y
+    y1 = torch.minimum(row * TILE + TILE - 1, last_row) + 0.5 - y
+
+    def edge(band_y, sign):
+        return (-b * band_y + sign * torch.sqrt((twice_bound * a - det * band_y * band_y).clamp_min(0))) / a + x
+
+    first_column = torch.ceil(edge(torch.minimum(torch.maximum(extreme_y, y0), y1), -1) - 0.5).clamp_min(0)
+    last_column = torch.floor(edge(torch.minimum(torch.maximum(-extreme_y, y0), y1), 1) - 0.5).clamp_max(width - 1)
+    first_tile = torch.div(first_column, TILE, rounding_mode="floor")
+    columns = torch.where(last_column >= first_column,
+                          torch.div(last_column, TILE, rounding_mode="floor") - first_tile + 1, 0).long()
+    # Per pair: the band's first tile + the pair's place in its band.
+    tile = torch.repeat_interleave((row * tiles_x + first_tile).long() - (torch.cumsum(columns, 0) - columns), columns)
+    tile, order = torch.sort((tile + torch.arange(len(tile), device=ids.device)).int(), stable=True)  # (int32: faster)
     # (a stable sort: within a tile, the depth (then index) order of generation stays)
-    return torch.repeat_interleave(by_depth, per_gaussian).index_select(0, order), tile.long()
+    return torch.repeat_interleave(torch.repeat_interleave(ids, rows), columns).index_select(0, order), tile.long()
+
+
+def _log_alpha_terms(shape: torch.Tensor, tile: torch.Tensor, tiles_x: int) -> torch.Tensor:
+    """Per pair, its Gaussian's (6, pairs) centre, conic and log opacity -> (pairs, 6): log alpha = log opacity -
+    power, power = 0.5 (a dx^2 + c dy^2) + b dx dy with (dx, dy) = (ox + u, oy + v): (ox, oy) from the Gaussian's
+    centre to the tile's first pixel centre, (u, v) the pixel's offset in the tile. Expanded in u and v, log alpha
+    at every pixel of the tile is one matrix product: these six terms times (1, u, v, u^2, v^2, uv)."""
+    x, y, a, b, c, log_opacity = shape  # (rows: contiguous, faster than columns)
+    ox = ((tile % tiles_x) * TILE).to(shape) + 0.5 - x
+    oy = (torch.div(tile, tiles_x, rounding_mode="floor") * TILE).to(shape) + 0.5 - y
+    return torch.stack([log_opacity - 0.5 * (a * ox * ox + c * oy * oy) - b * ox * oy,
+                        -(a * ox + b * oy), -(c * oy + b * ox), -0.5 * a, -0.5 * c, -b], 1)
 
 
 @torch.no_grad()
-def _chunks(tile: torch.Tensor, tiles: int):
-    """Consecutive ranges of the sorted pairs, cut between tiles, each holding at most PAIRS_PER_BAND
-    (Gaussian, pixel) pairs (or one tile)."""
-    counts = torch.bincount(tile, minlength=tiles).tolist()
-    start, end = 0, 0
-    for count in counts:
-        if end > start and (end - start + count) * TILE * TILE > PAIRS_PER_BAND:
-            yield start, end
-            start = end
-        end += count
-    if end > start:
-        yield start, end
-
-
-def _composite_tiles(inputs: torch.Tensor, gaussian: torch.Tensor, tile: torch.Tensor, tiles_x: int, tiles: int
-                     ) -> torch.Tensor:
-    """Front-to-back compositing of (Gaussian, tile) pairs sorted by tile then depth -> per (pixel in tile, tile)
-    the sum of the Gaussians' weighted values, (TILE^2 * tiles, values). Arrays are (pixel in tile, pair): the
-    cumulative sum along the pairs reads memory in order."""
-    pairs = inputs.index_select(0, gaussian)
-    # -log alpha = power - log opacity, power = 0.5 (a dx^2 + c dy^2) + b dx dy with (dx, dy) = (ox + u, oy + v):
-    # (ox, oy) from the Gaussian's centre to the tile's first pixel centre, (u, v) the pixel's offset in the tile.
-    # Expanded in u and v, it is one matrix product: (1, u, v, u^2, v^2, uv) per pixel times six terms per pair.
-    ox = ((tile % tiles_x) * TILE).to(pairs) + 0.5 - pairs[:, 0]
-    oy = ((tile // tiles_x) * TILE).to(pairs) + 0.5 - pairs[:, 1]
-    a, b, c = pairs[:, 2], pairs[:, 3], pairs[:, 4]
-    log_alpha_terms = -torch.stack([0.5 * (a * ox * ox + c * oy * oy) + b * ox * oy - torch.log(pairs[:, 5]),
-                                    a * ox + b * oy, c * oy + b * ox, 0.5 * a, 0.5 * c, b])
-    count, pixels = len(gaussian), TILE * TILE
-    pixel = torch.arange(pixels, device=inputs.device)
-    u, v = (pixel % TILE).to(pairs), (pixel // TILE).to(pairs)
-    alpha = torch.exp(torch.stack([torch.ones_like(u), u, v, u * u, v * v, u * v], 1) @ log_alpha_terms)
-    alpha = F.threshold(alpha.clamp_max(MAX_ALPHA), ALPHA_THRESHOLD, 0.0)  # (keeps alpha > 1/255; gsplat >=)
-    # A sparse (pixel in tile, tile) x pair matrix sums per tile: the row of a pixel of a tile holds the tile's
-    # pairs (contiguous).
+def _tile_groups(tile: torch.Tensor, tiles: int, padding: int):
+    """The occupied tiles in groups of similar pair counts, each group as (its tiles, (tiles, width) the rows of
+    their pairs, nearest first, padded with `padding` up to the group's largest count). Groups hold at most
+    PAIRS_PER_GROUP (Gaussian, pixel) evaluations (or one tile): small enough to stay in the CPU's cache while
+    they are composited, and memory stays bounded for any scene. Tiles are taken by decreasing count, so
+    padding wastes little."""
     counts = torch.bincount(tile, minlength=tiles)
-    tile_start = torch.cumsum(counts, 0) - counts  # (tiles,): index of each tile's first pair in this chunk
-    row_starts = pixel[:, None] * count + tile_start
-    row_starts = torch.cat([row_starts.reshape(-1), row_starts.new_full((1,), pixels * count)])
-    columns = torch.arange(count, device=inputs.device).repeat(pixels)
+    starts = torch.cumsum(counts, 0) - counts
+    occupied = torch.nonzero(counts).squeeze(1)
+    occupied = occupied.index_select(0, torch.sort(counts[occupied], descending=True, stable=True).indices)
+    occupied_counts = counts[occupied].tolist()
+    first = 0
+    while first < len(occupied):
+        width = occupied_counts[first]
+        group = occupied[first:first + max(1, PAIRS_PER_GROUP // (width * TILE * TILE))]
+        slots = starts[group, None] + torch.arange(width, device=tile.device)
+        yield group, torch.where(slots < (starts + counts)[group, None], slots, padding)
+        first += len(group)
 
-    def per_tile(values: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-            return torch.sparse_csr_tensor(row_starts, columns, values.reshape(-1), (pixels * tiles, count),
-                                           check_invariants=False)
 
-    # log transmittance after each pair: a cumulative sum along the pairs that restarts at each tile, as each
-    # tile's first pair also takes away the sum of the tile before it (float64: the running sum spans the chunk).
-    log_keep = torch.log(1 - alpha)
-    log_keep_64 = log_keep.double()
-    occupied = counts > 0
-    tile_sums = (per_tile(log_keep_64) @ torch.ones(count, 1, dtype=torch.float64, device=inputs.device)
-                 ).reshape(pixels, tiles)[:, occupied]
-    restart = torch.zeros_like(log_keep_64).index_add(1, tile_start[occupied][1:], -tile_sums[:, :-1])
-    log_after = torch.cumsum(log_keep_64 + restart, 1).to(alpha)
-    # A pixel stops before the Gaussian that would bring its transmittance to <= 1e-4 (log transmittance -inf
-    # from there: no weight), so the alphas past the stop in the running sum never reach the image.
-    log_after = F.threshold(log_after, math.log(TRANSMITTANCE_STOP), -math.inf)
-    return per_tile(alpha * torch.exp(log_after - log_keep)) @ pairs[:, 6:]
+def _composite(terms: torch.Tensor, values: torch.Tensor, monomials: torch.Tensor) -> torch.Tensor:
+    """Front-to-back compositing of a group of tiles: per tile its pairs' (tiles, pairs, 6) log-alpha terms and
+    (tiles, pairs, values) values, nearest first -> per tile and pixel the sum of the weighted values,
+    (tiles, pixels in a tile, values)."""
+    alpha = torch.exp(terms @ monomials)  # (tiles, pairs, pixels)
+    alpha = F.threshold(alpha.clamp_max(MAX_ALPHA), ALPHA_THRESHOLD, 0.0)  # (keeps alpha > 1/255; gsplat >=)
+    log_keep = torch.log1p(-alpha)
+    # log transmittance after each pair; a pixel stops before the Gaussian that would bring its transmittance to
+    # <= 1e-4 (log transmittance -inf from there: no weight for it and those behind it).
+    log_after = F.threshold(torch.cumsum(log_keep, 1), math.log(TRANSMITTANCE_STOP), -math.inf)
+    # (values x pairs) @ (pairs x pixels) per tile: much faster than the transposed product on a CPU.
+    return (values.transpose(1, 2) @ (alpha * torch.exp(log_after - log_keep))).transpose(1, 2)

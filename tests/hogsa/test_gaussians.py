@@ -1,6 +1,7 @@
-"""HOGS Gaussians against independent computations: the torch rasterizer (tiled, in chunks of tiles) against a
-dense per-pixel reference (scipy rotations, autograd Jacobian, a literal front-to-back loop), equal depths in index
-order, one-pass labels against a second render, gradients by finite differences, spherical harmonics by their
+"""HOGS Gaussians against independent computations: the torch rasterizer (tiled, in groups of tiles) against a
+dense per-pixel reference (scipy rotations, autograd Jacobian, a literal front-to-back loop), its gradients against
+autograd of that reference and by finite differences, its (Gaussian, tile) pairs against every pixel by brute
+force, equal depths in index order, one-pass labels against a second render, spherical harmonics by their
 orthonormality, gsplat against torch (on CUDA) and its fallback (a fake gsplat module), mesh-bound
 Gaussians on their faces and under rigid motion, save/load, L_R against brute force, SSIM against scikit-image,
 and fits on procedural multi-view renders of a textured mesh (held-out views; a per-view rigid deformation)."""
@@ -96,8 +97,8 @@ def dense_reference(means, quats, scales, opacities, colors, view, K, width, hei
     return image + transmittance[..., None] * background, alpha, depth / alpha.clamp_min(1e-10)
 
 
-def test_banded_rasterizer_equals_dense_reference(monkeypatch):
-    monkeypatch.setattr(render, "PAIRS_PER_BAND", 3000)  # many bands: the split must not matter
+def test_grouped_rasterizer_equals_dense_reference(monkeypatch):
+    monkeypatch.setattr(render, "PAIRS_PER_GROUP", 300)  # many groups: the split must not matter
     means, quats, scales, opacities, sh, view = random_scene(250, seed=1)
     colors = torch.rand(len(means), 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     width, height = 52, 40  # not a multiple of the tile size
@@ -183,6 +184,75 @@ def test_rasterizer_gradients_match_finite_differences():
 
     inputs = tuple(x.clone().requires_grad_() for x in (means, quats, scales, opacities, sh))
     assert torch.autograd.gradcheck(rendered, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_gradients_equal_autograd_of_the_dense_reference(monkeypatch):
+    """The grouped, padded compositing differentiated by autograd against the literal front-to-back loop
+    differentiated by autograd (quaternions excepted: the reference takes its rotations from scipy; the finite
+    differences above cover them)."""
+    means, quats, scales, opacities, _, view = random_scene(50, seed=11)
+    scales, opacities = 2 * scales, 0.9 + 0.09 * opacities  # large, nearly opaque: pixels reach the 1e-4 stop
+    colors = torch.rand(len(means), 3, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    width, height = 24, 20
+    K = torch.tensor(intrinsics(width, height, fov_degrees=30))
+    weights = torch.rand(height, width, 5, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+
+    def gradients(render_function):
+        inputs = [x.clone().requires_grad_() for x in (means, scales, opacities, colors)]
+        image, alpha, depth = render_function(inputs[0], quats, *inputs[1:])
+        loss = (torch.cat([image, alpha[..., None], (depth * alpha)[..., None]], -1) * weights).sum()
+        return torch.autograd.grad(loss, inputs)
+
+    def ours(means, quats, scales, opacities, colors):
+        out = rasterize_gaussians(means, quats, scales, opacities, colors, view, K, width, height, backend="torch")
+        return out["image"], out["alpha"], out["depth"]
+
+    def reference(means, quats, scales, opacities, colors):
+        return dense_reference(means, quats, scales, opacities, colors, view, K, width, height, torch.zeros(3))
+
+    stopped = ours(means, quats, scales, opacities, colors)[0]
+    monkeypatch.setattr(render, "TRANSMITTANCE_STOP", 1e-300)  # never reached
+    assert (ours(means, quats, scales, opacities, colors)[0] - stopped).abs().max() > 1e-6  # the 1e-4 stop acts
+    monkeypatch.undo()
+    for name, got, expected in zip(("means", "scales", "opacities", "colors"), gradients(ours),
+                                   gradients(reference)):
+        assert expected.abs().max() > 0, name
+        torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tile_pairs_hold_every_pixel_a_gaussian_reaches(dtype):
+    """Against brute force (every Gaussian at every pixel centre): each (Gaussian, tile) pair where alpha > 1/255
+    at some pixel of the tile is generated, once, in (tile, depth, index) order; and the pairs per band of tile
+    rows are fewer than their boxes' (the ellipse test does cull)."""
+    means, quats, scales, opacities, _, view = random_scene(400, seed=14, dtype=dtype)
+    scales[:, 0] *= 0.1  # flat, elongated splats at every angle: their boxes' corners hold many tiles
+    width, height = 70, 54
+    K = torch.tensor(intrinsics(width, height, fov_degrees=30), dtype=dtype)
+    splats = render.project(means, quats, scales, opacities, view, K, width, height)
+    ids = torch.nonzero(splats.visible).squeeze(1)
+    tiles_x = -(-width // render.TILE)
+    gaussian, tile = render._tile_intersections(splats, ids, opacities, tiles_x, width, height)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5,
+                            indexing="ij")
+    dx, dy = xs[None] - splats.means2d[ids, 0, None, None], ys[None] - splats.means2d[ids, 1, None, None]
+    a, b, c = (splats.conics[ids, i, None, None] for i in range(3))
+    alpha = opacities[ids, None, None] * torch.exp(-(0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy))
+    reached = torch.nonzero(alpha > render.ALPHA_THRESHOLD)  # (Gaussian in ids, row, column)
+    needed = set(zip(ids[reached[:, 0]].tolist(), ((reached[:, 1] // render.TILE) * tiles_x
+                                                   + reached[:, 2] // render.TILE).tolist()))
+    pairs = list(zip(gaussian.tolist(), tile.tolist()))
+    assert len(set(pairs)) == len(pairs) and needed <= set(pairs)
+    depth = splats.depths.detach()[gaussian]
+    assert all((t, d, g) <= (t2, d2, g2) for (g, t), d, (g2, t2), d2 in zip(pairs, depth.tolist(), pairs[1:],
+                                                                            depth[1:].tolist()))
+    # The tiles of each alpha >= 1/255 box (gsplat's pairs), counted as the rasterizer counted them before.
+    first = torch.ceil(splats.means2d[ids] - splats.half_sizes[ids] - 0.5).clamp_min(0)
+    last = torch.minimum(torch.floor(splats.means2d[ids] + splats.half_sizes[ids] - 0.5),
+                         torch.tensor([width - 1, height - 1], dtype=dtype))
+    boxes = ((last // render.TILE - first // render.TILE + 1) * (last >= first)).prod(1).sum()
+    print(f"{len(pairs)} pairs, {len(needed)} needed, {int(boxes)} in the boxes")
+    assert len(pairs) < 0.75 * boxes and len(pairs) < 1.3 * len(needed)
 
 
 def test_quaternion_matrix_round_trip():
