@@ -2,9 +2,11 @@
 
 Its YAML header declares two configs, `samples` (data/*.parquet, the default) and `rejects` (rejects/*.parquet),
 so `datasets.load_dataset(<version folder>)` no longer mixes the two schemas, and declares every column's feature,
-with `image` for PNG/JPEG columns, so images come back decoded (PIL) instead of as bytes. The body says what a
-person needs before using the data: counts, columns (from the pipeline's declared schema, with a field's
-`description` metadata when the pipeline gives one), the reject funnel, lineage and metrics from the manifest.
+with `image` for PNG/JPEG columns (declared, or judged from the bytes for versions before declarations), so images
+come back decoded (PIL) instead of as bytes, and nested fixed-length lists for shaped arrays (K: 3 lists of 3),
+which parse back to the shards' Arrow types. The body says what a person needs before using the data: counts,
+columns (from the pipeline's declared schema: description, shape, unit, frame; see hoi_factory.columns), the
+reject funnel, lineage and metrics from the manifest.
 
 The card is written when the version is committed, after the report and the metrics and before the manifest,
 which records its sha256 (`hoi-factory datasets validate` checks it). Versions made before cards have none;
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import yaml
 
-from hoi_factory.datasets import AREA, CARD, IMAGE_ENCODINGS, REJECTS_SCHEMA, type_name
+from hoi_factory.columns import describe
+from hoi_factory.datasets import AREA, CARD, ID_FIELDS, IMAGE_ENCODINGS, REJECTS_SCHEMA, type_name
 
 if TYPE_CHECKING:
     from hoi_factory.datasets import DatasetVersion
@@ -31,16 +34,14 @@ SPLIT = "train"  # Hugging Face's name for a dataset's one split
 READ_BATCH_ROWS = 1024
 # Columns every version has: what they mean does not depend on the pipeline.
 FACTORY_COLUMNS = {
-    "sample_id": "deterministic id: a hash of the config, the input id and the index",
-    "input_id": "the input (file, parent sample...) the sample was made from",
-    "seed": "the sample's random seed, a function of the same three",
+    **{field.name: describe(field)["description"] for field in ID_FIELDS},  # versions before declarations lack them
     "stage": "the stage that rejected the sample",
     "reason": "why (short and stable: counted in the funnel)",
     "detail": "more about this sample's rejection",
     "kind": "`reject` (a stage's decision) or `error` (a stage failed on the sample)",
 }
-ENCODING_NAMES = {"png": "PNG image", "jpeg": "JPEG image", "npy": "NumPy .npy array", "ply": "PLY mesh",
-                  "bytes": "bytes"}
+ENCODING_NAMES = {"png": "PNG image", "png-mask": "PNG mask", "jpeg": "JPEG image", "npy": "NumPy .npy array",
+                  "ply": "PLY mesh", "json": "JSON text", "safetensors": "safetensors tensors", "bytes": "bytes"}
 _HF_NAMES = {"float": "float32", "double": "float64", "halffloat": "float16"}  # Arrow's names HF spells otherwise
 
 
@@ -58,8 +59,12 @@ def hf_feature(arrow_type: pa.DataType, encoding: str | None = None) -> dict[str
     return {"dtype": _HF_NAMES.get(str(arrow_type), str(arrow_type))}
 
 
+def _encoding(field: pa.Field, encodings: dict[str, str]) -> str | None:
+    return encodings.get(field.name) or describe(field).get("encoding")
+
+
 def _features(schema: pa.Schema, encodings: dict[str, str]) -> list[dict[str, Any]]:
-    return [{"name": field.name, **hf_feature(field.type, encodings.get(field.name))} for field in schema]
+    return [{"name": field.name, **hf_feature(field.type, _encoding(field, encodings))} for field in schema]
 
 
 def card_header(schema: pa.Schema, encodings: dict[str, str]) -> dict[str, Any]:
@@ -88,13 +93,24 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 
 
 def _feature_label(feature: dict[str, Any]) -> str:
+    """`float32`, `list of string`, `list[3] of list[3] of float32`, `struct`."""
     kind, value = next(iter(feature.items()))
-    return value if kind == "dtype" else f"{kind} of {value if isinstance(value, str) else '...'}"
+    if kind == "dtype":
+        return value
+    if kind != "list":
+        return kind
+    length = f"[{feature['length']}]" if "length" in feature else ""
+    return f"list{length} of {value if isinstance(value, str) else _feature_label(value)}"
 
 
 def _describe(field: pa.Field) -> str:
-    declared = (field.metadata or {}).get(b"description", b"").decode()
-    return declared or FACTORY_COLUMNS.get(field.name, "")
+    """The declared description, with the shape, unit and frame when declared."""
+    info = describe(field)
+    extras = [f"shape {tuple(info['shape'])}" if "shape" in info else "",
+              f"unit: {info['unit']}" if "unit" in info else "", f"frame: {info['frame']}" if "frame" in info else ""]
+    extras = "; ".join(extra for extra in extras if extra)
+    text = info.get("description") or FACTORY_COLUMNS.get(field.name, "")
+    return f"{text} ({extras})" if extras else text
 
 
 def card_text(version: DatasetVersion, schema: pa.Schema, encodings: dict[str, str], location: str = "") -> str:
@@ -120,8 +136,8 @@ def card_text(version: DatasetVersion, schema: pa.Schema, encodings: dict[str, s
         "README (`DatasetStore.open_ref`, `to_torch_stream`, `hoi-factory datasets export`).", "",
         "## Columns", "",
         *_table(("column", "type", "stored as", "feature", "description"),
-                [(f.name, type_name(f.type), ENCODING_NAMES.get(encodings.get(f.name, ""), "value"),
-                  _feature_label(hf_feature(f.type, encodings.get(f.name))), _describe(f)) for f in schema]),
+                [(f.name, type_name(f.type), ENCODING_NAMES.get(_encoding(f, encodings) or "", "value"),
+                  _feature_label(hf_feature(f.type, _encoding(f, encodings))), _describe(f)) for f in schema]),
         f"The `{REJECTS_CONFIG}` config: one row per rejected or failed input.", "",
         *_table(("column", "description"), [(f.name, _describe(f)) for f in REJECTS_SCHEMA]),
         "## Funnel", "",

@@ -1,7 +1,8 @@
 """The dataset store: versioned, immutable Parquet datasets with rejects, lineage and checksums.
 
     <store>/datasets/<name>/<version>/
-        data/part-00000.parquet        samples (images as PNG bytes, arrays as list columns)
+        data/part-00000.parquet        samples (images as PNG bytes, arrays as list columns of their declared
+                                       shape; every column described in its field metadata: hoi_factory.columns)
         rejects/part-00000.parquet     sample_id, input_id, stage, reason, detail
         _completions/part-00000.json   a shard's record, written after its files (resume skips these shards)
         report/...                     pictures of the run (sample grid, funnel)
@@ -28,13 +29,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, model_validator
 
+from hoi_factory.columns import column, declared_encoding, declared_shape, describe_schema, shaped_array
 from hoi_factory.stage import Reject
 from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import DEFAULT_LEASE_TTL, Lease, VersionedArea, VersionedStore
 
-SCHEMA_VERSION = 3  # 3: shards listed in shards.parquet (the shard index), not in the manifest
+SCHEMA_VERSION = 4  # 4: columns described (field metadata, `column_metadata`), arrays stored with their shape
 AREA = "datasets"
 ID_COLUMNS = [("sample_id", pa.string()), ("input_id", pa.string()), ("seed", pa.int64())]
+ID_FIELDS = [
+    column("sample_id", pa.string(), "deterministic id: a hash of the config, the input id and the index"),
+    column("input_id", pa.string(), "the input (file, parent sample...) the sample was made from"),
+    column("seed", pa.int64(), "the sample's random seed, a function of the same three"),
+]
 REJECTS_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("input_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
      ("detail", pa.string()), ("kind", pa.string())]  # kind: "reject" (a stage's decision) or "error"
@@ -43,7 +50,7 @@ REJECTS_SCHEMA = pa.schema(
 
 # Leading bytes of the encodings pipelines store in binary columns (hoi_factory.codec writes PNG and .npy).
 MAGIC_BYTES = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "npy": b"\x93NUMPY", "ply": b"ply\n"}
-IMAGE_ENCODINGS = frozenset({"png", "jpeg"})
+IMAGE_ENCODINGS = frozenset({"png", "png-mask", "jpeg"})
 CARD = "README.md"
 
 
@@ -196,6 +203,7 @@ class DatasetManifest(BaseModel):
     errors: list[dict] = Field(default_factory=list)  # the first errors, with their tracebacks
     code: dict[str, str] = Field(default_factory=dict)  # package version, pipeline source hash, git commit
     columns: dict[str, str]
+    column_metadata: list[dict] = Field(default_factory=list)  # hoi_factory.columns.describe_schema of the samples
     num_shards: int = 0
     shard_index: dict[str, Any] = Field(default_factory=dict)  # file, sha256, bytes of shards.parquet
     shards: list[ShardRecord] = Field(default_factory=list)  # inline: versions published before the shard index
@@ -228,6 +236,8 @@ def type_name(arrow_type: pa.DataType) -> str:
     """A type's name without list item field names, which Parquet renames ('item' is read back as 'element')."""
     if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
         return f"list<{type_name(arrow_type.value_type)}>"
+    if pa.types.is_fixed_size_list(arrow_type):
+        return f"fixed_size_list<{type_name(arrow_type.value_type)}>[{arrow_type.list_size}]"
     if pa.types.is_struct(arrow_type):
         return "struct<" + ", ".join(f"{f.name}: {type_name(f.type)}" for f in arrow_type) + ">"
     return str(arrow_type)
@@ -250,29 +260,62 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def full_schema(schema: pa.Schema) -> pa.Schema:
     """The pipeline's columns behind the id columns every dataset has."""
-    return pa.schema([pa.field(n, t) for n, t in ID_COLUMNS] + [f for f in schema if f.name not in dict(ID_COLUMNS)])
+    return pa.schema(ID_FIELDS + [f for f in schema if f.name not in dict(ID_COLUMNS)])
+
+
+MISFIT = "output does not fit the dataset schema"
+
+
+def _plain_table(rows: list[dict], schema: pa.Schema) -> tuple[pa.Table, dict[int, str]]:
+    """The columns Arrow converts from Python values (not shaped arrays), and {position: why} of rows it refuses
+    (their cells are null in the table)."""
+    try:
+        return pa.Table.from_pylist(rows, schema=schema), {}
+    except (pa.ArrowException, TypeError, ValueError):
+        misfits = {}
+        for position, row in enumerate(rows):
+            for field in schema:
+                try:
+                    pa.array([row.get(field.name)], type=field.type)
+                except (pa.ArrowException, TypeError, ValueError) as exc:
+                    misfits[position] = f"column {field.name!r}: {exc}"
+                    break
+        fitting = [{} if position in misfits else row for position, row in enumerate(rows)]
+        return pa.Table.from_pylist(fitting, schema=schema), misfits
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> tuple[pa.Table, list[Reject]]:
-    """Rows -> a table of `schema`; a row that does not fit is rejected rather than failing the shard."""
-    try:
-        return pa.Table.from_pylist(rows, schema=schema), []
-    except (pa.ArrowException, TypeError, ValueError):
-        fitting, rejects = [], []
-        for row in rows:
-            try:
-                pa.Table.from_pylist([row], schema=schema)
-                fitting.append(row)
-            except (pa.ArrowException, TypeError, ValueError) as exc:
-                rejects.append(Reject.of(row, "output does not fit the dataset schema", str(exc)))
-        return pa.Table.from_pylist(fitting, schema=schema), rejects
+    """Rows -> a table of `schema`; a row that does not fit is rejected rather than failing the shard. Array columns
+    (a declared shape) take numpy arrays or nested lists of that shape; a null in a non-nullable column, a wrong
+    shape or a lossy dtype is a misfit, named with its column."""
+    plain, misfits = _plain_table(rows, pa.schema([f for f in schema if declared_shape(f) is None]))
+    columns = []
+    for field in schema:
+        if declared_shape(field) is None:
+            array = plain.column(field.name).combine_chunks()
+        else:
+            array, shape_misfits = shaped_array(field, [row.get(field.name) for row in rows])
+            for position, why in shape_misfits.items():
+                misfits.setdefault(position, why)
+        if not field.nullable and array.null_count:
+            for position in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)):
+                misfits.setdefault(int(position), f"column {field.name!r} is absent (null) but may not be")
+        columns.append(array)
+    table = pa.Table.from_arrays(columns, schema=schema)
+    if not misfits:
+        return table, []
+    keep = np.ones(len(rows), dtype=bool)
+    keep[list(misfits)] = False
+    rejects = [Reject.of(rows[position], MISFIT, why) for position, why in sorted(misfits.items())]
+    return table.filter(pa.array(keep)), rejects
 
 
 def _rows_with_non_finite(column: pa.ChunkedArray) -> np.ndarray:
     """Indices of rows whose floats (at any list depth) include NaN or infinity."""
     values = column.combine_chunks()
     rows = np.arange(len(values))
-    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) \
+            or pa.types.is_fixed_size_list(values.type):
         rows = rows[pc.list_parent_indices(values).to_numpy()]
         values = pc.list_flatten(values)
     if not pa.types.is_floating(values.type) or len(values) == 0:
@@ -407,19 +450,22 @@ class DatasetVersion:
 
     def schema(self) -> pa.Schema:
         """The samples' Arrow schema, as the shards hold it (the id columns, then the pipeline's)."""
-        return self.read_shard(0).schema if self.shards else full_schema(pa.schema([]))
+        return pq.read_schema(io.BytesIO(self.shard_bytes(0))) if self.shards else full_schema(pa.schema([]))
 
     def encodings(self) -> dict[str, str]:
-        """Binary column -> what its cells hold ("png", "npy", "ply"... or "bytes": unknown or mixed), judged from
-        the first shard with samples (a pipeline writes one encoding per column)."""
-        sample = next((self.read_shard(i) for i, s in enumerate(self.shards) if s.rows), None)
-        schema = sample.schema if sample is not None else self.schema()
-        encodings = {}
-        for field in schema:
-            if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-                found = {encoding_of(v) for v in sample.column(field.name).to_pylist() if v is not None} \
-                    if sample is not None else set()
-                encodings[field.name] = found.pop() if len(found) == 1 else "bytes"
+        """Binary column -> what its cells hold ("png", "png-mask", "npy", "ply"... or "bytes": unknown or mixed):
+        as the column declares it, or, for versions written before declarations, judged from the first shard with
+        samples (a pipeline writes one encoding per column)."""
+        schema = self.schema()
+        binary = [f for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+        encodings = {f.name: declared_encoding(f) for f in binary if declared_encoding(f)}
+        undeclared = [f.name for f in binary if f.name not in encodings]
+        sample = next((self.read_shard(i, undeclared) for i, s in enumerate(self.shards) if s.rows), None) \
+            if undeclared else None
+        for name in undeclared:
+            found = {encoding_of(v) for v in sample.column(name).to_pylist() if v is not None} \
+                if sample is not None else set()
+            encodings[name] = found.pop() if len(found) == 1 else "bytes"
         return encodings
 
     def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
@@ -430,10 +476,10 @@ class DatasetVersion:
         """`mean_<column>` over the finite values of float columns (NaN where none is finite)."""
         table = self.to_arrow(list(columns))
         means = {}
-        for column in columns:
-            values = np.array(table.column(column).to_pylist(), dtype=float)
+        for name in columns:
+            values = np.array(table.column(name).to_pylist(), dtype=float)
             values = values[np.isfinite(values)]
-            means[f"mean_{column}"] = float(values.mean()) if len(values) else math.nan
+            means[f"mean_{name}"] = float(values.mean()) if len(values) else math.nan
         return means
 
     def content_digest(self) -> str:
@@ -535,6 +581,7 @@ class DatasetWriter:
             name=self.lease.name, version=self.lease.version, created=datetime.now(timezone.utc).isoformat(),
             fingerprint=self.lease.fingerprint, num_samples=ledger.samples, num_rejects=ledger.rejects,
             num_errors=ledger.errors, errors=ledger.first_errors, columns=column_types(self.sink.schema),
+            column_metadata=describe_schema(self.sink.schema),
             num_shards=len(ledger), funnel=ledger.funnel(fields["num_inputs"]), reject_reasons=dict(ledger.reasons),
             **fields,
         )

@@ -4,13 +4,17 @@
   encoding is unknown), and `samples.jsonl`: one line per sample with the other columns, and each encoded column
   as its file's relative path (null where the cell is null). `rejects.jsonl`: the rejects. Like img2dataset's
   "files" output (a folder per shard), with a folder per column above it, as a sample holds several images.
-  Non-finite floats are written as NaN / Infinity, the extension of JSON that Python and pandas read.
+  Non-finite floats are written as NaN / Infinity, the extension of JSON that Python and pandas read. Arrays keep
+  their shape (nested lists).
 - `webdataset`: one tar per shard, `<shard>.tar`, holding `<sample_id>.<column>.<ext>` per encoded cell and
   `<sample_id>.json` with the other columns: WebDataset's convention (the key is the name up to the first dot,
   the rest the extension its decoders go by), which img2dataset's webdataset output follows too. Images stay
   the PNG bytes stored (no re-encoding to JPEG). Members carry mtime 0: a version exports to the same bytes.
 - `hf`: a folder `datasets.load_dataset(DEST)` reads: the shards' Parquet files as they are (so their sha256 is the
   manifest's) and a dataset card (hoi_factory.card) naming the image columns.
+
+`files` and `webdataset` also get `columns.json`: each column's dtype, shape, encoding, unit, frame and
+description, as the manifest's `column_metadata` (hf: the Parquet files carry them as field metadata).
 
 Every shard is verified against the manifest as it is read. Each export ends with `SHA256SUMS` (`sha256sum -c`
 format) over the files written, written last, which `verify_export` checks.
@@ -30,11 +34,14 @@ from typing import Any, Callable, Iterator
 import fsspec
 
 from hoi_factory.card import card_text
+from hoi_factory.columns import describe_schema
 from hoi_factory.datasets import DatasetVersion, shard_name
 from hoi_factory.storage import StoreError
 
 FORMATS = ("files", "webdataset", "hf")
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "npy": "npy", "ply": "ply", "bytes": "bin"}
+EXTENSIONS = {"png": "png", "png-mask": "png", "jpeg": "jpg", "npy": "npy", "ply": "ply", "json": "json",
+              "safetensors": "safetensors", "bytes": "bin"}
+COLUMNS_FILE = "columns.json"  # files and webdataset: what each column holds (hoi_factory.columns.describe_schema)
 CHECKSUMS = "SHA256SUMS"
 
 
@@ -156,7 +163,8 @@ def export_version(version: DatasetVersion, dest: str, format: str,
         _export_webdataset(version, out, encodings)
     else:
         _export_hf(version, out, encodings, dest)
-    if format != "hf":  # hf's rejects are its `rejects` config
+    if format != "hf":  # hf's rejects are its `rejects` config, its columns described by the Parquet files
+        out.write(COLUMNS_FILE, json.dumps(describe_schema(version.schema()), indent=1).encode())
         with out.appending("rejects.jsonl") as append:
             for index in range(len(version.shards)):
                 append(_jsonl(version.read_rejects(index).to_pylist()))

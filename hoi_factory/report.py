@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from hoi_factory.codec import encode_png, open_image  # noqa: E402
+from hoi_factory.columns import describe  # noqa: E402
 from hoi_factory.datasets import ID_COLUMNS, encoding_of  # noqa: E402
 
 GRID_COLUMNS = 4
@@ -228,6 +229,13 @@ def _is_number(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
 
+def _type_label(field: pa.Field) -> str:
+    """The column's value type, with its declared shape and unit: `float (3, 3), pixels`."""
+    info = describe(field)
+    shape = f" {tuple(info['shape'])}" if "shape" in info else ""
+    return info["dtype"] + shape + (f", {info['unit']}" if "unit" in info else "")
+
+
 def column_statistics(table: pa.Table) -> list[dict]:
     """Per column (ids left out): numbers get count, nulls, min, mean, max and a histogram; list columns the same
     of their lengths and of their (flattened) numbers; binary columns their encoding and byte sizes; strings
@@ -237,7 +245,7 @@ def column_statistics(table: pa.Table) -> list[dict]:
         if field.name in ID_NAMES:
             continue
         array = table.column(field.name).combine_chunks()
-        entry = {"name": field.name, "type": str(field.type), "rows": len(array), "nulls": array.null_count}
+        entry = {"name": field.name, "type": _type_label(field), "rows": len(array), "nulls": array.null_count}
         kind = field.type
         if _is_number(kind):
             entry.update(kind="number", values=number_statistics(*_numbers(array)))
@@ -250,7 +258,8 @@ def column_statistics(table: pa.Table) -> list[dict]:
             # None, not absent, for non-numbers (list<binary>): the template's c["values"] would find dict.values
             entry["values"] = number_statistics(*_numbers(flat)) if _is_number(flat.type) else None
         elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-            found = Counter(encoding_of(value) for value in pc.drop_null(array).to_pylist())
+            declared = describe(field).get("encoding")
+            found = Counter([declared] if declared else (encoding_of(v) for v in pc.drop_null(array).to_pylist()))
             entry.update(kind="binary", encoding=", ".join(sorted(found)) or "-",
                          bytes=number_statistics(*_numbers(pc.binary_length(array))))
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):

@@ -1,5 +1,6 @@
 """torch views of a published dataset version: random access (`ParquetTorchDataset`) and a streaming loader for
-training epochs (`ShardStream`), plus the decoders that turn stored cells into tensors.
+training epochs (`ShardStream`), plus the decoders that turn stored cells into tensors, guided by the columns'
+declared encodings and shapes (hoi_factory.columns).
 
 Why a stream: a DataLoader shuffling the map-style view asks for samples in random order, so nearly every sample
 lands in another shard than the last and the shard is read again (109 samples, one shard: 96 reads). The
@@ -15,37 +16,47 @@ import random
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.utils.data as torch_data
 
 from hoi_factory.codec import decode_image, decode_npy
-from hoi_factory.datasets import encoding_of
+from hoi_factory.columns import as_declared, declared_encoding
+from hoi_factory.datasets import IMAGE_ENCODINGS, encoding_of
 
-MATRIX_COLUMNS = ("K", "R")  # stored flattened row-major; 9 values decode to 3x3
 
-
-def decode_cell(name: str, value: Any) -> Any:
+def decode_cell(value: Any, field: pa.Field | None = None) -> Any:
     """A stored cell as a tensor where there is one: PNG/JPEG -> uint8 (C, H, W) (a mask: (1, H, W) of 0/255),
-    .npy -> its array, a flattened K or R of 9 numbers -> 3x3 float32, other numeric lists -> 1-D float32. Other
-    bytes (meshes), strings and scalars pass through."""
+    .npy -> its array, numeric arrays -> a tensor of the column's declared shape (floats as float32; a flat
+    vector of a version written before shapes were declared is reshaped). Other bytes (meshes), strings, string
+    lists and scalars pass through. `field`: the column's schema field (its encoding and shape); without it,
+    bytes are judged by their leading bytes and lists keep their nesting."""
     if isinstance(value, bytes):
-        encoding = encoding_of(value)
-        if encoding in ("png", "jpeg"):
+        encoding = (declared_encoding(field) if field is not None else None) or encoding_of(value)
+        if encoding in IMAGE_ENCODINGS:
             image = decode_image(value)
             image = image[:, :, None] if image.ndim == 2 else image
             return torch.from_numpy(np.array(image.transpose(2, 0, 1)))  # a writable, contiguous copy
         if encoding == "npy":
             return torch.from_numpy(np.array(decode_npy(value)))  # a copy: np.load's may be read-only
         return value
-    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-        tensor = torch.tensor(value, dtype=torch.float32)
-        return tensor.reshape(3, 3) if name in MATRIX_COLUMNS and tensor.numel() == 9 else tensor
+    if isinstance(value, list):
+        try:
+            array = as_declared(field, value) if field is not None else np.asarray(value)
+        except ValueError:  # ragged nesting: no tensor
+            return value
+        if array.dtype.kind == "f":
+            return torch.from_numpy(array.astype(np.float32))
+        if array.dtype.kind in "iub":
+            return torch.from_numpy(np.array(array))
     return value
 
 
-def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Every cell of a row through `decode_cell`; usable as `to_torch(transform=decode_row)`."""
-    return {name: decode_cell(name, value) for name, value in row.items()}
+def decode_row(row: dict[str, Any], schema: pa.Schema | None = None) -> dict[str, Any]:
+    """Every cell of a row through `decode_cell` (with its field of `schema`, when given); usable as
+    `to_torch(transform=decode_row)`."""
+    fields = {field.name: field for field in schema} if schema is not None else {}
+    return {name: decode_cell(value, fields.get(name)) for name, value in row.items()}
 
 
 class ParquetTorchDataset(torch_data.Dataset):
@@ -111,6 +122,7 @@ class ShardStream(torch_data.IterableDataset):
         self.transform = transform
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._schema: pa.Schema | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -131,7 +143,9 @@ class ShardStream(torch_data.IterableDataset):
         rng = random.Random(f"{self.seed}:{self.epoch}:{reader}")
         buffer: list[dict] = []
         for shard in shards:
-            for row in self.version.read_shard(shard, self.columns).to_pylist():
+            table = self.version.read_shard(shard, self.columns)
+            self._schema = table.schema  # the shards share one schema: its fields tell the decoders what cells hold
+            for row in table.to_pylist():
                 if not self.shuffle:
                     yield self._prepared(row)
                     continue
@@ -146,7 +160,7 @@ class ShardStream(torch_data.IterableDataset):
             yield self._prepared(row)
 
     def _prepared(self, row: dict) -> Any:
-        row = decode_row(row) if self.decode else row
+        row = decode_row(row, self._schema) if self.decode else row
         return self.transform(row) if self.transform else row
 
     def __iter__(self) -> Iterator[Any]:

@@ -16,10 +16,17 @@ from flows.registry import PIPELINES, pipeline_class
 from hoi_factory import ids
 from hoi_factory.card import card_header, hf_feature
 from hoi_factory.codec import MASK_THRESHOLD
+from hoi_factory.columns import describe
 from hoi_factory.config import ExecutionConfig, Settings
-from hoi_factory.datasets import CARD, full_schema
+from hoi_factory.datasets import CARD, IMAGE_ENCODINGS, full_schema
 from hoi_factory.run import run_pipeline
-from support.encoded_pipeline import REJECTED_INDEX_REMAINDER, SCORE_DESCRIPTION, make_encoded_version, sample_arrays
+from support.encoded_pipeline import (
+    K_DESCRIPTION,
+    REJECTED_INDEX_REMAINDER,
+    SCORE_DESCRIPTION,
+    make_encoded_version,
+    sample_arrays,
+)
 from support.pipelines import ScaleConfig, ScalePipeline
 from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline
 
@@ -48,6 +55,7 @@ def test_load_dataset_on_the_version_folder_decodes_images_and_keeps_rejects_apa
     assert isinstance(samples.features["image"], datasets.Image)
     assert isinstance(samples.features["mask"], datasets.Image)
     assert samples.features["depth"] == datasets.Value("binary")
+    assert samples.features["K"] == datasets.List(datasets.List(datasets.Value("float32"), length=3), length=3)
     index_of = index_by_sample_id(encoded)
     kept = {sid for sid, i in index_of.items() if i % 4 != REJECTED_INDEX_REMAINDER}
     assert sorted(samples["sample_id"]) == sorted(kept) and len(samples) == encoded.manifest.num_samples
@@ -55,7 +63,7 @@ def test_load_dataset_on_the_version_folder_decodes_images_and_keeps_rejects_apa
         truth = sample_arrays(row["seed"], index_of[row["sample_id"]])
         np.testing.assert_array_equal(np.asarray(row["image"]), truth["image"])
         np.testing.assert_array_equal(np.asarray(row["mask"].convert("L")) > MASK_THRESHOLD, truth["mask"])
-        np.testing.assert_array_equal(np.asarray(row["K"], dtype=np.float32), truth["K"].ravel())
+        np.testing.assert_array_equal(np.asarray(row["K"], dtype=np.float32), truth["K"])  # 3x3, as declared
         if truth["overlay"] is None:
             assert row["overlay"] is None
         else:
@@ -74,12 +82,15 @@ def test_card_tells_counts_columns_funnel_and_metrics_and_is_checksummed(encoded
     assert header["configs"][0]["data_files"] == [{"split": "train", "path": "data/*.parquet"}]
     assert list(features) == list(m.columns)  # every column, in the shards' order
     assert features["image"] == {"name": "image", "dtype": "image"}
-    assert features["K"] == {"name": "K", "list": "float32"}
+    assert features["K"] == {"name": "K", "list": {"list": "float32", "length": 3}, "length": 3}
     assert features["depth"] == {"name": "depth", "dtype": "binary"}
     assert f"| {m.num_inputs} | {m.num_samples} | {m.num_rejects} | {m.num_errors} | {m.num_shards} |" in body
     assert (m.num_inputs, m.num_samples, m.num_rejects) == (20, 15, 5)
     assert f"| score | float | value | float32 | {SCORE_DESCRIPTION} |" in body
-    assert "| depth | binary | NumPy .npy array | binary |" in body
+    assert "| depth | binary | NumPy .npy array | binary | a float32 (2, 3) array (unit: metres) |" in body
+    assert ("| K | fixed_size_list<fixed_size_list<float>[3]>[3] | value | list[3] of list[3] of float32 | "
+            f"{K_DESCRIPTION} (shape (3, 3); unit: pixels; frame: camera) |") in body
+    assert "| overlay | binary | PNG image | image |  |" in body  # undeclared: judged from its bytes
     assert "| MakeEncoded | 20 | 15 | 0 |" in body and "| MakeEncoded: unlucky index | 5 |" in body
     scores = [i / 10 for i in range(COUNT) if i % 4 != REJECTED_INDEX_REMAINDER]
     assert f"| mean_score | {m.metrics['mean_score']:.6g} |" in body
@@ -115,13 +126,16 @@ def test_card_names_the_parents(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_every_pipelines_card_features_are_the_columns_arrow_types(name):
-    """`datasets` parses the card's features of every pipeline's schema back into the shards' Arrow types (images
-    aside: they are structs of bytes and path there)."""
+    """`datasets` parses the card's features of every pipeline's schema back into the shards' Arrow types, shaped
+    arrays included; declared image columns are Image features (structs of bytes and path there)."""
     schema = full_schema(pipeline_class(name).schema)
     features = datasets.Features._from_yaml_list(card_header(schema, {})["dataset_info"][0]["features"])
     assert list(features) == schema.names
     for field in schema:
-        assert features.arrow_schema.field(field.name).type == field.type, field.name
+        if describe(field).get("encoding") in IMAGE_ENCODINGS:
+            assert features[field.name] == datasets.Image(), field.name
+        else:
+            assert features.arrow_schema.field(field.name).type == field.type, field.name
 
 
 @pytest.mark.parametrize("arrow_type", [

@@ -21,7 +21,7 @@ from flows.cli import app
 from hoi_factory.codec import decode_image
 from hoi_factory.config import Settings
 from hoi_factory.datasets import CorruptShard
-from hoi_factory.export import CHECKSUMS, ExportError, export_version, verify_export
+from hoi_factory.export import CHECKSUMS, COLUMNS_FILE, ExportError, export_version, verify_export
 from support.encoded_pipeline import make_encoded_version
 
 ENCODED = {"image": "png", "mask": "png", "depth": "npy", "overlay": "png"}
@@ -51,6 +51,11 @@ def test_files_export_round_trip(encoded, tmp_path):
                 assert line[column].startswith(f"{column}/") and line[column].endswith(f".{extension}")
                 row[column] = (dest / line[column]).read_bytes()
         assert row == source[line["sample_id"]]
+        assert np.shape(line["K"]) == (3, 3)  # arrays keep their shape
+    columns = {c["name"]: c for c in json.loads((dest / COLUMNS_FILE).read_text())}
+    assert list(columns) == encoded.schema().names
+    assert columns == {c["name"]: c for c in encoded.manifest.column_metadata}
+    assert columns["K"]["shape"] == [3, 3] and columns["mask"]["encoding"] == "png-mask"
     assert sum(1 for path in dest.rglob("*") if path.is_file()) == result.files + 1  # + SHA256SUMS
     rejects = [json.loads(line) for line in (dest / "rejects.jsonl").read_text().splitlines()]
     assert rejects == encoded.rejects().to_pylist() and len(rejects) == 4

@@ -73,7 +73,7 @@ def test_resume_with_another_shard_size_makes_exactly_the_missing_items(first, s
     """Killed after 3 shards at one shard size, resumed at another: 0 lost, 0 duplicated."""
     fields = dict(count=48, work_ms=0, values=3, seed=13)
 
-    def stop_after_three(done, total):  # progress counts inputs: three shards of `first`
+    def stop_after_three(done, total, stages):  # progress counts inputs: three shards of `first`
         if done == 3 * first:
             raise StopAfter()
 

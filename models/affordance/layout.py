@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+LAYOUT_SIZE = 5
+LAYOUT_DESCRIPTION = ("hand layout (x, y, sqrt_size, b1, b2): palm centre, a with palm radius a^2 / 2, direction "
+                      "hand -> forearm (Affordance Diffusion's order)")
+LAYOUT_FRAME = "image NDC: [-1, 1] across the square image, y down"
 STICK_LENGTH = 3.5  # forearm length in units of a^2 (= 7 palm radii)
 STICK_HALF_WIDTH = 0.5  # in palm radii: the stick's width equals the palm radius
 MIN_HAND_PIXELS = 50  # Affordance Diffusion: fewer hand pixels -> no layout

@@ -33,6 +33,7 @@ from PIL import Image
 from pydantic import Field
 
 from hoi_factory.codec import decode_image, decode_mask, encode_png
+from hoi_factory.columns import column
 from hoi_factory.config import RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.optional import require
@@ -40,7 +41,7 @@ from hoi_factory.parents import PARENT_KEYS, ReadParentRows
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.report import stacked_rows
 from hoi_factory.stage import MapStage, Resources, Row
-from models.affordance.layout import iou, splat_mask
+from models.affordance.layout import LAYOUT_DESCRIPTION, LAYOUT_FRAME, LAYOUT_SIZE, iou, splat_mask
 from models.metrics import LPIPS, in_contact
 
 INCEPTION = "inception-v3-compat"
@@ -97,7 +98,12 @@ class EvaluationConfig(RunConfig):
     gpus: float = Field(0.0, ge=0, le=8, description="GPUs per LPIPS worker")
 
 
-SAMPLE_FIGURES = ("lpips", "layout_iou", "contact")
+SAMPLE_FIGURE_DESCRIPTIONS = {
+    "lpips": "LPIPS of the synthesized image against the true one (NaN: no LPIPS weights given)",
+    "layout_iou": "IoU of the hard splats of the synthesized and the true layout (NaN: no true layout)",
+    "contact": "1 when the synthesized layout's splat touches the object mask, else 0 (NaN: no object mask)",
+}
+SAMPLE_FIGURES = tuple(SAMPLE_FIGURE_DESCRIPTIONS)
 
 
 class ReadHeldOut(MapStage):
@@ -139,9 +145,10 @@ class MeasureSample(MapStage):
         truth = np.asarray(Image.fromarray(decode_image(row["true_hoi_image"], "RGB")).resize(
             (size, size), Image.Resampling.LANCZOS))  # FID and LPIPS compare images of one size
         hand = splat_mask(np.asarray(row["layout"]), size)
-        layout_iou = iou(hand, splat_mask(np.asarray(row["true_layout"]), size)) if row["true_layout"] else math.nan
+        layout_iou = (iou(hand, splat_mask(np.asarray(row["true_layout"]), size))
+                      if row["true_layout"] else math.nan)
         contact = math.nan
-        if row["object_mask"]:
+        if row["object_mask"]:  # null (or, in versions before nulls, empty bytes): no object mask
             object_mask = np.asarray(Image.fromarray(decode_mask(row["object_mask"])).resize((size, size)))
             contact = float(in_contact(hand, object_mask))
         lpips = float(self.lpips(generated[None], truth[None])[0]) if self.lpips else math.nan
@@ -154,9 +161,16 @@ class EvaluationPipeline(Pipeline[EvaluationConfig]):
     description = "Affordance Diffusion: FID, LPIPS, layout agreement and contact of synthesized HOI images"
     config_class = EvaluationConfig
     schema = pa.schema([
-        ("hoi_image", pa.binary()), ("true_hoi_image", pa.binary()), ("layout", pa.list_(pa.float32())),
-        ("true_layout", pa.list_(pa.float32())), ("layoutnet_version", pa.string()),
-        ("contentnet_version", pa.string()), *[(name, pa.float32()) for name in SAMPLE_FIGURES],
+        column("hoi_image", pa.binary(), "the synthesized hand-object image", encoding="png"),
+        column("true_hoi_image", pa.binary(), "the held-out pair's real hand-object image, resized to the "
+               "synthesized one's size", encoding="png"),
+        column("layout", pa.float32(), f"the synthesized {LAYOUT_DESCRIPTION}", shape=(LAYOUT_SIZE,),
+               frame=LAYOUT_FRAME),
+        column("true_layout", pa.float32(), f"the held-out pair's {LAYOUT_DESCRIPTION} (null: none)",
+               shape=(LAYOUT_SIZE,), frame=LAYOUT_FRAME),
+        column("layoutnet_version", pa.string(), "the LayoutNet model version (name/vN) of the synthesis"),
+        column("contentnet_version", pa.string(), "the ContentNet model version (name/vN) of the synthesis"),
+        *(column(name, pa.float32(), description) for name, description in SAMPLE_FIGURE_DESCRIPTIONS.items()),
     ])
     preview_column = "hoi_image"
     allow_non_finite = frozenset(SAMPLE_FIGURES)

@@ -28,13 +28,14 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from hoi_factory.codec import decode_image, encode_png
+from hoi_factory.columns import column
 from hoi_factory.config import RunConfig, Variant
 from hoi_factory.context import StageContext
 from hoi_factory.parents import PARENT_KEYS, ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.report import stacked_rows
 from hoi_factory.stage import MapStage, Reject, Resources, Row
-from models.affordance.layout import splat_mask
+from models.affordance.layout import LAYOUT_DESCRIPTION, LAYOUT_FRAME, LAYOUT_SIZE, splat_mask
 from models.affordance.layoutnet import GUIDABLE
 from tasks.images.ingest import IMAGE_EXTENSIONS
 from tasks.images.stages import ReadImage
@@ -244,9 +245,15 @@ class SynthesisPipeline(Pipeline[SynthesisConfig]):
     description = "Affordance Diffusion: object images -> LayoutNet layouts -> ContentNet hand–object images"
     config_class = SynthesisConfig
     schema = pa.schema([
-        ("object_class", pa.string()), ("sample_index", pa.int32()), ("object_image", pa.binary()),
-        ("hoi_image", pa.binary()), ("size", pa.int32()), ("layout", pa.list_(pa.float32())),
-        ("layoutnet_version", pa.string()), ("contentnet_version", pa.string()),
+        column("object_class", pa.string(), "the object's class: ContentNet's prompt"),
+        column("sample_index", pa.int32(), "the sample's number among its object's samples"),
+        column("object_image", pa.binary(), "the object-only image, square (the models' input)", encoding="png"),
+        column("hoi_image", pa.binary(), "the synthesized hand-object image", encoding="png"),
+        column("size", pa.int32(), "side of the square images", unit="pixels"),
+        column("layout", pa.float32(), f"LayoutNet's {LAYOUT_DESCRIPTION}", shape=(LAYOUT_SIZE,),
+               frame=LAYOUT_FRAME),
+        column("layoutnet_version", pa.string(), "the LayoutNet model version (name/vN) the layout came from"),
+        column("contentnet_version", pa.string(), "the ContentNet model version (name/vN) the image came from"),
     ])
     preview_column = "hoi_image"
     item_keys = frozenset({"input_id"}) | MODEL_KEYS

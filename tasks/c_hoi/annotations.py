@@ -9,7 +9,7 @@ Input: the JSON list used by the public HICO-DET and V-COCO conversions (PPDM, Q
 trains on the pairs only. Names come from optional {id: name} maps (`object_names`, `verb_names` files);
 without them the ids are the names.
 
-Output rows: `image` (PNG), `boxes` (K x 4 floats, flattened), `labels` (K names), `hoi_subjects`,
+Output rows: `image` (PNG), `boxes` (K x 4 floats), `labels` (K names), `hoi_subjects`,
 `hoi_objects` (indices into the boxes, -1: none) and `hoi_verbs` (names). A malformed file stops the plan
 naming it; a malformed entry is rejected with its reason.
 """
@@ -21,9 +21,11 @@ import math
 import posixpath
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from hoi_factory.columns import column
 from hoi_factory.config import RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
@@ -31,9 +33,15 @@ from hoi_factory.stage import MapStage, Reject, Row
 from tasks.images.stages import EncodePNG, ReadImage
 
 HOI_SCHEMA = pa.schema([
-    ("image", pa.binary()), ("width", pa.int32()), ("height", pa.int32()), ("boxes", pa.list_(pa.float32())),
-    ("labels", pa.list_(pa.string())), ("hoi_subjects", pa.list_(pa.int32())), ("hoi_objects", pa.list_(pa.int32())),
-    ("hoi_verbs", pa.list_(pa.string())),
+    column("image", pa.binary(), "the image, as read (RGB)", encoding="png"),
+    column("width", pa.int32(), "image width", unit="pixels"),
+    column("height", pa.int32(), "image height", unit="pixels"),
+    column("boxes", pa.float32(), "the annotated boxes: x0, y0, x1, y1", shape=(None, 4), unit="pixels",
+           frame="image (origin top left, y down)"),
+    column("labels", pa.string(), "each box's object name (category id without a names file)", shape=(None,)),
+    column("hoi_subjects", pa.int32(), "each triplet's person: an index into boxes", shape=(None,)),
+    column("hoi_objects", pa.int32(), "each triplet's object: an index into boxes (-1: no object)", shape=(None,)),
+    column("hoi_verbs", pa.string(), "each triplet's verb name (verb id without a names file)", shape=(None,)),
 ])
 
 
@@ -99,7 +107,7 @@ def parse_entry(entry, object_names: dict[str, str], verb_names: dict[str, str])
         subjects.append(subject)
         objects.append(obj)
         verbs.append(verb_names.get(str(triplet["category_id"]), str(triplet["category_id"])))
-    return {"file_name": entry["file_name"], "boxes": [v for box in boxes for v in box], "labels": labels,
+    return {"file_name": entry["file_name"], "boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": labels,
             "hoi_subjects": subjects, "hoi_objects": objects, "hoi_verbs": verbs}
 
 

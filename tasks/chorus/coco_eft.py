@@ -375,7 +375,7 @@ class EFTCamera(MapStage):
         error = (float(np.linalg.norm(pixels[seen] - row["keypoints"][seen, :2], axis=1).mean())
                  if seen.any() else math.nan)
         return {**row, "body_pose": body_pose, "K": K, "R": R, "t": t, "azimuth": camera_azimuth(R, t),
-                "reprojection_error": error, "calibration": "eft", "staged_defect": "", "prompt": "",
+                "reprojection_error": error, "calibration": "eft", "staged_defect": None, "prompt": "",
                 "base_prompt": "", "verb": "", "augmentation": "", "mpjpe": math.nan, "azimuth_error": math.nan}
 
 

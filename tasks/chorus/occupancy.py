@@ -25,6 +25,7 @@ from pydantic import Field
 from scipy.spatial import cKDTree
 
 from hoi_factory.codec import decode_mask, encode_npy, encode_png
+from hoi_factory.columns import column
 from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.datasets import DatasetStore
@@ -42,6 +43,8 @@ BODY_PARTS = {"hands": (20, 21, 22, 23), "feet": (7, 8, 10, 11), "head": (12, 15
 VIEW_COLUMNS = ["sample_id", "object_mask", "body_pose", "K", "R", "t", "azimuth", "width", "height",
                 "verb"]
 CLUSTER_KINDS = ("category", "prompt", "prompt+part")
+PAP_NAMES = {"pap": "projective average precision (CHORUS Sec. 4.2)", "pap_strict": "strict PAP",
+             "pap_occlusion_aware": "occlusion-aware PAP", "pap_strict_occlusion_aware": "strict occlusion-aware PAP"}
 INTERACTION_DISTANCE = 0.13  # epsilon of the official semantic clustering, metres in canonical space
 
 
@@ -114,7 +117,7 @@ class AggregateCluster(MapStage):
 
     def process_row(self, row: Row) -> Row | Reject:
         views = self._read(row["parent"], row["view_refs"])
-        bones, _ = self._bones(np.array([v["body_pose"] for v in views]))
+        bones, _ = self._bones(np.array([v["body_pose"] for v in views]).reshape(len(views), -1))  # (23, 3) or flat
         batch = Views(
             masks=[decode_mask(v["object_mask"]) for v in views],
             K=torch.tensor([v["K"] for v in views]).reshape(-1, 3, 3),
@@ -145,7 +148,7 @@ class AggregateCluster(MapStage):
         """What a test view contributes whatever the cluster, computed once per view: its grid points warped to
         canonical space, the eval-size camera, the posed body's region and the downsampled object mask."""
         if view["sample_id"] not in self.test_views:
-            bones, vertices = self._bones(np.array([view["body_pose"]]))
+            bones, vertices = self._bones(np.reshape(view["body_pose"], (1, -1)))
             points = (backward_warp(self.centres, vertices[0].numpy(), self.body.lbs_weights.numpy(), bones[0])
                       if self.config.canonicalize else self.centres)
             width, height, scale = pap.eval_size(view["width"], view["height"])
@@ -181,13 +184,13 @@ class AggregateCluster(MapStage):
         predicted = occupancy.reshape(-1).numpy() >= self.config.iou_threshold
         return float((predicted & truth).sum() / max((predicted | truth).sum(), 1))
 
-    def _mesh(self, occupancy: torch.Tensor) -> bytes:
+    def _mesh(self, occupancy: torch.Tensor) -> bytes | None:
         import trimesh
         from skimage.measure import marching_cubes
 
         values = occupancy.numpy()
         if values.max() < self.config.iou_threshold or values.min() > self.config.iou_threshold:
-            return b""
+            return None  # no surface at the level
         vertices, faces, _, _ = marching_cubes(values, self.config.iou_threshold, spacing=(self.grid.voxel_size,) * 3)
         vertices += -self.config.extent + self.grid.voxel_size / 2
         return trimesh.Trimesh(vertices, faces).export(file_type="ply")
@@ -243,10 +246,24 @@ class OccupancyPipeline(Pipeline[OccupancyConfig]):
     description = "CHORUS: calibrated views -> canonical 3D occupancy per semantic cluster, meshes, PAP"
     config_class = OccupancyConfig
     schema = pa.schema([
-        ("category", pa.string()), ("cluster", pa.string()), ("base_prompt", pa.string()), ("body_part", pa.string()),
-        ("num_views", pa.int32()), ("occupancy", pa.binary()), ("mesh_ply", pa.binary()), ("preview", pa.binary()),
-        *((variant, pa.float32()) for variant in pap.VARIANTS),
-        ("num_test_views", pa.int32()), ("num_test_views_occlusion_aware", pa.int32()), ("truth_iou", pa.float32()),
+        column("category", pa.string(), "the object category"),
+        column("cluster", pa.string(), "the semantic cluster: all (the category), a prompt, or prompt @ body part"),
+        column("base_prompt", pa.string(), "the cluster's prompt (empty: the whole category)"),
+        column("body_part", pa.string(), "the cluster's body part: hands, feet, head, torso (empty: any)"),
+        column("num_views", pa.int32(), "views aggregated into the grid"),
+        column("occupancy", pa.binary(), "float16 (R, R, R) grid of the object's probability over the cube "
+               "[-extent, extent]^3 (config), indexed x, y, z", encoding="npy", unit="probability (0-1)",
+               frame="canonical SMPL star pose (pelvis at the origin, y up, metres)"),
+        column("mesh_ply", pa.binary(), "the occupancy's isosurface at iou_threshold (null: no surface at that "
+               "level)", encoding="ply", unit="metres", frame="canonical SMPL star pose"),
+        column("preview", pa.binary(), "front and side maximum projections of the occupancy over the star-posed "
+               "body", encoding="png"),
+        *(column(variant, pa.float32(), f"{PAP_NAMES[variant]} over the held-out views (NaN: no test view)")
+          for variant in pap.VARIANTS),
+        column("num_test_views", pa.int32(), "held-out views with a non-empty object mask behind the PAP"),
+        column("num_test_views_occlusion_aware", pa.int32(), "held-out views behind the occlusion-aware PAP"),
+        column("truth_iou", pa.float32(), "IoU of the grid thresholded at iou_threshold with the exact object voxels "
+               "of a procedural interaction (NaN: no truth)"),
     ])
     preview_column = "preview"
     allow_non_finite = frozenset({*pap.VARIANTS, "truth_iou"})  # NaN: not measured

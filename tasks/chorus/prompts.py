@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hoi_factory import ids
+from hoi_factory.columns import column
 from hoi_factory.config import ExecutionConfig, RunConfig, Settings
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
@@ -150,8 +151,14 @@ class PromptsPipeline(Pipeline[PromptsConfig]):
     name = "chorus-prompts"
     description = "CHORUS: object categories -> interaction prompts x 22 viewpoint phrases"
     config_class = PromptsConfig
-    schema = pa.schema([("category", pa.string()), ("prompt", pa.string()), ("base_prompt", pa.string()),
-                        ("augmentation", pa.string()), ("verb", pa.string()), ("generator", pa.string())])
+    schema = pa.schema([
+        column("category", pa.string(), "the object category (COCO name)"),
+        column("prompt", pa.string(), "the text-to-image prompt: the base prompt and its viewpoint phrase"),
+        column("base_prompt", pa.string(), "a subject-verb-object prompt about a person and the object"),
+        column("augmentation", pa.string(), "the viewpoint phrase added to the base prompt (empty: none)"),
+        column("verb", pa.string(), "the interaction verb the lexicon reads in the prompt (empty: none known)"),
+        column("generator", pa.string(), "what wrote the base prompt: offline (the lexicon) or llm"),
+    ])
     item_keys = frozenset({"input_id", "index", "category", "base_prompt", "prompt", "augmentation", "generator"})
 
     def plan(self, config: PromptsConfig, context: StageContext) -> list[dict]:

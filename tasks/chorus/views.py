@@ -16,19 +16,22 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from hoi_factory.codec import encode_png
+from hoi_factory.columns import column
 from hoi_factory.config import ExecutionConfig, RunConfig, Variant
 from hoi_factory.context import StageContext
 from hoi_factory.parents import PARENT_KEYS, ReadParentRows, items_from_dataset
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.stage import MapStage, Reject, Resources, Row, Stage
-from models.body.smpl import load_body_model
+from models.body.smpl import NUM_BODY_JOINTS, load_body_model
 from models.diffusion import SD14, Sampling, generate, load_diffusion
 from tasks.chorus import lexicon
 from tasks.chorus.calibration import Calibrate
 from tasks.chorus.perception import InteractionFilter, KeepInteraction, Perceive
 from tasks.chorus.scenes import DEFECTS, render_scene
 
-f32 = pa.list_(pa.float32())
+CAMERA_FRAME = ("person-centric camera: x_cam = R x + t, x in the body frame (SMPL, pelvis at the origin, y up, "
+                "metres); OpenCV image axes (x right, y down, looking down +z)")
+NUM_KEYPOINTS = 17  # COCO order
 
 
 class ProceduralImages(Variant):
@@ -135,7 +138,7 @@ class TextToImage(Stage):
     def process(self, batch: list[Row]) -> list[Row]:
         images = generate(self.pipeline, [row["prompt"] for row in batch], [row["seed"] for row in batch],
                           self.sampling)
-        return [{**row, "image_array": image, "staged_defect": ""} for row, image in zip(batch, images)]
+        return [{**row, "image_array": image, "staged_defect": None} for row, image in zip(batch, images)]
 
 
 class ProceduralImage(MapStage):
@@ -160,11 +163,11 @@ class ProceduralImage(MapStage):
         scene = render_scene(self.body, category, verb, int(rng.integers(2**31)), self.source.size,
                              self.source.pose_jitter, defect)
         return {**row, "image_array": scene.image, "instances": scene.instances, "true_pose": scene.body_pose,
-                "true_R": scene.R, "true_t": scene.t, "staged_defect": defect or ""}
+                "true_R": scene.R, "true_t": scene.t, "staged_defect": defect}
 
 
 class EncodeView(MapStage):
-    """The view's arrays as the schema stores them: PNGs and flat float lists."""
+    """The view's arrays as the schema stores them: PNGs, and float32 arrays of their declared shapes."""
 
     batch_size = 64
     needs = frozenset({"image_array", "person_mask_array", "object_mask_array", "keypoints", "body_pose", "K", "R",
@@ -176,8 +179,8 @@ class EncodeView(MapStage):
         height, width = row["image_array"].shape[:2]
         return {**row, "image": encode_png(row["image_array"]), "person_mask": encode_png(row["person_mask_array"]),
                 "object_mask": encode_png(row["object_mask_array"]), "width": width, "height": height,
-                **{key: np.asarray(row[key], dtype=np.float32).reshape(-1).tolist()
-                   for key in ("keypoints", "body_pose", "K", "R", "t")}}
+                "body_pose": np.reshape(row["body_pose"], (NUM_BODY_JOINTS, 3)),
+                **{key: np.asarray(row[key], dtype=np.float32) for key in ("keypoints", "K", "R", "t")}}
 
 
 class ViewsPipeline(Pipeline[ViewsConfig]):
@@ -185,14 +188,36 @@ class ViewsPipeline(Pipeline[ViewsConfig]):
     description = "CHORUS: prompts -> images -> filtered, calibrated views (masks, keypoints, SMPL, camera)"
     config_class = ViewsConfig
     schema = pa.schema([
-        ("category", pa.string()), ("prompt", pa.string()), ("base_prompt", pa.string()), ("verb", pa.string()),
-        ("augmentation", pa.string()), ("image", pa.binary()), ("person_mask", pa.binary()),
-        ("object_mask", pa.binary()), ("width", pa.int32()), ("height", pa.int32()), ("keypoints", f32),
-        ("body_pose", f32), ("K", f32), ("R", f32), ("t", f32), ("azimuth", pa.float32()),
-        ("calibration", pa.string()), ("reprojection_error", pa.float32()), ("staged_defect", pa.string()),
-        pa.field("mpjpe", pa.float32(), metadata={"description": "metres, 24 SMPL joints in camera coordinates, "
-                                                  "pelvis aligned; NaN: no truth"}),
-        pa.field("azimuth_error", pa.float32(), metadata={"description": "degrees; NaN: no truth"}),
+        column("category", pa.string(), "the object category (COCO name)"),
+        column("prompt", pa.string(), "the text-to-image prompt, viewpoint phrase included (empty: a photo)"),
+        column("base_prompt", pa.string(), "the prompt without its viewpoint phrase: the semantic cluster's key"),
+        column("verb", pa.string(), "the interaction verb the lexicon reads in the prompt (empty: none known)"),
+        column("augmentation", pa.string(), "the viewpoint phrase added to the base prompt (empty: none)"),
+        column("image", pa.binary(), "the RGB image", encoding="png"),
+        column("person_mask", pa.binary(), "the person's instance mask (0/255)", encoding="png-mask"),
+        column("object_mask", pa.binary(), "the object's instance mask (0/255)", encoding="png-mask"),
+        column("width", pa.int32(), "image width", unit="pixels"),
+        column("height", pa.int32(), "image height", unit="pixels"),
+        column("keypoints", pa.float32(), "the person's 17 COCO keypoints: x, y, confidence (0-1)",
+               shape=(NUM_KEYPOINTS, 3), unit="pixels (x, y)", frame="image (origin top left, y down)"),
+        column("body_pose", pa.float32(), "SMPL body pose: axis-angle of the 23 body joints relative to their "
+               "parents (the global orientation is in R)", shape=(NUM_BODY_JOINTS, 3), unit="radians",
+               frame="SMPL joint frames"),
+        column("K", pa.float32(), "camera intrinsics", shape=(3, 3), unit="pixels", frame=CAMERA_FRAME),
+        column("R", pa.float32(), "camera rotation: body frame -> camera frame", shape=(3, 3), frame=CAMERA_FRAME),
+        column("t", pa.float32(), "camera translation: body frame -> camera frame", shape=(3,), unit="metres",
+               frame=CAMERA_FRAME),
+        column("azimuth", pa.float32(), "azimuth of the camera centre around the body's vertical axis (0..360)",
+               unit="degrees", frame="body (SMPL, y up)"),
+        column("calibration", pa.string(), "how the pose and camera were found: fit, given (the procedural truth) "
+               "or eft"),
+        column("reprojection_error", pa.float32(), "mean distance of the fitted body's keypoints to the detected "
+               "ones (NaN: no keypoint to compare with)", unit="pixels"),
+        column("staged_defect", pa.string(), "the defect a procedural scene was staged with (null: none)"),
+        column("mpjpe", pa.float32(), "error of the fitted 24 SMPL joints against the truth, pelvis aligned "
+               "(NaN: no truth)", unit="metres", frame="camera"),
+        column("azimuth_error", pa.float32(), "error of the fitted camera azimuth against the truth (NaN: no truth)",
+               unit="degrees"),
     ])
     allow_non_finite = frozenset({"mpjpe", "azimuth_error"})  # NaN: the image has no true pose
     item_keys = frozenset({"input_id", "index", *PARENT_KEYS})

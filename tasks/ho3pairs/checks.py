@@ -93,7 +93,7 @@ class MeasureObjectImage(MapStage):
         measured = {
             "hand_residue": hand_residue(row["image_array"], obj, row["hand_mask_array"], region),
             "seam_score": seam_score(obj, region),
-            "hands_detected": -1 if self.detector is None else len(self.detector.masks(obj)),
+            "hands_detected": None if self.detector is None else len(self.detector.masks(obj)),
             **quality(truth, obj, region),
         }
         measured["psnr_sdedit"] = quality(truth, row.get("sdedit_array"), region)["psnr"]
@@ -109,7 +109,7 @@ class HandRemoved(Filter):
         self.max_hand_residue, self.max_seam_score = max_hand_residue, max_seam_score
 
     def reason_to_drop(self, row: Row) -> str | None:
-        if row["hands_detected"] > 0:
+        if (row["hands_detected"] or 0) > 0:
             return "hand still detected"
         if row["hand_residue"] > self.max_hand_residue:  # NaN (not measurable) compares False: kept
             return "hand still visible"

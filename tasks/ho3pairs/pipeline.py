@@ -16,16 +16,17 @@ from pydantic import Field, model_validator
 from scipy import ndimage
 
 from hoi_factory.codec import decode_image, decode_mask, encode_png
+from hoi_factory.columns import column
 from hoi_factory.config import ExecutionConfig, RunConfig, Variant
 from hoi_factory.context import StageContext
 from hoi_factory.parents import ReadParentRows
 from hoi_factory.pipeline import Pipeline
 from hoi_factory.report import stacked_rows
 from hoi_factory.stage import MapStage, Row
-from models.affordance.layout import MIN_SPLAT_IOU, splat_mask
+from models.affordance.layout import LAYOUT_DESCRIPTION, LAYOUT_FRAME, LAYOUT_SIZE, MIN_SPLAT_IOU, splat_mask
 from models.diffusion import Sampling
 from tasks.ho3pairs.checks import HandRemoved, MeasureObjectImage
-from tasks.ho3pairs.crop import PADDING, CropAroundInteraction, ExtractLayout
+from tasks.ho3pairs.crop import HAND_BOX_SOURCES, PADDING, CropAroundInteraction, ExtractLayout
 from tasks.ho3pairs.hands import SegmentHands
 from tasks.ho3pairs.inpaint import NO_MODEL, InpaintHands, SDEdit
 from tasks.ho3pairs.sources import (
@@ -39,7 +40,6 @@ from tasks.ho3pairs.sources import (
     plan_video,
 )
 
-f32 = pa.list_(pa.float32())
 SD_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 QUALITY_COLUMNS = ("psnr", "ssim", "psnr_inpainted", "psnr_sdedit", "hand_residue", "seam_score")
 
@@ -87,8 +87,8 @@ class MediaPipeLandmarker(Variant):
 
 class Detectron2Segmenter(Variant):
     kind: Literal["detectron2"] = "detectron2"
-    model: str = Field(..., description="folder with config.yaml and model.safetensors of a hand "
-                       "instance-segmentation model")
+    model: str = Field(..., description="folder with config.yaml and model.safetensors of a detectron2 Mask "
+                       "R-CNN hand detector (models/hand_detection.py): hand masks, and boxes where the input has none")
 
 
 class DiffusersInpainter(Variant):
@@ -158,8 +158,8 @@ class PairsConfig(RunConfig):
         return self
 
 
-def _png_or_empty(array: np.ndarray | None) -> bytes:
-    return b"" if array is None else encode_png(array)
+def _png_or_null(array: np.ndarray | None) -> bytes | None:
+    return None if array is None else encode_png(array)
 
 
 class EncodePair(MapStage):
@@ -170,11 +170,11 @@ class EncodePair(MapStage):
 
     def process_row(self, row: Row) -> Row:
         return {**row, "hoi_image": encode_png(row["image_array"]), "object_image": encode_png(row["object_array"]),
-                "sdedit_image": _png_or_empty(row.get("sdedit_array")),
-                "hand_mask": _png_or_empty(row["hand_mask_array"]),
-                "inpaint_mask": _png_or_empty(row["inpaint_mask_array"]),
-                "object_mask": _png_or_empty(row.get("object_mask_array")),
-                "true_object_image": _png_or_empty(row.get("object_only_array")),
+                "sdedit_image": _png_or_null(row.get("sdedit_array")),
+                "hand_mask": encode_png(row["hand_mask_array"]),
+                "inpaint_mask": encode_png(row["inpaint_mask_array"]),
+                "object_mask": _png_or_null(row.get("object_mask_array")),
+                "true_object_image": _png_or_null(row.get("object_only_array")),
                 "size": row["image_array"].shape[0]}
 
 
@@ -197,13 +197,37 @@ class PairsPipeline(Pipeline[PairsConfig]):
     description = "HO3Pairs: hand–object images -> object-only / HOI pairs with hand masks and layouts"
     config_class = PairsConfig
     schema = pa.schema([
-        ("source", pa.string()), ("frame_time", pa.float32()), ("object_class", pa.string()),
-        ("hoi_image", pa.binary()), ("object_image", pa.binary()), ("sdedit_image", pa.binary()),
-        ("hand_mask", pa.binary()), ("inpaint_mask", pa.binary()), ("object_mask", pa.binary()),
-        ("true_object_image", pa.binary()), ("size", pa.int32()), ("layout", f32), ("layout_iou", pa.float32()),
-        ("crop_box", f32), ("hand_residue", pa.float32()), ("seam_score", pa.float32()),
-        ("hands_detected", pa.int32()), ("psnr", pa.float32()), ("ssim", pa.float32()),
-        ("psnr_inpainted", pa.float32()), ("psnr_sdedit", pa.float32()),
+        column("source", pa.string(), "the input kind: folder, hoi4d, video or hogsa"),
+        column("frame_time", pa.float32(), "the frame's time in its video or sequence (null: a still image)",
+               unit="seconds"),
+        column("object_class", pa.string(), "the object's class: the inpainting prompt"),
+        column("hoi_image", pa.binary(), "the hand-object image, cropped square around the object", encoding="png"),
+        column("object_image", pa.binary(), "the same crop with the hand inpainted away", encoding="png"),
+        column("sdedit_image", pa.binary(), "the object image after SDEdit (null: SDEdit off)", encoding="png"),
+        column("hand_mask", pa.binary(), "the hand (and forearm) pixels of the crop", encoding="png-mask"),
+        column("inpaint_mask", pa.binary(), "the repainted region: the hand mask grown by 7x7", encoding="png-mask"),
+        column("object_mask", pa.binary(), "the object's pixels (null: the source has no object mask)",
+               encoding="png-mask"),
+        column("true_object_image", pa.binary(), "the true object-only view of the crop (null: unknown)",
+               encoding="png"),
+        column("size", pa.int32(), "side of the square crops", unit="pixels"),
+        column("layout", pa.float32(), f"the {LAYOUT_DESCRIPTION}, from the hand mask", shape=(LAYOUT_SIZE,),
+               frame=LAYOUT_FRAME),
+        column("layout_iou", pa.float32(), "IoU of the layout's splat with the hand mask"),
+        column("hand_box_source", pa.string(), "where the layout's hand box came from: "
+               + "; ".join(f"{kind}: {meaning}" for kind, meaning in HAND_BOX_SOURCES.items())),
+        column("crop_box", pa.float32(), "the crop in the source image: x0, y0, x1, y1", shape=(4,), unit="pixels",
+               frame="source image (origin top left, y down)"),
+        column("hand_residue", pa.float32(), "share of the repainted hand pixels that still look like the hand "
+               "(NaN: not measurable)"),
+        column("seam_score", pa.float32(), "gradient on the repainted region's outline over the gradient just "
+               "outside it (>> 1: a seam)"),
+        column("hands_detected", pa.int32(), "hands the segmenter finds in the object image (null: not checked)"),
+        column("psnr", pa.float32(), "PSNR of the object image against the true one (NaN: no truth)", unit="dB"),
+        column("ssim", pa.float32(), "SSIM of the object image against the true one (NaN: no truth)"),
+        column("psnr_inpainted", pa.float32(), "PSNR inside the repainted region (NaN: no truth)", unit="dB"),
+        column("psnr_sdedit", pa.float32(), "PSNR of the SDEdit image against the truth (NaN: no truth or no "
+               "SDEdit)", unit="dB"),
     ])
     preview_column = "hoi_image"
     allow_non_finite = frozenset(QUALITY_COLUMNS) | {"frame_time"}  # NaN: not measurable for that sample

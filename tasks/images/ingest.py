@@ -11,6 +11,7 @@ import fsspec
 import pyarrow as pa
 from pydantic import Field
 
+from hoi_factory.columns import column
 from hoi_factory.config import ExecutionConfig, RunConfig
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
@@ -61,8 +62,13 @@ class IngestPipeline(Pipeline[IngestConfig]):
     name = "ingest"
     description = "image folder -> checked, resized PNG image dataset"
     config_class = IngestConfig
-    schema = pa.schema([("path", pa.string()), ("source_sha256", pa.string()), ("image", pa.binary()),
-                        ("width", pa.int32()), ("height", pa.int32())])
+    schema = pa.schema([
+        column("path", pa.string(), "the source file (path or URL)"),
+        column("source_sha256", pa.string(), "sha256 of the source file's bytes"),
+        column("image", pa.binary(), "the checked, resized RGB image", encoding="png"),
+        column("width", pa.int32(), "image width", unit="pixels"),
+        column("height", pa.int32(), "image height", unit="pixels"),
+    ])
     item_keys = frozenset({"input_id", "path", "problem"})
     preview_column = "image"
 

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from hoi_factory.columns import column
 from hoi_factory.config import RunConfig
 from hoi_factory.pipeline import Pipeline, PlanSummary
 from hoi_factory.stage import MapStage, Resources, Row
@@ -54,7 +55,7 @@ class FixedCostWork(MapStage):
     def process_row(self, row: Row) -> Row:
         busy_wait(self.work_seconds)
         values = seeded_values(row["seed"], self.values)
-        return {**row, "values": values.tolist(), "total": float(values.sum())}
+        return {**row, "values": values, "total": float(values.sum())}
 
 
 ACCELERATOR = "accelerator"  # the custom Ray resource AcceleratorWork holds
@@ -80,7 +81,10 @@ class SyntheticPipeline(Pipeline[SyntheticConfig]):
     name = "synthetic"
     description = "calibration samples with a fixed CPU cost each (benchmarks, fault tests)"
     config_class = SyntheticConfig
-    schema = pa.schema([("values", pa.list_(pa.float32())), ("total", pa.float64())])
+    schema = pa.schema([
+        column("values", pa.float32(), "standard normal draws seeded by the sample's seed", shape=(None,)),
+        column("total", pa.float64(), "the sum of values"),
+    ])
 
     def plan(self, config: SyntheticConfig, context) -> Iterator[dict]:
         return ({"input_id": "synthetic", "index": i} for i in range(config.count))

@@ -62,7 +62,7 @@ def load_pairs(datasets, size: int, with_hoi: bool = False) -> dict[str, torch.T
             raise ValueError(f"{version.ref} is not an HO3Pairs dataset: no column(s) {sorted(missing)}")
         for row in version.to_arrow(columns).to_pylist():
             objects.append(_image(row["object_image"], size))
-            edited.append(_image(row["sdedit_image"], size) if row["sdedit_image"] else objects[-1])
+            edited.append(_image(row["sdedit_image"], size) if row["sdedit_image"] else objects[-1])  # null: no SDEdit
             has_edit.append(bool(row["sdedit_image"]))
             layouts.append(row["layout"])
             hands.append(_image(row["hand_mask"], size, "L") > 127)

@@ -50,7 +50,7 @@ def test_stand_in_coco_eft_becomes_test_views_with_the_true_cameras(local_store_
     assert set(ViewsPipeline.schema.names) <= set(dataset.manifest.columns)  # occupancy reads it as views
     for view in views.itertuples():
         truth = files["truth"][int(view.input_id.split("|")[0])]
-        assert np.allclose(np.reshape(view.R, (3, 3)), truth["R"], atol=1e-5)
+        assert np.allclose(np.stack(view.R), truth["R"], atol=1e-5)  # pandas: an array of 3 rows
         assert np.linalg.norm(np.asarray(view.t) - truth["t"]) < 0.08 * np.linalg.norm(truth["t"])
         # The adapter's own check: SMPL keypoints through the converted camera vs the COCO keypoints.
         assert view.reprojection_error < 8.0 and view.calibration == "eft"
@@ -63,13 +63,13 @@ def test_the_adapter_keypoint_error_is_the_true_error(local_store_env, tmp_path)
         eft=files["eft"], annotations=files["annotations"], images=files["images"], categories=["backpack"],
         execution={"executor": "local"})).dataset
     body = load_body_model("standin")
-    for view in dataset.to_pandas().itertuples():
-        keypoints = body.pose(np.array(view.body_pose)[None]).keypoints[0].numpy()
-        pixels = project(keypoints, np.reshape(view.K, (3, 3)), np.reshape(view.R, (3, 3)), np.asarray(view.t))
-        annotated = np.reshape(view.keypoints, (17, 3))
+    for view in dataset.to_arrow().to_pylist():  # arrays as stored: (23, 3), (3, 3), (3,), (17, 3)
+        keypoints = body.pose(np.reshape(view["body_pose"], (1, 69))).keypoints[0].numpy()
+        pixels = project(keypoints, np.array(view["K"]), np.array(view["R"]), np.array(view["t"]))
+        annotated = np.array(view["keypoints"])
         seen = annotated[:, 2] > 0
         expected = np.linalg.norm(pixels[seen, :2] - annotated[seen, :2], axis=1).mean()
-        assert view.reprojection_error == pytest.approx(expected, rel=1e-4)
+        assert view["reprojection_error"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_segmentations_decode_or_are_refused_before_pycocotools_sees_them():

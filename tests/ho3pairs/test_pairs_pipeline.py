@@ -57,6 +57,7 @@ def test_pairs_from_procedural_scenes_keep_every_input_accounted_for(scenes, loc
         hoi, obj, truth = (decode_image(row[key]) for key in ("hoi_image", "object_image", "true_object_image"))
         region = decode_mask(row["inpaint_mask"])
         assert hoi.shape == obj.shape == truth.shape == (128, 128, 3) and len(row["layout"]) == 5
+        assert row["sdedit_image"] is None  # SDEdit off: absent, not empty bytes
         assert (obj[~region] == hoi[~region]).all()  # only the repainted region changes
         # The figures stored are the ones an independent computation gives, and inpainting beats leaving the hand.
         assert row["psnr"] == pytest.approx(psnr(obj, truth), abs=1e-3)

@@ -1,5 +1,7 @@
-"""A small pipeline writing every kind of encoded column (PNG image and mask, .npy array, flattened K, an image
-column with nulls), with known content per sample and known rejects: for the card, export and loader tests."""
+"""A small pipeline writing every kind of encoded column (PNG image and mask, .npy array, K as a 3x3 array, an
+image column with nulls), with known content per sample and known rejects: for the card, export and loader tests.
+The encodings are declared on `image`, `mask` and `depth`; `overlay` leaves its own undeclared (versions written
+before declarations: judged from the bytes)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from hoi_factory.codec import encode_npy, encode_png
+from hoi_factory.columns import column
 from hoi_factory.config import ExecutionConfig, RunConfig, Settings
 from hoi_factory.datasets import DatasetVersion
 from hoi_factory.pipeline import Pipeline
@@ -16,6 +19,7 @@ from hoi_factory.stage import MapStage, Reject
 
 REJECTED_INDEX_REMAINDER = 1  # index % 4 == 1 is rejected, so counts are known
 SCORE_DESCRIPTION = "how sure the stage is (declared in the schema's field metadata)"
+K_DESCRIPTION = "camera intrinsics"
 
 
 class EncodedConfig(RunConfig):
@@ -43,7 +47,7 @@ class MakeEncoded(MapStage):
             return Reject.of(row, "unlucky index")
         arrays = sample_arrays(row["seed"], row["index"])
         return {**row, "image": encode_png(arrays["image"]), "mask": encode_png(arrays["mask"]),
-                "depth": encode_npy(arrays["depth"]), "K": arrays["K"].ravel().tolist(),
+                "depth": encode_npy(arrays["depth"]), "K": arrays["K"],
                 "overlay": None if arrays["overlay"] is None else encode_png(arrays["overlay"]),
                 "label": f"thing-{row['index'] % 3}", "score": row["index"] / 10}
 
@@ -53,9 +57,13 @@ class EncodedPipeline(Pipeline[EncodedConfig]):
     description = "test: every kind of encoded column"
     config_class = EncodedConfig
     schema = pa.schema([
-        ("image", pa.binary()), ("mask", pa.binary()), ("depth", pa.binary()), ("K", pa.list_(pa.float32())),
-        ("overlay", pa.binary()), ("label", pa.string()),
-        pa.field("score", pa.float32(), metadata={"description": SCORE_DESCRIPTION}),
+        column("image", pa.binary(), "an RGB image", encoding="png"),
+        column("mask", pa.binary(), "a mask", encoding="png-mask"),
+        column("depth", pa.binary(), "a float32 (2, 3) array", encoding="npy", unit="metres"),
+        column("K", pa.float32(), K_DESCRIPTION, shape=(3, 3), unit="pixels", frame="camera"),
+        pa.field("overlay", pa.binary()),
+        column("label", pa.string(), "a label"),
+        column("score", pa.float32(), SCORE_DESCRIPTION),
     ])
     preview_column = "image"
 

@@ -93,7 +93,8 @@ def test_npos_counts_a_person_whose_role_object_is_absent():
                                 {"subject_id": 2, "object_id": -1, "category_id": 2}]}
     parsed = parse_entry(entry, {}, {"2": "hold"})
     assert parsed["hoi_objects"] == [1, -1] and parsed["hoi_verbs"] == ["hold", "hold"]
-    boxes = [parsed["boxes"][i:i + 4] for i in range(0, len(parsed["boxes"]), 4)]
+    assert parsed["boxes"].shape == (3, 4)  # stored with their shape, (K, 4)
+    boxes = parsed["boxes"].tolist()
     persons = image_persons("1", boxes, zip(parsed["hoi_subjects"], parsed["hoi_objects"], parsed["hoi_verbs"]))
     assert [p.roles for p in persons] == [{"hold": CUP}, {"hold": None}]
     assert role_ap([Triplet("1", "hold", P1, CUP, 0.9)], persons, "hold") == pytest.approx(0.5)
