@@ -113,6 +113,10 @@ def shaped_array(field: pa.Field, cells: Sequence) -> tuple[pa.Array, dict[int, 
     Numeric arrays are packed from one flat numpy buffer, not converted cell by cell."""
     shape = declared_shape(field)
     dtype = numpy_dtype(field)
+    fixed_inner = all(size is not None for size in shape[1:])
+    if dtype is not None and fixed_inner and (stacked := _uniform_cells(cells, shape, dtype)) is not None:
+        lengths = np.full(len(cells), stacked.shape[1])
+        return _pack(field.type, shape, stacked.reshape(-1), lengths, np.zeros(len(cells), bool)), {}
     arrays: list[np.ndarray | None] = []
     misfits: dict[int, str] = {}
     for position, cell in enumerate(cells):
@@ -126,19 +130,30 @@ def shaped_array(field: pa.Field, cells: Sequence) -> tuple[pa.Array, dict[int, 
                                  "(None: any length)")
             array = None
         arrays.append(array)
-    fixed_inner = all(size is not None for size in shape[1:])
     if dtype is None or not fixed_inner:  # strings, or ragged inside: Arrow converts the nested lists
         return pa.array([None if a is None else a.tolist() for a in arrays], type=field.type), misfits
-    return _pack(field.type, shape, arrays, dtype), misfits
-
-
-def _pack(arrow_type: pa.DataType, shape: tuple[int | None, ...], arrays: list[np.ndarray | None],
-          dtype: np.dtype) -> pa.Array:
-    """Nested list arrays over one flat buffer: fixed-size levels inside, the outer level fixed or by offsets."""
-    null = np.array([a is None for a in arrays])
     filler = np.zeros([0 if size is None else size for size in shape], dtype)  # a null row's slots
     filled = [filler if a is None else a for a in arrays]
     flat = np.concatenate([a.reshape(-1) for a in filled]) if filled else np.empty(0, dtype)
+    lengths = np.array([len(a) for a in filled], dtype=np.int64)
+    return _pack(field.type, shape, flat, lengths, np.array([a is None for a in arrays], bool)), misfits
+
+
+def _uniform_cells(cells: Sequence, shape: tuple[int | None, ...], dtype: np.dtype) -> np.ndarray | None:
+    """The cells stacked, when every one is a numpy array of the column's dtype and of one shape that fits (what
+    stages usually give): packed without per-cell checks. None otherwise."""
+    if not len(cells) or not isinstance(first := cells[0], np.ndarray) or first.dtype != dtype \
+            or not _fits(first.shape, shape):
+        return None
+    if not all(type(cell) is np.ndarray and cell.shape == first.shape and cell.dtype == dtype for cell in cells):
+        return None
+    return np.stack(cells)
+
+
+def _pack(arrow_type: pa.DataType, shape: tuple[int | None, ...], flat: np.ndarray, lengths: np.ndarray,
+          null: np.ndarray) -> pa.Array:
+    """Nested list arrays over one flat buffer: fixed-size levels inside, the outer level fixed or by offsets
+    (`lengths`: each row's outer length)."""
     inner_types = []  # the list types below the outer one, outermost first
     inner = arrow_type.value_type
     for _ in shape[1:]:
@@ -150,7 +165,7 @@ def _pack(arrow_type: pa.DataType, shape: tuple[int | None, ...], arrays: list[n
     mask = pa.array(null) if null.any() else None
     if shape[0] is not None:
         return pa.FixedSizeListArray.from_arrays(values, type=arrow_type, mask=mask)
-    offsets = np.concatenate([[0], np.cumsum([len(a) for a in filled])]).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), values, type=arrow_type, mask=mask)
 
 
