@@ -25,16 +25,17 @@ from benchmarks.results_table import interleaved, median, show_and_save
 from hoi_factory.config import Settings
 from hoi_factory.ids import sample_seed
 from hoi_factory.run import run_pipeline
-from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline, busy_wait, seeded_values
+from tasks.synthetic.pipeline import FixedCostWork, SyntheticConfig, SyntheticPipeline, busy_wait, seeded_value_rows
 
 
 def bare_loop(config: SyntheticConfig) -> float:
     """Items/s of a plain loop over the same work."""
     started = time.perf_counter()
     config_hash = config.config_hash()
-    for index in range(config.count):
-        busy_wait(config.work_ms / 1000)
-        seeded_values(sample_seed(config_hash, "synthetic", index), config.values).sum()
+    for start in range(0, config.count, FixedCostWork.batch_size):  # as the stage: one draw per batch
+        indices = range(start, min(start + FixedCostWork.batch_size, config.count))
+        busy_wait(config.work_ms / 1000 * len(indices))
+        seeded_value_rows([sample_seed(config_hash, "synthetic", i) for i in indices], config.values).sum(axis=1)
     return config.count / (time.perf_counter() - started)
 
 

@@ -38,8 +38,8 @@ count, shard_size, store, bare_rows = int(sys.argv[1]), int(sys.argv[2]), sys.ar
 config = SyntheticConfig(count=count, work_ms=0, values=8, execution={"executor": "local", "shard_size": shard_size})
 stage = FixedCostWork(0, 8)
 started = time.process_time()
-for index in range(bare_rows):
-    stage.process_row({"sample_id": "x", "seed": index})
+for start in range(0, bare_rows, stage.batch_size):
+    stage.process([{"sample_id": "x", "seed": i} for i in range(start, min(start + stage.batch_size, bare_rows))])
 stage_cpu_per_row = (time.process_time() - started) / max(bare_rows, 1)
 marks = []  # when progress was reported: first with the resumed inputs, then after each new shard
 

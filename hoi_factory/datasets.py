@@ -312,18 +312,19 @@ def rows_to_table(rows: list[dict], schema: pa.Schema) -> tuple[pa.Table, list[R
 
 def _rows_with_non_finite(column: pa.ChunkedArray) -> np.ndarray:
     """Indices of rows whose floats (at any list depth) include NaN or infinity."""
-    lists = [column.combine_chunks()]  # the column, then its values one list level down, and so on
-    while pa.types.is_list(lists[-1].type) or pa.types.is_large_list(lists[-1].type) \
-            or pa.types.is_fixed_size_list(lists[-1].type):
-        lists.append(pc.list_flatten(lists[-1]))
-    values = lists.pop()
+    values = column.combine_chunks()
+    levels = []  # the list arrays above the floats, outermost first
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) \
+            or pa.types.is_fixed_size_list(values.type):
+        levels.append(values)
+        values = pc.list_flatten(values)
     if not pa.types.is_floating(values.type) or len(values) == 0:
         return np.empty(0, dtype=int)
     finite = pc.fill_null(pc.is_finite(values), True)
     if pc.all(finite).as_py():  # the usual case: no need to trace values back to their rows
         return np.empty(0, dtype=int)
-    rows = np.arange(len(lists[0]))
-    for level in lists:
+    rows = np.arange(len(column))
+    for level in levels:
         rows = rows[pc.list_parent_indices(level).to_numpy()]
     return np.unique(rows[~finite.to_numpy(zero_copy_only=False)])
 

@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 from hoi_factory import ids
 from hoi_factory.codec import open_image
@@ -16,7 +17,7 @@ from hoi_factory.storage import Store, StoreError
 from hoi_factory.versions import VersionBusy, VersionPublished
 from tasks.c_hoi.annotations import HOIAnnotationsConfig, HOIAnnotationsPipeline
 from tasks.images.ingest import IngestConfig, IngestPipeline
-from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline, seeded_values
+from tasks.synthetic.pipeline import SyntheticConfig, SyntheticPipeline, seeded_value_rows, seeded_values
 
 
 def local_config(cls, **fields):
@@ -74,6 +75,18 @@ def test_synthetic_values_follow_from_seeds_alone(store_env):
         assert row["sample_id"] == ids.sample_id(config_hash, "synthetic", index)
         assert row["seed"] == ids.sample_seed(config_hash, "synthetic", index)
         np.testing.assert_array_equal(np.float32(row["values"]), seeded_values(row["seed"], 4))
+        assert row["total"] == pytest.approx(float(np.float64(np.float32(row["values"])).sum()))
+
+
+def test_seeded_values_are_standard_normal_and_independent_of_the_batch():
+    rows = seeded_value_rows(np.arange(50_000), 9)  # an odd count: Box-Muller pairs cut at the end
+    assert rows.shape == (50_000, 9) and rows.dtype == np.float32 and np.isfinite(rows).all()
+    assert abs(rows.mean()) < 0.01 and abs(rows.std() - 1) < 0.01
+    assert stats.kstest(rows.ravel(), "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(rows[:, 0], rows[:, 1])[0, 1]) < 0.02  # positions within a row
+    assert abs(np.corrcoef(rows[:-1, 0], rows[1:, 0])[0, 1]) < 0.02  # neighbouring seeds
+    for seed in (0, 7, 49_999):  # a row drawn alone equals the same row drawn in a batch
+        np.testing.assert_array_equal(seeded_values(seed, 9), rows[seed])
 
 
 def test_readers_see_only_published_versions_and_latest_moves_after_the_manifest(store_env):
