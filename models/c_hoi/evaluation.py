@@ -70,7 +70,8 @@ class Person:
 
 
 def overlaps(boxes, box) -> np.ndarray:
-    """IoU of each of `boxes` with `box`, as vsrl_eval's `get_overlap` computes it (inclusive pixel boxes)."""
+    """IoU of each of `boxes` with `box`, as vsrl_eval's `get_overlap` computes it (inclusive pixel boxes, +1 on
+    each side: hand-written because torchvision.ops.box_iou's exclusive boxes would move every score)."""
     boxes, box = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(box, np.float32)
     width = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]) + 1, 0)
     height = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]) + 1, 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import roma
 import torch
 import torch.nn.functional as F
 
@@ -20,37 +21,16 @@ MAX_ALPHA = 0.999  # gsplat's clamp (the Inria rasterizer uses 0.99)
 
 
 def quaternion_to_matrix(quats: torch.Tensor) -> torch.Tensor:
-    """(..., 4) quaternions (w, x, y, z), any norm -> (..., 3, 3) rotation matrices."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*quats.shape[:-1], 3, 3)
+    """(..., 4) quaternions (w, x, y, z: gsplat's order), any norm -> (..., 3, 3) rotation matrices (roma)."""
+    w_first = F.normalize(quats, dim=-1)
+    return roma.unitquat_to_rotmat(torch.cat([w_first[..., 1:], w_first[..., :1]], -1))
 
 
 def matrix_to_quaternion(rotations: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z), w >= 0; differentiable.
-
-    Each of the four classic formulas divides by one component; the one with the largest component is kept
-    so that the division is always well conditioned.
-    """
-    m = rotations
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    # 4 * component^2 for w, x, y, z
-    squares = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    roots = torch.sqrt(squares.clamp_min(1e-12))  # 2 |component|
-    zyx = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    xy, xz, yz = m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2]
-    candidates = torch.stack([
-        torch.stack([roots[..., 0] ** 2, zyx[0], zyx[1], zyx[2]], -1) / (2 * roots[..., 0:1]),
-        torch.stack([zyx[0], roots[..., 1] ** 2, xy, xz], -1) / (2 * roots[..., 1:2]),
-        torch.stack([zyx[1], xy, roots[..., 2] ** 2, yz], -1) / (2 * roots[..., 2:3]),
-        torch.stack([zyx[2], xz, yz, roots[..., 3] ** 2], -1) / (2 * roots[..., 3:4]),
-    ], -2)  # (..., 4 formulas, 4)
-    best = squares.argmax(-1)
-    quats = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    return quats * torch.where(quats[..., :1] < 0, -1.0, 1.0)
+    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z), w >= 0 (roma); differentiable."""
+    xyzw = roma.rotmat_to_unitquat(rotations)
+    w_first = torch.cat([xyzw[..., 3:], xyzw[..., :3]], -1)
+    return w_first * torch.where(w_first[..., :1] < 0, -1.0, 1.0)
 
 
 @dataclass

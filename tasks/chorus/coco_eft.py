@@ -164,7 +164,8 @@ def perspective_fit_error(joints: np.ndarray, weak: np.ndarray, K: np.ndarray, R
 
 
 def intersection_over_smaller_box(a: list[float], b: list[float]) -> float:
-    """For COCO [x, y, width, height] boxes; 0 when either is empty."""
+    """For COCO [x, y, width, height] boxes; 0 when either is empty. Hand-written: the official rule divides by the
+    smaller box, which no box library offers (torchvision.ops has IoU variants only)."""
     width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
     smaller = min(a[2] * a[3], b[2] * b[3])
