@@ -39,6 +39,7 @@ FACTORY_COLUMNS = {
     "reason": "why (short and stable: counted in the funnel)",
     "detail": "more about this sample's rejection",
     "kind": "`reject` (a stage's decision) or `error` (a stage failed on the sample)",
+    "thumbnail": "a small PNG of what the stage rejected (null: the stage keeps none; errors)",
 }
 ENCODING_NAMES = {"png": "PNG image", "png-mask": "PNG mask", "jpeg": "JPEG image", "npy": "NumPy .npy array",
                   "ply": "PLY mesh", "json": "JSON text", "safetensors": "safetensors tensors", "bytes": "bytes"}
@@ -78,7 +79,7 @@ def card_header(schema: pa.Schema, encodings: dict[str, str]) -> dict[str, Any]:
         ],
         "dataset_info": [
             {"config_name": SAMPLES_CONFIG, "features": _features(schema, encodings)},
-            {"config_name": REJECTS_CONFIG, "features": _features(REJECTS_SCHEMA, {})},
+            {"config_name": REJECTS_CONFIG, "features": _features(REJECTS_SCHEMA, {"thumbnail": "png"})},
         ],
         "tags": ["hoi-factory"],
     }

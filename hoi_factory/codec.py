@@ -55,3 +55,11 @@ def encode_npy(array: np.ndarray) -> bytes:
 def decode_npy(data: bytes) -> np.ndarray:
     """The array of .npy bytes; never unpickles (a pickled object array raises ValueError)."""
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def thumbnail_png(image: np.ndarray | bytes, side: int) -> bytes:
+    """A PNG of the image (an array, or encoded bytes) scaled down to fit a `side` square, in RGB."""
+    picture = open_image(image) if isinstance(image, bytes) else Image.fromarray(np.asarray(image))
+    picture = picture.convert("RGB")
+    picture.thumbnail((side, side))
+    return encode_png(picture)

@@ -44,7 +44,8 @@ ID_FIELDS = [
 ]
 REJECTS_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("input_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-     ("detail", pa.string()), ("kind", pa.string())]  # kind: "reject" (a stage's decision) or "error"
+     ("detail", pa.string()), ("kind", pa.string()),  # kind: "reject" (a stage's decision) or "error"
+     ("thumbnail", pa.binary())]  # PNG of what a stage rejected (null: the stage keeps none; errors)
 )
 
 

@@ -303,9 +303,9 @@ class StageGroupRunner:
         rejects = [*output.rejects, *((OUTPUT_CHECKS, r) for r in non_finite)]
         reject_table = pa.Table.from_pylist(
             [{"sample_id": r.sample_id, "input_id": r.input_id, "stage": stage, "reason": r.reason,
-              "detail": r.detail, "kind": "reject"} for stage, r in rejects]
+              "detail": r.detail, "kind": "reject", "thumbnail": r.thumbnail} for stage, r in rejects]
             + [{"sample_id": e.sample_id, "input_id": e.input_id, "stage": e.stage, "reason": "error",
-                "detail": e.error, "kind": "error"} for e in errors],
+                "detail": e.error, "kind": "error", "thumbnail": None} for e in errors],
             schema=REJECTS_SCHEMA,
         )
         stats = {name: s.to_dict() for name, s in output.stats.items()}

@@ -32,7 +32,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from hoi_factory.codec import encode_png, open_image  # noqa: E402
+from hoi_factory.codec import encode_png, open_image, thumbnail_png  # noqa: E402
 from hoi_factory.columns import describe  # noqa: E402
 from hoi_factory.datasets import ID_COLUMNS, encoding_of  # noqa: E402
 
@@ -288,7 +288,8 @@ def reject_examples(version) -> list[dict]:
     """Up to REJECT_EXAMPLES rejects (decisions and errors) drawn at random across the shards, reading only the
     reject files of the shards picked."""
     picked = pick_rows([shard.rejects for shard in version.shards], REJECT_EXAMPLES, seeded_rng(version, "rejects"))
-    return [row for shard, rows in picked.items() for row in version.read_rejects(shard).take(rows).to_pylist()]
+    rows = [row for shard, rows in picked.items() for row in version.read_rejects(shard).take(rows).to_pylist()]
+    return [{**row, "thumbnail": _b64(row["thumbnail"]) if row.get("thumbnail") else None} for row in rows]
 
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("hoi_factory", "templates"),
@@ -299,10 +300,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def thumbnail_png(data: bytes) -> bytes:
-    image = open_image(data, "RGB")
-    image.thumbnail((THUMBNAIL * 2, THUMBNAIL * 2))  # twice the tile: sharp on high-density screens
-    return encode_png(image)
 
 
 def render_html(version, pictures: dict[str, bytes], tiles: list[dict] | None = None,
@@ -345,7 +342,7 @@ def write_report(version, pipeline) -> dict[str, str]:
     for tile in tiles:
         tile["file"] = sample_file(tile["sample_id"], tile["image"])  # beside index.html: linked as is
         version.store.write_bytes(tile["image"], "datasets", version.name, version.version, "report", tile["file"])
-        tile["thumbnail"] = _b64(thumbnail_png(tile.pop("image")))
+        tile["thumbnail"] = _b64(thumbnail_png(tile.pop("image"), THUMBNAIL * 2))  # sharp on high-density screens
     page = render_html(version, pictures, tiles, sampled_statistics(version), reject_examples(version))
     files["html"] = ("report/index.html", page.encode())
     for path, data in files.values():

@@ -16,8 +16,10 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from hoi_factory.codec import thumbnail_png
 
 if TYPE_CHECKING:
     from hoi_factory.context import StageContext
@@ -52,6 +54,7 @@ class Reject:
     input_id: str
     reason: str
     detail: str = ""
+    thumbnail: bytes | None = None  # a small PNG of what was rejected (see Stage.thumbnail_key)
 
     @classmethod
     def of(cls, row: Row, reason: str, detail: str = "") -> Reject:
@@ -89,6 +92,7 @@ class Stage:
     batch_size: int = 16
     needs: frozenset[str] = frozenset()
     makes: frozenset[str] = frozenset()
+    thumbnail_key: str | None = None  # the row key holding an image (uint8 array): its rejects keep a thumbnail
 
     @property
     def name(self) -> str:
@@ -191,13 +195,19 @@ def _chunk_size(stages: list[Stage]) -> int:
     return max(batched, default=MAP_CHUNK)
 
 
+REJECT_THUMBNAIL = 96  # pixels: the side of the square a reject's thumbnail fits in
+
+
 def _run_stage(stage: Stage, rows: list[Row], retries: int, output: StageOutput) -> list[Row]:
     stats = output.stats[stage.name]
     started = time.perf_counter()
     kept: list[Row] = []
     for start in range(0, len(rows), stage.batch_size):
-        for result in _apply(stage, rows[start : start + stage.batch_size], retries):
+        batch = rows[start : start + stage.batch_size]
+        for row, result in zip(batch, _apply(stage, batch, retries)):
             if isinstance(result, Reject):
+                if stage.thumbnail_key and result.thumbnail is None and row.get(stage.thumbnail_key) is not None:
+                    result = replace(result, thumbnail=thumbnail_png(row[stage.thumbnail_key], REJECT_THUMBNAIL))
                 output.rejects.append((stage.name, result))
                 stats.rejected[result.reason] += 1
             elif isinstance(result, StageError):

@@ -226,6 +226,21 @@ def test_report_shows_a_seeded_random_sample_rejects_and_column_statistics(local
     assert [float(v) for v in seen["stats"]["width/values"][6:9]] == [width.min(), width.mean(), width.max()]
 
 
+def test_rejects_keep_a_thumbnail_of_the_image_a_stage_turned_down(local_store_env, image_folder):
+    folder, expected = image_folder
+    dataset = run_pipeline(IngestPipeline(), IngestConfig(source=str(folder), execution={"executor": "local"})).dataset
+    rejects = {row["input_id"]: row for row in dataset.rejects().to_pylist()}
+    assert {name: row["reason"] for name, row in rejects.items()} == expected
+    # The sliver (300 x 20, grey) was turned down by ImageShapeFilter, which holds the decoded pixels: its
+    # thumbnail is the image scaled into a 96 px square. Stages that never decoded anything keep none.
+    sliver = np.asarray(Image.open(io.BytesIO(rejects["bad/sliver.png"]["thumbnail"])))
+    assert sliver.shape == (6, 96, 3) and (sliver == 128).all()
+    assert all(row["thumbnail"] is None for name, row in rejects.items() if name != "bad/sliver.png")
+    page = dataset.store.read_bytes("datasets", dataset.name, dataset.version, dataset.manifest.report["html"]).decode()
+    thumbnail = base64.b64encode(rejects["bad/sliver.png"]["thumbnail"]).decode()
+    assert f'alt="rejected: aspect ratio too extreme" src="data:image/png;base64,{thumbnail}"' in page
+
+
 class FamilySynthetic(SyntheticPipeline):
     """Metrics as the CHORUS occupancy pipeline measures them: families per category and their means."""
 

@@ -311,6 +311,7 @@ class Calibrate(Stage):
     `max_error_px`. The starting K has the 46.4° field of view across the image width, as the official code."""
 
     batch_size = 32
+    thumbnail_key = "image_array"
     makes = frozenset({"body_pose", "K", "R", "t", "azimuth", "reprojection_error", "calibration", "mpjpe",
                        "azimuth_error"})
 

@@ -98,6 +98,7 @@ class InteractionFilter(Filter):
     """Keeps images with exactly one person and one target object that overlap and show a torso."""
 
     needs = frozenset({"image_array", "detections", "category"})
+    thumbnail_key = "image_array"
 
     def reason_to_drop(self, row: Row) -> str | None:
         height, width = row["image_array"].shape[:2]

@@ -104,6 +104,7 @@ class HandRemoved(Filter):
     """Drops object-only images where the hand is still there, or where the repainted patch shows a seam."""
 
     needs = frozenset({"hands_detected", "hand_residue", "seam_score"})
+    thumbnail_key = "object_array"  # the object image that still shows the hand or a seam
 
     def __init__(self, max_hand_residue: float, max_seam_score: float):
         self.max_hand_residue, self.max_seam_score = max_hand_residue, max_seam_score

@@ -78,6 +78,7 @@ class CropAroundInteraction(MapStage):
     batch_size = 16
     needs = frozenset({"image_array", "hand_mask_array"})
     makes = frozenset({"image_array", "hand_mask_array", "crop_box", "hand_box_crop"})
+    thumbnail_key = "image_array"
 
     def __init__(self, size: int, padding: float = PADDING):
         self.size, self.padding = size, padding

@@ -121,6 +121,7 @@ class ImageShapeFilter(Filter):
     """Drops images too small to use or too elongated to be a photo."""
 
     needs = frozenset({"pixels"})
+    thumbnail_key = "pixels"
 
     def __init__(self, min_side: int, max_aspect: float):
         self.min_side = min_side
