@@ -10,8 +10,9 @@ setting), the wall time kept in the JSON. Printed: CPU ms per image (median, min
 (vs the paper's 60 ms, with / without POM).
 
 Scene: the procedural stand-in bimanual grasp of a ball, the ball's mesh an icosphere whose size and the number
-of Gaussians per face set the count (the hands keep MANO's 1538 faces each). The models are built, not fitted:
-speed does not depend on the colours.
+of Gaussians per face set the count (the hands keep MANO's 1538 faces each: `hand_mesh` "mano", the figures'
+baseline; the pipelines' default "mano-hd" has 4x the hand faces). The models are built, not fitted: speed does
+not depend on the colours.
 
     python -m benchmarks.hogsa [--samples 4] [--repeats 3] [--out benchmarks/results/hogsa.json]
 """
@@ -32,6 +33,7 @@ import trimesh
 from benchmarks.results_table import interleaved, median, show_and_save
 from hoi_factory.config import Settings
 from hoi_factory.context import StageContext
+from models.hand import MANO
 from tasks.hogsa.augment import AugmentConfig, CompositeAndAnnotate, NovelPose, RenderNovelView
 from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig
 from tasks.hogsa.posing import frame_to_json
@@ -42,26 +44,31 @@ SIZE = 224
 SCENES = {"10k": (2, 3), "50k": (4, 6)}  # name -> (icosphere subdivisions, Gaussians per face)
 
 
-def model_row(subdivisions: int, per_face: int) -> tuple[dict, int]:
-    """A `hogsa-models` row (what the pipeline's workers read) and its Gaussian count."""
+def model_row(subdivisions: int, per_face: int, hand_mesh: str = MANO) -> tuple[dict, int]:
+    """A `hogsa-models` row (what the pipeline's workers read) and its Gaussian count; the hands' Gaussians on
+    `hand_mesh`."""
     sequence = procedural_sequence(0, "ball", frames=1, cameras=1, width=32, height=32)
     sequence.object_mesh = trimesh.creation.icosphere(subdivisions, 0.08)
-    stage = FitHOGS(HOGSModelsConfig(sequences=["ball"], gaussians_per_face=per_face, sh_degree=1))
+    stage = FitHOGS(HOGSModelsConfig(sequences=["ball"], gaussians_per_face=per_face, sh_degree=1,
+                                     hand_mesh=hand_mesh))
     stage.setup(StageContext(Settings()))
     model = stage.build(sequence)
+    # object_colours None, as a real capture's row: the stand-ins' per-sample stain check is not timed
     row = {"sequence": "ball", "object_name": "ball", "hogs": model.to_bytes(), "hand_model": "standin",
-           "flat_hand_mean": False, "frames": json.dumps([frame_to_json(f) for f in sequence.frames])}
+           "flat_hand_mean": False, "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
+           "object_colours": None}
     return row, sum(m.num_gaussians for m in model.actors.values())
 
 
-def augmenter(row: dict, pose_optimization: bool, device: str = "cpu", size: int = SIZE) -> Callable[[int], None]:
+def augmenter(row: dict, pose_optimization: bool, device: str = "cpu", size: int = SIZE,
+              hand_mesh: str = MANO) -> Callable[[int], None]:
     """The pipeline's stages set up as a worker sets them up, warmed up on one image: a function that makes
     the augmented image of one seed. `device="cuda"` runs them as a GPU worker does (gpus=1): the HOGS model
     on CUDA, rendered by the "auto" backend (gsplat when it is installed, else the torch rasterizer)."""
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     config = AugmentConfig(pose_optimization=pose_optimization, render_size=size, crop_size=size,
-                           gpus=1.0 if device == "cuda" else 0.0)
+                           gpus=1.0 if device == "cuda" else 0.0, hand_mesh=hand_mesh)
     stages = [NovelPose(config), RenderNovelView(config), CompositeAndAnnotate(config)]
     context = StageContext(Settings(), device=device)
     for stage in stages:

@@ -9,6 +9,9 @@ MANO's default, and ARCTIC's) `hand_pose` is relative to the file's `hands_mean`
 relaxed hand; with `flat_hand_mean=True` (H2O's labels, manopth's flat_hand_mean=True) it is absolute, so zero is the
 flat template. `HandModel.hand_mean` is what forward adds: absolute pose = hand_pose + hand_mean.
 Frames: MANO rotates the hand about its rest wrist joint (which depends on `betas`), then adds `transl`. Metres.
+
+Meshes (`mesh`): "mano" (the file's own: 778 vertices for MANO) or "mano-hd" (mano_hd.py: subdivided once, 3,093
+vertices for MANO, the first 778 MANO's own); joints, bone transforms and fingertips are the same in both.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from models.hand import standin
+from models.hand.mano_hd import HAND_MESHES, MANO, subdivide_mano
 
 STANDIN = "standin"
 SIDES = ("left", "right")
@@ -40,13 +44,14 @@ class HandOutput:
 
 
 class HandModel:
-    """One MANO hand (`side` "left" or "right") wrapped around `smplx.MANO`."""
+    """One MANO hand (`side` "left" or "right") wrapped around `smplx.MANO`; `mesh` names the mesh `data` holds."""
 
-    def __init__(self, data: dict[str, np.ndarray], side: str, label: str, flat_hand_mean: bool = False):
+    def __init__(self, data: dict[str, np.ndarray], side: str, label: str, flat_hand_mean: bool = False,
+                 mesh: str = MANO):
         import smplx
         from smplx.vertex_ids import vertex_ids
 
-        self.side, self.label, self.flat_hand_mean = side, label, flat_hand_mean
+        self.side, self.label, self.flat_hand_mean, self.mesh = side, label, flat_hand_mean, mesh
         with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a notice for every 10-beta model file
             self.model = smplx.MANO(model_path=label, is_rhand=side == "right", data_struct=smplx.utils.Struct(**data),
                                     use_pca=False, flat_hand_mean=flat_hand_mean, num_betas=NUM_BETAS)
@@ -144,8 +149,11 @@ def _fix_left_shapedirs(left: dict[str, np.ndarray], right: dict[str, np.ndarray
         left["shapedirs"][:, 0] *= -1
 
 
-def load_hands(source: str = STANDIN, flat_hand_mean: bool = False) -> dict[str, HandModel]:
-    """{"left", "right"} hand models from `"standin"` or a folder holding MANO_LEFT.npz and MANO_RIGHT.npz."""
+def load_hands(source: str = STANDIN, flat_hand_mean: bool = False, mesh: str = MANO) -> dict[str, HandModel]:
+    """{"left", "right"} hand models from `"standin"` or a folder holding MANO_LEFT.npz and MANO_RIGHT.npz, with
+    the file's own mesh (`mesh="mano"`) or its subdivided MANO-HD-like twin (`"mano-hd"`)."""
+    if mesh not in HAND_MESHES:
+        raise ValueError(f"hand mesh {mesh!r}: expected one of {', '.join(HAND_MESHES)}")
     if source == STANDIN:
         data = {side: standin.build_standin(side) for side in SIDES}
     else:
@@ -156,4 +164,6 @@ def load_hands(source: str = STANDIN, flat_hand_mean: bool = False) -> dict[str,
             raise ValueError(f"MANO source {source!r}: give the folder that holds MANO_LEFT.npz and MANO_RIGHT.npz")
         data = {side: _read_mano_file(folder / f"MANO_{side.upper()}.npz") for side in SIDES}
         _fix_left_shapedirs(data["left"], data["right"])
-    return {side: HandModel(data[side], side, source, flat_hand_mean) for side in SIDES}
+    if mesh != MANO:
+        data = {side: subdivide_mano(arrays) for side, arrays in data.items()}
+    return {side: HandModel(data[side], side, source, flat_hand_mean, mesh) for side in SIDES}

@@ -87,8 +87,12 @@ class HOGS(PretrainedMixin, nn.Module):
                              else torch.as_tensor(articulation_axis, dtype=torch.float32))
 
     # -- posing --------------------------------------------------------------------------------------------
-    def posed_vertices(self, actor: str, pose: ScenePose) -> torch.Tensor:
-        canonical = self.actors[actor].canonical_vertices()
+    def posed_vertices(self, actor: str, pose: ScenePose, refined: bool = True) -> torch.Tensor:
+        """The actor's mesh vertices in `pose`: the refined canonical mesh the Gaussians sit on, or with
+        `refined=False` the input mesh (no learned offsets). Exact geometry (signed distances, contact, boxes) wants
+        the latter: the offsets can fold small faces over, and a folded surface turns the sign of the distance."""
+        actor_model = self.actors[actor]
+        canonical = actor_model.canonical_vertices() if refined else actor_model.rest_vertices
         if actor in HANDS:
             blended = torch.einsum("vj,jab->vab", getattr(self, f"{actor}_lbs_weights"),
                                    pose.hand_transforms[actor].to(canonical))

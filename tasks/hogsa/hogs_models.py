@@ -9,7 +9,12 @@ compare with that target. Deviation: whatever the meshes do not model (forearms,
 still counts as foreground where it covers their silhouettes.
 On the stand-ins, whose exact object-only view is known, `object_only_error` checks the object rendered alone
 where the hands hide it (HO3Pairs' truth; a stained model shows the hands' colour there), and
-`max_object_only_error` rejects models above it.
+`max_object_only_error` rejects models above it; the row keeps the object's true vertex colours
+(`object_colours`), with which the `hogsa` pipeline scores every sample's object-only render the same way.
+The hands' Gaussians sit on `hand_mesh`: "mano-hd" (default) or "mano" (778 vertices). Deviation: the paper uses
+HandAvatar's MANO-HD (3,093 vertices, a smoothed template, learned skinning weights that are not published); ours is
+MANO subdivided once with interpolated blend shapes and skinning weights, on MANO's own surface
+(models/hand/mano_hd.py).
 A row carries everything the augmentation pipeline (`hogsa`) needs: the model blob, the sequence's poses and
 cameras as JSON, the hand model it was posed with, and a truth | render preview of a held-out view; and, for the
 SRM (tasks/training/srm.py), (HOGS render, ground-truth image) pairs of up to `srm_pairs` training views
@@ -28,12 +33,13 @@ import torch
 from pydantic import Field
 
 from hoi_factory.codec import encode_png
+from hoi_factory.columns import column
 from hoi_factory.config import ExecutionConfig, RunConfig, Variant
 from hoi_factory.context import StageContext
 from hoi_factory.pipeline import Pipeline, PlanError
 from hoi_factory.stage import MapStage, Reject, Resources, Row
 from models.gaussians.ssim import psnr, ssim
-from models.hand import load_hands
+from models.hand import MANO_HD, load_hands
 from models.hogsa.fit import View, fit_hogs
 from models.hogsa.hogs import HANDS, HOGS
 from models.hogsa.super_resolution import PAIR_COLUMNS
@@ -41,11 +47,12 @@ from tasks.hogsa.arctic import read_arctic
 from tasks.hogsa.h2o import read_h2o
 from tasks.hogsa.posing import camera_of, camera_to_json, frame_to_json, hand_output, scene_pose, sequence_betas
 from tasks.hogsa.sequence import Frame, FrameReject, Sequence, StorageOptions, posed_object_vertices, visible_masks
+from tasks.hogsa.standin_sequences import mesh_colours
 
 QUALITY_COLUMNS = ("psnr_train", "psnr_heldout", "ssim_heldout")
-MODEL_COLUMNS = ("object_name", "hogs", "frames", "cameras", "hand_model", "flat_hand_mean", "num_gaussians",
-                 "train_views", "held_out_views", "skipped_frames", *QUALITY_COLUMNS, "object_only_error", "preview",
-                 *PAIR_COLUMNS)
+MODEL_COLUMNS = ("object_name", "hogs", "frames", "cameras", "hand_model", "hand_mesh", "flat_hand_mean",
+                 "num_gaussians", "train_views", "held_out_views", "skipped_frames", *QUALITY_COLUMNS,
+                 "object_only_error", "object_colours", "preview", *PAIR_COLUMNS)
 PAIR_MARGIN = 1.2  # a pair's square crop: the foreground's longer bounding-box side times this
 
 
@@ -87,6 +94,8 @@ class HOGSModelsConfig(RunConfig):
                                  "procedural: stand-in objects (box, bottle, ball, mug)")
     held_out_cameras: int = Field(1, ge=0, description="the last N cameras score novel views, unseen in training")
     hand_model: str = Field("standin", description="'standin' or a folder with MANO_LEFT.npz / MANO_RIGHT.npz")
+    hand_mesh: Literal["mano-hd", "mano"] = Field(MANO_HD, description="the mesh the hand Gaussians sit on: "
+                                                  "'mano-hd' (MANO subdivided once, 3093 vertices) or 'mano' (778)")
     iterations: int = Field(3000, ge=1, le=1_000_000, description="fitting steps (the paper: 50k)")
     gaussians_per_face: int = Field(2, ge=1, le=7, description="the paper's k")
     sh_degree: int = Field(1, ge=0, le=3)
@@ -132,7 +141,7 @@ class FitHOGS(MapStage):
         self.resources = Resources(num_cpus=1, num_gpus=config.gpus)
 
     def setup(self, context: StageContext) -> None:
-        self.hands = load_hands(self.config.hand_model, flat_hand_mean=flat_hand_mean(self.config.source.kind))
+        self.hands = load_hands(self.config.hand_model, flat_hand_mean(self.config.source.kind), self.config.hand_mesh)
         self.device = context.device
         self.storage_options = context.storage_options
 
@@ -182,14 +191,17 @@ class FitHOGS(MapStage):
         if not np.isfinite(losses).all():  # e.g. a degenerate pose or mesh: the model is not usable
             return Reject.of(row, "fit diverged", f"non-finite loss from step {int(np.argmin(np.isfinite(losses)))}")
         stain = self.object_only_error(model, sequence, set(names) - held_out)
-        if config.max_object_only_error is not None and stain > config.max_object_only_error:
+        if None not in (stain, config.max_object_only_error) and stain > config.max_object_only_error:
             return Reject.of(row, "stained object", f"object-only colour error {stain:.3f} where the hands hide it "
                              f"> max_object_only_error {config.max_object_only_error}")
+        procedural = isinstance(config.source, ProceduralSequences)
         return {**row, **self.score(model, views), **self.pairs(model, views["train"]), "hogs": model.to_bytes(),
                 "object_only_error": stain, "object_name": sequence.object_name,
+                "object_colours": mesh_colours(sequence.object_mesh).astype(np.uint8) if procedural else None,
                 "frames": json.dumps([frame_to_json(f) for f in sequence.frames]),
                 "cameras": json.dumps([camera_to_json(c) for c in sequence.cameras]),
-                "hand_model": config.hand_model, "flat_hand_mean": flat_hand_mean(config.source.kind),
+                "hand_model": config.hand_model, "hand_mesh": config.hand_mesh,
+                "flat_hand_mean": flat_hand_mean(config.source.kind),
                 "num_gaussians": sum(m.num_gaussians for m in model.actors.values()),
                 "train_views": len(views["train"]), "held_out_views": len(views["held_out"]),
                 "skipped_frames": skipped_frames}
@@ -207,11 +219,12 @@ class FitHOGS(MapStage):
                 if camera.name in frame.images}
 
     @torch.no_grad()
-    def object_only_error(self, model: HOGS, sequence: Sequence, cameras: set[str]) -> float:
-        """Stand-ins (NaN otherwise): the mean absolute colour error (0-1) of the object rendered alone against
-        its exact render, over the object pixels the hands hide in the `cameras`' views."""
+    def object_only_error(self, model: HOGS, sequence: Sequence, cameras: set[str]) -> float | None:
+        """Stand-ins: the mean absolute colour error (0-1) of the object rendered alone against its exact render,
+        over the object pixels the hands hide in the `cameras`' views (None off the stand-ins or where they hide
+        nothing)."""
         if not isinstance(self.config.source, ProceduralSequences):
-            return float("nan")
+            return None
         from tasks.hogsa.standin_sequences import render_hands_and_object
 
         errors = []
@@ -226,7 +239,7 @@ class FitHOGS(MapStage):
                 if hidden.any():
                     render = model.render(camera_of(camera), pose, actors=("object",))["image"].clamp(0, 1)
                     errors.append(np.abs(render.cpu().numpy() - exact.image / 255)[hidden])
-        return float(np.concatenate(errors).mean()) if errors else float("nan")
+        return float(np.concatenate(errors).mean()) if errors else None
 
     @torch.no_grad()
     def pairs(self, model: HOGS, views: list[View]) -> dict[str, list[bytes]]:
@@ -247,10 +260,10 @@ class FitHOGS(MapStage):
         scores = {}
         for split, key in (("train", "psnr_train"), ("held_out", "psnr_heldout")):
             renders = [(model.render(v.camera, v.pose)["image"].clamp(0, 1), v.target) for v in views[split]]
-            scores[key] = float(np.mean([psnr(r, t) for r, t in renders])) if renders else float("nan")
+            scores[key] = float(np.mean([psnr(r, t) for r, t in renders])) if renders else None
             if split == "held_out":
                 scores["ssim_heldout"] = float(np.mean([float(ssim(r, t)) for r, t in renders])
-                                               ) if renders else float("nan")
+                                               ) if renders else None
         shown = (views["held_out"] or views["train"])[0]
         render = model.render(shown.camera, shown.pose)["image"].clamp(0, 1)
         scores["preview"] = encode_png((torch.cat([shown.target, render], 1) * 255).round().byte().cpu().numpy())
@@ -272,22 +285,47 @@ def foreground_square(mask: torch.Tensor | None) -> tuple[int, int, int]:
     return top, left, side
 
 
+SCHEMA = pa.schema([
+    column("sequence", pa.string(), "the sequence: arctic 's01/box_grab_01', h2o 'subject1/h1/0', or a stand-in "
+           "object's name"),
+    column("object_name", pa.string(), "the object's name (class)"),
+    column("hogs", pa.binary(), "the fitted HOGS model (models/hogsa/hogs.py: HOGS.from_bytes; safetensors)"),
+    column("frames", pa.string(), "the sequence's frames: MANO parameters per hand (world frame, metres), object "
+           "pose and articulation (tasks/hogsa/posing.py: frame_from_json)", encoding="json"),
+    column("cameras", pa.string(), "the sequence's cameras: name, K, R, t (world -> camera, OpenCV), size "
+           "(tasks/hogsa/posing.py: camera_to_json)", encoding="json"),
+    column("hand_model", pa.string(), "the MANO files the hands were posed with: 'standin' or a folder"),
+    column("hand_mesh", pa.string(), "the mesh the hand Gaussians sit on: 'mano-hd' or 'mano'"),
+    column("flat_hand_mean", pa.bool_(), "whether hand_pose is absolute (H2O) rather than relative to hands_mean"),
+    column("num_gaussians", pa.int64(), "Gaussians of hands and object together"),
+    column("train_views", pa.int32(), "images the model was fitted on"),
+    column("held_out_views", pa.int32(), "images of the held-out cameras"),
+    column("skipped_frames", pa.int32(), "frames the reader skipped (unreadable or without labels)"),
+    column("psnr_train", pa.float32(), "mean PSNR of the training views (inside the hand and object masks when "
+           "masked)", unit="dB"),
+    column("psnr_heldout", pa.float32(), "mean PSNR of the held-out views (null without held-out cameras)",
+           unit="dB"),
+    column("ssim_heldout", pa.float32(), "mean SSIM of the held-out views (null without held-out cameras)"),
+    column("object_only_error", pa.float32(), "stand-ins: mean absolute colour error (0-1) of the object rendered "
+           "alone where the hands hide it, against its exact render (null for real captures)"),
+    column("object_colours", pa.uint8(), "stand-ins: the object mesh's true vertex colours, in the HOGS object's "
+           "vertex order (null for real captures)", shape=(None, 3), unit="sRGB 0-255"),
+    column("preview", pa.binary(), "a held-out view (a training view without held-out cameras): truth | render",
+           encoding="png"),
+    column(PAIR_COLUMNS[0], pa.binary(), "SRM pairs: HOGS renders of up to srm_pairs training views, each cropped "
+           "to a square around the view's foreground", shape=(None,), encoding="png"),
+    column(PAIR_COLUMNS[1], pa.binary(), f"SRM pairs: the images of {PAIR_COLUMNS[0]}'s views, cropped alike",
+           shape=(None,), encoding="png"),
+])
+
+
 class HOGSModelsPipeline(Pipeline[HOGSModelsConfig]):
     name = "hogsa-models"
     description = "HOGSA: hand-object sequences -> one fitted hand-object Gaussian splatting model per sequence"
     config_class = HOGSModelsConfig
-    schema = pa.schema([
-        ("sequence", pa.string()), ("object_name", pa.string()), ("hogs", pa.binary()), ("frames", pa.string()),
-        ("cameras", pa.string()), ("hand_model", pa.string()), ("flat_hand_mean", pa.bool_()),
-        ("num_gaussians", pa.int64()), ("train_views", pa.int32()), ("held_out_views", pa.int32()),
-        ("skipped_frames", pa.int32()), ("psnr_train", pa.float32()), ("psnr_heldout", pa.float32()),
-        ("ssim_heldout", pa.float32()), ("object_only_error", pa.float32()), ("preview", pa.binary()),
-        *((column, pa.list_(pa.binary())) for column in PAIR_COLUMNS),
-    ])
+    schema = SCHEMA
     item_keys = frozenset({"input_id", "sequence"})
     preview_column = "preview"
-    allow_non_finite = frozenset({"psnr_heldout", "ssim_heldout",  # NaN without held-out cameras
-                                  "object_only_error"})  # NaN but on stand-ins
 
     def plan(self, config: HOGSModelsConfig, context: StageContext) -> list[dict]:
         from tasks.procedural.hand_object import OBJECTS

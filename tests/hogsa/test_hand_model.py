@@ -1,5 +1,6 @@
 """The MANO hand models: the stand-in through smplx.MANO, its pose conventions, skinning, mirror symmetry, the bone
-transforms (LBS recomputed here by hand), OpenPose joints, and the refusal of pickled or missing model files."""
+transforms (LBS recomputed here by hand), OpenPose joints, the refusal of pickled or missing model files, and the
+MANO-HD-like subdivision (models/hand/mano_hd.py)."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from smplx.vertex_ids import vertex_ids
 
 from models.hand import load_hands
 from models.hand.mano import FINGERTIP_ORDER, OPENPOSE_FROM_MANO
+from models.hand.mano_hd import mesh_edges, subdivide_faces
 from models.hand.standin import (
     JOINT_NAMES,
     NUM_FACES,
@@ -206,3 +208,87 @@ def test_mano_left_shapedirs_bug_is_fixed_on_load(tmp_path):
     np.savez(folder / "MANO_LEFT.npz", **left)
     hands = load_hands(str(folder))
     np.testing.assert_allclose(hands["left"].model.shapedirs[:, 0].numpy(), -right["shapedirs"][:, 0], atol=1e-7)
+
+
+def test_subdividing_one_triangle_gives_its_four_corner_and_centre_triangles():
+    faces, edges = subdivide_faces(np.array([[0, 1, 2]]), 3)
+    # new vertices 3, 4, 5 are the midpoints of the sorted edges (0, 1), (0, 2), (1, 2)
+    assert edges.tolist() == [[0, 1], [0, 2], [1, 2]]
+    assert faces.tolist() == [[0, 3, 4], [3, 1, 5], [4, 5, 2], [3, 5, 4]]
+
+
+def test_mano_hd_standin_is_one_surface_with_mano_hd_counts():
+    data = build_standin("right")
+    edges, _ = mesh_edges(data["f"])
+    hands = load_hands("standin", mesh="mano-hd")
+    for side, model in hands.items():
+        # MANO's topology (778 vertices, 1538 faces, a 16-edge wrist opening) has 2315 edges: HandAvatar's 3093
+        assert model.num_vertices == NUM_VERTICES + len(edges) == 3093 and model.faces.shape == (4 * NUM_FACES, 3)
+        assert model.mesh == "mano-hd" and model.lbs_weights.shape == (3093, 16)
+        f = model.faces
+        directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+        assert len(np.unique(directed, axis=0)) == len(directed)  # consistently wound
+        _, uses = np.unique(np.sort(directed, 1), axis=0, return_counts=True)
+        assert set(uses.tolist()) == {1, 2} and (uses == 1).sum() == 2 * 16  # each wrist edge split in two
+        np.testing.assert_allclose(model.lbs_weights.sum(1).numpy(), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="hand mesh 'smooth'"):
+        load_hands("standin", mesh="smooth")
+
+
+def _pose_offsets(posedirs: np.ndarray, full_pose: np.ndarray) -> np.ndarray:
+    """(V, 3) MANO's pose-corrective offsets: posedirs times the 15 non-root (R - I), flattened row-major."""
+    rotations = Rotation.from_rotvec(full_pose.reshape(16, 3)[1:]).as_matrix()
+    return posedirs @ (rotations - np.eye(3)).reshape(-1)
+
+
+def test_mano_hd_keeps_manos_vertices_and_skins_new_ones_from_their_edge(tmp_path):
+    # A MANO-format file with pose correctives (the stand-in has none), loaded as MANO and as MANO-HD.
+    rng = np.random.default_rng(0)
+    folder = write_standin(tmp_path / "mano")
+    for side in ("left", "right"):
+        data = build_standin(side)
+        data["posedirs"] = 1e-3 * rng.standard_normal(data["posedirs"].shape)
+        np.savez(folder / f"MANO_{side.upper()}.npz", **data)
+    mano, hd = load_hands(str(folder), flat_hand_mean=True), load_hands(str(folder), True, mesh="mano-hd")
+    data = build_standin("right")
+    data["posedirs"] = np.load(folder / "MANO_RIGHT.npz")["posedirs"]
+    edges, _ = mesh_edges(data["f"])
+    params = random_parameters(7)
+    for side in ("left", "right"):
+        a, b = mano[side](**params), hd[side](**params)
+        # MANO's vertices, joints and bones, bit for bit
+        assert torch.equal(b.vertices[:, :NUM_VERTICES], a.vertices) and torch.equal(b.joints, a.joints)
+        assert torch.equal(b.transforms, a.transforms)
+    # Zero pose, any shape and translation: every new vertex is its edge's midpoint.
+    rest = {**params, "global_orient": torch.zeros(3, 3), "hand_pose": torch.zeros(3, 45)}
+    vertices = hd["right"](**rest).vertices.numpy()
+    np.testing.assert_allclose(vertices[:, NUM_VERTICES:], vertices[:, edges].mean(2), atol=1e-7)
+    # Posed: LBS of the edge's mean weights applied to the edge's mean rest point (shape and pose correctives),
+    # recomputed here from the file's arrays and MANO's own bone transforms.
+    out, bones = hd["right"](**params), mano["right"](**params).transforms.numpy()
+    for k in range(len(params["betas"])):
+        full_pose = torch.cat([params["global_orient"][k], params["hand_pose"][k]]).numpy()
+        shaped = data["v_template"] + data["shapedirs"] @ params["betas"][k].numpy()
+        rest_points = shaped + _pose_offsets(data["posedirs"], full_pose)
+        blended = np.einsum("ej,jmn->emn", data["weights"][edges].mean(1), bones[k])
+        expected = np.einsum("emn,en->em", blended[:, :3, :3], rest_points[edges].mean(1)) + blended[:, :3, 3]
+        np.testing.assert_allclose(out.vertices[k, NUM_VERTICES:].numpy(), expected, atol=2e-6)
+
+
+def test_mano_hd_new_vertices_stay_near_their_posed_edge_midpoints(relaxed):
+    """Exact where an edge's endpoints share their weights (one affine map moves both); elsewhere blending weights is
+    not blending skinned points: measured on grasp-like poses."""
+    hd = load_hands("standin", mesh="mano-hd")["right"]
+    edges, _ = mesh_edges(relaxed["right"].faces)
+    params = random_parameters(8, batch=8)
+    mean = torch.as_tensor(relaxed["right"].hand_mean, dtype=torch.float32)
+    params["hand_pose"] = 0.3 * params["hand_pose"] + 2 * mean  # the relaxed hand curled further, and some noise
+    vertices = hd(**params).vertices.numpy()
+    off = np.linalg.norm(vertices[:, NUM_VERTICES:] - vertices[:, edges].mean(2), axis=-1)
+    weights = relaxed["right"].lbs_weights.numpy()
+    rigid = (weights[edges[:, 0]] == weights[edges[:, 1]]).all(1)
+    assert rigid.mean() > 0.5 and off[:, rigid].max() < 1e-6
+    # the stand-in's blends across joints are 12 mm wide, so the edges crossing them bend most: 2.2 mm at most here
+    assert off.max() < 5e-3, off.max()
+    print(f"MANO-HD new vertices on edges across a weight change, off their posed edge midpoints: "
+          f"median {1e3 * np.median(off[:, ~rigid]):.3f} mm, max {1e3 * off.max():.2f} mm")

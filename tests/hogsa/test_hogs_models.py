@@ -17,7 +17,7 @@ from models.hogsa.hogs import HOGS
 from support.arctic_fixture import write_arctic_fixture
 from tasks.hogsa.hogs_models import FitHOGS, HOGSModelsConfig, HOGSModelsPipeline, ProceduralSequences
 from tasks.hogsa.posing import camera_of, hand_output, scene_pose
-from tasks.hogsa.standin_sequences import procedural_sequence
+from tasks.hogsa.standin_sequences import mesh_colours, procedural_sequence
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,6 +56,19 @@ def test_hand_gaussians_follow_mano_skinning_and_object_gaussians_the_rigid_pose
     canonical, _, _ = model.actors["object"].gaussians()
     rigid = canonical.double() @ torch.as_tensor(frame.object_rotation).T + torch.as_tensor(frame.object_translation)
     assert torch.allclose(means.detach().double(), rigid.detach(), atol=1e-5)
+
+
+def test_exact_geometry_poses_the_input_mesh_without_the_learned_offsets(fitted):
+    stage, sequence, _ = fitted
+    model, frame = stage.build(sequence), sequence.frames[1]
+    pose = scene_pose(stage.hands, frame)
+    shift = torch.tensor([0.0, 0.004, 0.0])
+    with torch.no_grad():
+        model.actors["object"].vertex_offsets += shift  # what fitting learns (and can fold small faces with)
+        refined, exact = model.posed_vertices("object", pose), model.posed_vertices("object", pose, refined=False)
+    truth = np.asarray(sequence.object_mesh.vertices) @ frame.object_rotation.T + frame.object_translation
+    assert np.abs(exact.double().numpy() - truth).max() < 1e-5
+    assert np.abs(refined.double().numpy() - truth - frame.object_rotation @ shift.double().numpy()).max() < 1e-5
 
 
 def test_blob_round_trip_renders_identically(fitted):
@@ -188,9 +201,14 @@ def test_pipeline_fits_a_model_per_sequence_and_scores_held_out_cameras(tmp_path
     model = HOGS.from_bytes(row["hogs"])
     assert model.actors["object"].num_gaussians == len(model.actors["object"].faces)  # one per face, as configured
     assert len(json.loads(row["frames"])) == 1 and len(json.loads(row["cameras"])) == 4
+    # hands on MANO-HD by default: each of MANO's 1538 faces split in four
+    assert row["hand_mesh"] == "mano-hd" and len(model.actors["left"].faces) == 4 * 1538
     # SRM pairs: each training view's render and image, cut to one square holding all of the (exactly masked)
     # foreground; the stand-in's background is black, so the image crop is a window of the photo.
     sequence = procedural_sequence(row["seed"] % 2**31, "box", frames=1, cameras=4, width=40, height=40)
+    # the object's true colours, for hogsa's per-sample stain check, in the model's vertex order
+    np.testing.assert_array_equal(row["object_colours"], mesh_colours(sequence.object_mesh))
+    assert len(row["object_colours"]) == len(model.actors["object"].rest_vertices)
     assert len(row["train_renders"]) == len(row["train_images"]) == 3
     for name, render, image in zip(("cam0", "cam1", "cam2"), row["train_renders"], row["train_images"]):
         render, image, photo = decode_image(render), decode_image(image), sequence.frames[0].images[name]
@@ -256,14 +274,14 @@ def test_masked_fitting_ignores_a_cluttered_background(tmp_path):
     """Hands and door box over a busy picture: fitted with the mesh masks it scores on the unseen camera what the
     same scene on a clean background scores; fitted on the whole photo it does not."""
     scene = dict(views=tuple(range(1, 9)), num_frames=1, width=32, height=24, fov_degrees=35, seed=0)
-    stage = arctic_stage(tmp_path)
+    stage = arctic_stage(tmp_path, hand_mesh="mano")  # MANO's mesh, as measured below (and cheaper)
     clean = write_arctic_fixture(tmp_path / "clean", hand_models=stage.hands, background="black", **scene)
     write_arctic_fixture(tmp_path / "cluttered", hand_models=stage.hands, background="cluttered", **scene)
     camera, frame = clean.cameras[-1], clean.frames[0]  # view 8: the held-out camera
     pose, truth = scene_pose(stage.hands, frame), torch.tensor(frame.images[camera.name]) / 255
 
     def held_out_psnr(root, masked: bool) -> float:
-        row = arctic_stage(root, iterations=60, masked=masked, srm_pairs=0).process_row(ARCTIC_ROW)
+        row = arctic_stage(root, iterations=60, masked=masked, srm_pairs=0, hand_mesh="mano").process_row(ARCTIC_ROW)
         assert row["train_views"] == 7 and row["held_out_views"] == 1
         with torch.no_grad():
             render = HOGS.from_bytes(row["hogs"]).render(camera_of(camera), pose)["image"].clamp(0, 1)
