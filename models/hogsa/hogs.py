@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import roma
 import torch
 from torch import nn
 
@@ -55,15 +56,6 @@ class Camera:
         return view
 
 
-def _rotation_about(axis: torch.Tensor, angle: float) -> torch.Tensor:
-    axis = axis / axis.norm()
-    cross = torch.zeros(3, 3, dtype=axis.dtype)
-    cross[0, 1], cross[0, 2], cross[1, 2] = -axis[2], axis[1], -axis[0]
-    cross = cross - cross.T
-    angle = torch.tensor(angle, dtype=axis.dtype)
-    return torch.eye(3, dtype=axis.dtype) + torch.sin(angle) * cross + (1 - torch.cos(angle)) * cross @ cross
-
-
 class HOGS(PretrainedMixin, nn.Module):
     def __init__(self, hand_vertices: dict[str, torch.Tensor], hand_faces: dict[str, torch.Tensor],
                  lbs_weights: dict[str, torch.Tensor], object_vertices: torch.Tensor, object_faces: torch.Tensor,
@@ -99,7 +91,7 @@ class HOGS(PretrainedMixin, nn.Module):
             return (blended[:, :3, :3] @ canonical[:, :, None])[:, :, 0] + blended[:, :3, 3]
         if pose.articulation and self.object_part.any():
             origin, direction = self.articulation_axis
-            turn = _rotation_about(direction, pose.articulation).to(canonical)
+            turn = roma.rotvec_to_rotmat(direction / direction.norm() * pose.articulation).to(canonical)
             moved = (canonical - origin) @ turn.T + origin
             canonical = torch.where(self.object_part[:, None], moved, canonical)
         return canonical @ pose.object_rotation.to(canonical).T + pose.object_translation.to(canonical)

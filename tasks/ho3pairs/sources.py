@@ -192,9 +192,12 @@ def plan_hogsa(datasets, ref: str) -> list[dict[str, Any]]:
     return [{**item, "frame_time": None, "hand_box": None} for item in items_from_dataset(datasets.open_ref(ref))]
 
 
-def joints_box(joints_2d: list[float]) -> list[float] | None:
-    """The box (x0, y0, x1, y1) of flattened 2D joints, as the official code boxes HOI4D's hand keypoints."""
-    return list(keypoint_box(np.reshape(joints_2d, (-1, 2)))) if joints_2d else None
+def joints_box(joints_2d: list[list[float]] | None) -> list[float] | None:
+    """The box (x0, y0, x1, y1) of (21, 2) projected joints (None: the hand is absent), as the official code
+    boxes HOI4D's hand keypoints."""
+    if joints_2d is None or len(joints_2d) == 0:
+        return None
+    return list(keypoint_box(np.reshape(joints_2d, (-1, 2))))
 
 
 class LoadHOGSASample(MapStage):
