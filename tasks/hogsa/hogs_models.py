@@ -289,7 +289,8 @@ SCHEMA = pa.schema([
     column("sequence", pa.string(), "the sequence: arctic 's01/box_grab_01', h2o 'subject1/h1/0', or a stand-in "
            "object's name"),
     column("object_name", pa.string(), "the object's name (class)"),
-    column("hogs", pa.binary(), "the fitted HOGS model (models/hogsa/hogs.py: HOGS.from_bytes; safetensors)"),
+    column("hogs", pa.binary(), "the fitted HOGS model (models/hogsa/hogs.py: HOGS.from_bytes)",
+           encoding="safetensors"),
     column("frames", pa.string(), "the sequence's frames: MANO parameters per hand (world frame, metres), object "
            "pose and articulation (tasks/hogsa/posing.py: frame_from_json)", encoding="json"),
     column("cameras", pa.string(), "the sequence's cameras: name, K, R, t (world -> camera, OpenCV), size "
