@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml $(DETECTRON2_WHEEL)
 	  @echo "no detectron2 wheel in ../shared/wheels: perception=detectron2 is unavailable (its tests skip)")
 	touch $@
 
+# the datasets, then every model trained, evaluated and retrained on them; DEMO_FLAGS=--no-models: datasets only
 demo: install
-	$(BIN)/hoi-factory demo
+	$(BIN)/hoi-factory demo $(DEMO_FLAGS)
 
 # Debian's chromium, for the report-page test (skipped, with its reason, where it cannot be installed).
 browser:

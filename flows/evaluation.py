@@ -26,7 +26,7 @@ from hoi_factory.storage import Store
 from models.affordance.contentnet import ContentNet
 from models.affordance.layoutnet import LayoutNet
 from models.affordance.synthesis import synthesize
-from models.metrics import LPIPS, InceptionFeatures, contact_recall, fid
+from models.metrics import LPIPS, RANDOM, InceptionFeatures, contact_recall, fid
 from tasks.ho3pairs.hands import make_segmenter
 
 
@@ -94,4 +94,7 @@ def evaluate_hoi_synthesis(config: EvalConfig) -> dict[str, Any]:
                              f"![samples](data:image/png;base64,{base64.b64encode(grid).decode()})",
                              key="hoi-synthesis-samples")
     logger.info("evaluation of %s on %s: %s", record["contentnet"], dataset.ref, metrics)
+    if RANDOM in (config.inception_weights, config.lpips_weights):
+        logger.warning("FID and LPIPS above come from random metric networks: they say the plumbing runs, nothing "
+                       "about the images")
     return record

@@ -2,7 +2,7 @@
 
 `train_model` trains one model (progress and loss-curve artifacts, the `hoi.model.published` event).
 `retrain_on_publish` is what the `hoi.dataset.published` trigger runs: it trains on the dataset version just
-published only when that brings at least `min_new_samples` samples the latest model has not seen.
+published only when that brings at least `min_new_samples` samples no version of the model was trained on.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from flows import progress
 from flows.runner import retry_unless_user_error
 from hoi_factory.config import Settings
 from hoi_factory.datasets import DatasetStore
-from hoi_factory.model_store import ModelStore
+from hoi_factory.model_store import ModelStore, ModelVersion
 from hoi_factory.storage import Store
 from hoi_factory.training import TrainConfig, train
 from tasks.training.c_hoi import CHOITask
@@ -64,14 +64,22 @@ def train_model(trainer: str, config: TrainConfig) -> dict[str, Any]:
     return {"model": version.name, "version": version.version, "url": version.url, **manifest.metrics}
 
 
-def unseen_samples(dataset_ref: str, model: str) -> int:
-    """Samples of `dataset_ref` the latest version of `model` was not trained on (all, if none was)."""
+def trained_on(dataset_ref: str, model: str) -> ModelVersion | None:
+    """The newest version of `model` trained on the exact dataset version `dataset_ref`, if any."""
     store = Store.from_settings(Settings())
     dataset = DatasetStore(store).open_ref(dataset_ref)
     models = ModelStore(store)
-    if model not in models.names() or not models.versions(model):
-        return dataset.manifest.num_samples
-    return 0 if dataset.ref in models.open(model).manifest.datasets else dataset.manifest.num_samples
+    versions = models.versions(model) if model in models.names() else []
+    newest_first = (models.open(model, version) for version in reversed(versions))
+    return next((version for version in newest_first if dataset.ref in version.manifest.datasets), None)
+
+
+def unseen_samples(dataset_ref: str, model: str) -> int:
+    """Samples of `dataset_ref` no version of `model` was trained on: none if one learned from this (immutable)
+    version, else all of them; so a trigger fired again on an older version does not retrain on it."""
+    if trained_on(dataset_ref, model) is not None:
+        return 0
+    return DatasetStore(Store.from_settings(Settings())).open_ref(dataset_ref).manifest.num_samples
 
 
 @flow(name="retrain-on-publish", description="train when a published dataset version brings enough new samples")

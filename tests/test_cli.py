@@ -110,7 +110,7 @@ def test_demo_makes_every_pipelines_demo_dataset_and_says_where(golden_demo_stor
     """...and the same data as the golden copy: moving code around must not change what the demo makes."""
     from flows.registry import PIPELINES, pipeline_class
 
-    first = cli("demo", "--executor", "local")
+    first = cli("demo", "--executor", "local", "--no-models")
     assert first.exit_code == 0, first.output
     store = Store.from_settings(Settings())
     made = DatasetStore(store).names()
@@ -121,7 +121,7 @@ def test_demo_makes_every_pipelines_demo_dataset_and_says_where(golden_demo_stor
         assert version.manifest.num_samples > 0 and version.validate() == []
         assert f"report of {name}/{version.version}: file://" in flat(first)
     assert demo_digests(store) == json.loads(GOLDEN.read_text())
-    again = cli("demo", "--executor", "local")
+    again = cli("demo", "--executor", "local", "--no-models")
     assert again.exit_code == 0 and "(already" in again.output  # nothing made twice
     assert all(DatasetStore(store).versions(name) == ["v1"] for name in made)
 

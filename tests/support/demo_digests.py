@@ -33,8 +33,8 @@ def demo_digests(store: Store) -> dict[str, str]:
 if __name__ == "__main__":
     shutil.rmtree(DEMO_STORE, ignore_errors=True)
     env = {**os.environ, "HOI_STORE_URL": str(DEMO_STORE), "OMP_NUM_THREADS": "1"}
-    subprocess.run([str(Path(sys.executable).with_name("hoi-factory")), "demo", "--executor", "local"], env=env,
-                   check=True)
+    command = [str(Path(sys.executable).with_name("hoi-factory")), "demo", "--executor", "local", "--no-models"]
+    subprocess.run(command, env=env, check=True)
     GOLDEN.write_text(json.dumps(demo_digests(Store(str(DEMO_STORE))), indent=1, sort_keys=True) + "\n")
     shutil.rmtree(DEMO_STORE, ignore_errors=True)
     print(f"wrote {GOLDEN}")
