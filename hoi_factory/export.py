@@ -2,7 +2,8 @@
 
 - `files`: every encoded cell as a file, `<column>/<shard>/<sample_id>.<ext>` (.png, .npy, .ply; .bin when the
   encoding is unknown), and `samples.jsonl`: one line per sample with the other columns, and each encoded column
-  as its file's relative path (null where the cell is null). `rejects.jsonl`: the rejects. Like img2dataset's
+  as its file's relative path (null where the cell is null). `rejects.jsonl`: the rejects (a reject's thumbnail
+  as the path of `rejects/thumbnail/<shard>/<sample_id>.png`). Like img2dataset's
   "files" output (a folder per shard), with a folder per column above it, as a sample holds several images.
   Non-finite floats are written as NaN / Infinity, the extension of JSON that Python and pandas read. Arrays keep
   their shape (nested lists).
@@ -166,8 +167,15 @@ def export_version(version: DatasetVersion, dest: str, format: str,
     if format != "hf":  # hf's rejects are its `rejects` config, its columns described by the Parquet files
         out.write(COLUMNS_FILE, json.dumps(describe_schema(version.schema()), indent=1).encode())
         with out.appending("rejects.jsonl") as append:
-            for index in range(len(version.shards)):
-                append(_jsonl(version.read_rejects(index).to_pylist()))
+            for index, shard in enumerate(version.shards):
+                lines = []
+                for row in version.read_rejects(index).to_pylist():
+                    plain, thumbnail = _split_row(row, {"thumbnail": "png"})
+                    if thumbnail:  # beside the rejects, as the samples' images: rejects/thumbnail/<shard>/<id>.png
+                        plain["thumbnail"] = out.write(
+                            f"rejects/thumbnail/{shard_name(shard.index)}/{row['sample_id']}.png", row["thumbnail"])
+                    lines.append(plain)
+                append(_jsonl(lines))
     files = out.finish()
     return ExportResult(dest, format, version.manifest.num_samples, version.manifest.num_rejects, files)
 

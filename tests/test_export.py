@@ -118,6 +118,26 @@ def test_hf_export_loads_with_datasets(encoded, tmp_path):
     assert sorted(rejects["sample_id"]) == sorted(encoded.rejects().column("sample_id").to_pylist())
 
 
+@pytest.mark.parametrize("format", ["files", "webdataset"])
+def test_reject_thumbnails_export_as_files_named_in_rejects_jsonl(local_store_env, image_folder, tmp_path, format):
+    from hoi_factory.run import run_pipeline
+    from tasks.images.ingest import IngestConfig, IngestPipeline
+
+    folder, _ = image_folder
+    version = run_pipeline(IngestPipeline(), IngestConfig(source=str(folder), execution={"executor": "local"})).dataset
+    stored = {row["sample_id"]: row["thumbnail"] for row in version.rejects().to_pylist()}
+    export_version(version, str(tmp_path / "out"), format)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert {line["sample_id"] for line in lines} == set(stored)
+    for line in lines:  # a thumbnail is a file beside the rejects; rejects without one stay null
+        if stored[line["sample_id"]] is None:
+            assert line["thumbnail"] is None
+        else:
+            assert (tmp_path / "out" / line["thumbnail"]).read_bytes() == stored[line["sample_id"]]
+    assert sum(thumbnail is not None for thumbnail in stored.values()) == 1  # the sliver's
+    assert verify_export(str(tmp_path / "out")) == []
+
+
 def test_verify_export_finds_changed_and_missing_files(encoded, tmp_path):
     dest = tmp_path / "files"
     export_version(encoded, str(dest), "files")
