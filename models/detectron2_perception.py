@@ -75,7 +75,7 @@ def pointrend_config():
 
     cfg = get_cfg()
     point_rend.add_pointrend_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+    cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"), allow_unsafe=False)
     cfg.merge_from_list([item for pair in POINTREND_R50_FPN.items() for item in pair])
     cfg.MODEL.WEIGHTS = ""
     return cfg
@@ -129,7 +129,7 @@ class Detectron2Perception:
         for name in (POINTREND, KEYPOINT):
             cfg = get_cfg()
             point_rend.add_pointrend_config(cfg)  # PointRend's keys, so that its dumped config merges
-            cfg.merge_from_file(str(folder / f"{name}.yaml"))  # yaml.safe_load (allow_unsafe=False)
+            cfg.merge_from_file(str(folder / f"{name}.yaml"), allow_unsafe=False)  # the default would unsafe_load
             configs.append(cfg)
         mask_cfg, keypoint_cfg, mask_model, keypoint_model = cls.architectures(*configs, device, min_size)
         mask_model.load_state_dict(load_file(folder / f"{POINTREND}.safetensors"))

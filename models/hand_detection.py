@@ -103,7 +103,7 @@ class Detectron2HandDetector(HandDetector):
             raise ValueError(f"hands.model: {str(root / 'model.safetensors')!r} is not a readable safetensors "
                              f"file ({exc})") from None
         cfg = get_cfg()
-        cfg.merge_from_file(str(root / "config.yaml"))  # yaml.safe_load (allow_unsafe=False)
+        cfg.merge_from_file(str(root / "config.yaml"), allow_unsafe=False)  # detectron2's default would unsafe_load
         cfg.MODEL.DEVICE = device
         model = build_model(cfg)
         model.load_state_dict(weights)

@@ -230,3 +230,20 @@ def test_detectron2_hand_detector_from_config_and_safetensors(tmp_path):
     cfg.MODEL.MASK_ON = False
     with pytest.raises(ValueError, match="box-only detector"):
         Detectron2HandDetector(cfg, model)
+
+
+@needs_detectron2
+def test_a_hand_detector_config_that_runs_code_is_refused_and_never_runs(tmp_path):
+    """detectron2's merge_from_file falls back to yaml.unsafe_load by default: a user's config.yaml could run
+    anything. Loaded with allow_unsafe=False, the tag is refused and the command never runs."""
+    from safetensors.torch import save_file
+    from yaml.constructor import ConstructorError
+
+    from models.hand_detection import Detectron2HandDetector
+
+    marker = tmp_path / "ran"
+    (tmp_path / "config.yaml").write_text(f"MODEL: !!python/object/apply:os.system ['touch {marker}']\n")
+    save_file({"weight": torch.zeros(1)}, tmp_path / "model.safetensors")
+    with pytest.raises(ConstructorError):
+        Detectron2HandDetector.from_pretrained(str(tmp_path))
+    assert not marker.exists()

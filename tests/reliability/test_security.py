@@ -16,7 +16,8 @@ from support.processes import venv_executable
 
 ROOT = Path(__file__).resolve().parents[2]
 UNSAFE_LOADS = re.compile(r"\bpickle\.loads?\(|(?<![\w.])torch\.load\((?!.*weights_only=True)|allow_pickle=True|"
-                          r"yaml\.load\(|(?<![\w.])eval\(|cloudpickle\.loads?\(|shell=True")
+                          r"yaml\.load\(|(?<![\w.])eval\(|cloudpickle\.loads?\(|shell=True|"
+                          r"merge_from_file\((?!.*allow_unsafe=False)")  # detectron2 defaults to yaml.unsafe_load
 
 
 def test_credentials_never_reach_logs_manifests_artifacts_or_reports(s3_store_env, moto_endpoint, clean_env,
@@ -69,6 +70,8 @@ def test_no_unsafe_deserialization_in_the_project_code():
     assert not UNSAFE_LOADS.search("torch.load(path, weights_only=True)")
     assert not UNSAFE_LOADS.search("safetensors.torch.load(blob)")  # safetensors never unpickles
     assert UNSAFE_LOADS.search("eval(text)") and not UNSAFE_LOADS.search("model.eval()")  # nn.Module.eval is safe
+    assert UNSAFE_LOADS.search("cfg.merge_from_file(path)")
+    assert not UNSAFE_LOADS.search("cfg.merge_from_file(path, allow_unsafe=False)")
     offenders = []
     for folder in ("hoi_factory", "flows", "tasks", "models", "benchmarks"):
         for path in (ROOT / folder).rglob("*.py"):
