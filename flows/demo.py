@@ -171,9 +171,6 @@ def synthesize_and_evaluate(held_out: str, layoutnet: str, contentnet: str, exec
         synthesized=f"{synthesis['dataset']}/{synthesis['version']}", held_out=held_out,
         lpips_weights=None if lpips_weights == RANDOM else lpips_weights, execution=execution,
         output={"dataset": "demo-affordance-evaluation"}))
-    if RANDOM in (inception_weights, lpips_weights):
-        get_run_logger().warning("evaluate-hoi-synthesis with random metric networks: its FID and LPIPS are "
-                                 "plumbing only (give inception_weights and lpips_weights for real numbers)")
     evaluation = evaluate_hoi_synthesis(EvalConfig(layoutnet=layoutnet, contentnet=contentnet, dataset=held_out,
                                                    steps=5, inception_weights=inception_weights,
                                                    lpips_weights=lpips_weights))

@@ -18,7 +18,7 @@ from prefect.events import emit_event
 from flows import progress
 from flows.runner import retry_unless_user_error
 from hoi_factory.config import Settings
-from hoi_factory.datasets import DatasetStore
+from hoi_factory.datasets import DatasetStore, DatasetVersion
 from hoi_factory.model_store import ModelStore, ModelVersion
 from hoi_factory.storage import Store
 from hoi_factory.training import TrainConfig, train
@@ -66,9 +66,11 @@ def train_model(trainer: str, config: TrainConfig) -> dict[str, Any]:
 
 def trained_on(dataset_ref: str, model: str) -> ModelVersion | None:
     """The newest version of `model` trained on the exact dataset version `dataset_ref`, if any."""
-    store = Store.from_settings(Settings())
-    dataset = DatasetStore(store).open_ref(dataset_ref)
-    models = ModelStore(store)
+    return _trained_on(DatasetStore(Store.from_settings(Settings())).open_ref(dataset_ref), model)
+
+
+def _trained_on(dataset: DatasetVersion, model: str) -> ModelVersion | None:
+    models = ModelStore(dataset.store)
     versions = models.versions(model) if model in models.names() else []
     newest_first = (models.open(model, version) for version in reversed(versions))
     return next((version for version in newest_first if dataset.ref in version.manifest.datasets), None)
@@ -77,9 +79,8 @@ def trained_on(dataset_ref: str, model: str) -> ModelVersion | None:
 def unseen_samples(dataset_ref: str, model: str) -> int:
     """Samples of `dataset_ref` no version of `model` was trained on: none if one learned from this (immutable)
     version, else all of them; so a trigger fired again on an older version does not retrain on it."""
-    if trained_on(dataset_ref, model) is not None:
-        return 0
-    return DatasetStore(Store.from_settings(Settings())).open_ref(dataset_ref).manifest.num_samples
+    dataset = DatasetStore(Store.from_settings(Settings())).open_ref(dataset_ref)
+    return 0 if _trained_on(dataset, model) is not None else dataset.manifest.num_samples
 
 
 @flow(name="retrain-on-publish", description="train when a published dataset version brings enough new samples")

@@ -36,12 +36,12 @@ from hoi_factory.versions import DEFAULT_LEASE_TTL, Lease, VersionedArea, Versio
 
 SCHEMA_VERSION = 4  # 4: columns described (field metadata, `column_metadata`), arrays stored with their shape
 AREA = "datasets"
-ID_COLUMNS = [("sample_id", pa.string()), ("input_id", pa.string()), ("seed", pa.int64())]
-ID_FIELDS = [
+ID_FIELDS = [  # the columns every dataset has, before the pipeline's
     column("sample_id", pa.string(), "deterministic id: a hash of the config, the input id and the index"),
     column("input_id", pa.string(), "the input (file, parent sample...) the sample was made from"),
     column("seed", pa.int64(), "the sample's random seed, a function of the same three"),
 ]
+ID_NAMES = frozenset(field.name for field in ID_FIELDS)
 REJECTS_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("input_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
      ("detail", pa.string()), ("kind", pa.string()),  # kind: "reject" (a stage's decision) or "error"
@@ -261,7 +261,7 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def full_schema(schema: pa.Schema) -> pa.Schema:
     """The pipeline's columns behind the id columns every dataset has."""
-    return pa.schema(ID_FIELDS + [f for f in schema if f.name not in dict(ID_COLUMNS)])
+    return pa.schema(ID_FIELDS + [f for f in schema if f.name not in ID_NAMES])
 
 
 MISFIT = "output does not fit the dataset schema"
@@ -289,10 +289,11 @@ def rows_to_table(rows: list[dict], schema: pa.Schema) -> tuple[pa.Table, list[R
     """Rows -> a table of `schema`; a row that does not fit is rejected rather than failing the shard. Array columns
     (a declared shape) take numpy arrays or nested lists of that shape; a null in a non-nullable column, a wrong
     shape or a lossy dtype is a misfit, named with its column."""
-    plain, misfits = _plain_table(rows, pa.schema([f for f in schema if declared_shape(f) is None]))
+    shaped = {field.name for field in schema if declared_shape(field) is not None}
+    plain, misfits = _plain_table(rows, pa.schema([f for f in schema if f.name not in shaped]))
     columns = []
     for field in schema:
-        if declared_shape(field) is None:
+        if field.name not in shaped:
             array = plain.column(field.name).combine_chunks()
         else:
             array, shape_misfits = shaped_array(field, [row.get(field.name) for row in rows])

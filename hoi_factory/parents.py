@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from hoi_factory.context import StageContext
-from hoi_factory.datasets import ID_COLUMNS, DatasetVersion
+from hoi_factory.datasets import ID_NAMES, DatasetVersion
 from hoi_factory.stage import Reject, Row, Stage
 
 PARENT_KEYS = frozenset({"parent", "parent_shard", "parent_row"})  # what items_from_dataset adds to an item
@@ -53,6 +53,6 @@ class ReadParentRows(Stage):
             if parent["sample_id"] != row["input_id"]:
                 results.append(Reject.of(row, "parent sample not where planned", f"{row['parent']}"))
                 continue
-            payload = {k: v for k, v in parent.items() if k not in dict(ID_COLUMNS)}
+            payload = {k: v for k, v in parent.items() if k not in ID_NAMES}
             results.append({**payload, **row})
         return results

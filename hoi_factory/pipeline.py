@@ -29,7 +29,7 @@ from hoi_factory import ids
 from hoi_factory.config import ExecutionConfig, RunConfig, Settings
 from hoi_factory.context import StageContext, device_for
 from hoi_factory.datasets import (
-    ID_COLUMNS,
+    ID_NAMES,
     REJECTS_SCHEMA,
     ShardRecord,
     ShardSink,
@@ -41,7 +41,7 @@ from hoi_factory.stage import Resources, Stage, StageError, StageOutput, StageSt
 
 C = TypeVar("C", bound=RunConfig)
 OUTPUT_CHECKS = "output checks"  # the funnel step after the stages: schema fit, finite floats
-PLANNED_KEYS = frozenset({*dict(ID_COLUMNS), "index"})  # keys every planned item gets (see assign_ids)
+PLANNED_KEYS = ID_NAMES | {"index"}  # keys every planned item gets (see assign_ids)
 ERRORS_KEPT_PER_SHARD = 3  # errors recorded with their tracebacks in a shard's record
 ID_CHUNK = 65_536  # sample ids PlanTracker gathers before packing them into 8-byte integers
 

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from hoi_factory.codec import encode_png, open_image, thumbnail_png  # noqa: E402
 from hoi_factory.columns import describe  # noqa: E402
-from hoi_factory.datasets import ID_COLUMNS, encoding_of  # noqa: E402
+from hoi_factory.datasets import ID_NAMES, encoding_of  # noqa: E402
 
 GRID_COLUMNS = 4
 GRID_SAMPLES = 16
@@ -45,7 +45,6 @@ HISTOGRAM_BINS = 20
 CAPTION_FIELDS = 2  # key fields under a sample's id in its caption
 CAPTION_FIELD_CHARS = 24  # a string column with longer values is no caption field (hashes, paths of URLs)
 ID_PREFIX = 8  # characters of a sample id shown in captions
-ID_NAMES = frozenset(name for name, _ in ID_COLUMNS)
 
 
 def seeded_rng(version, purpose: str) -> np.random.Generator:
@@ -298,8 +297,6 @@ _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("hoi_factory", "temp
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
 
 
 def render_html(version, pictures: dict[str, bytes], tiles: list[dict] | None = None,

@@ -55,8 +55,8 @@ def decode_cell(value: Any, field: pa.Field | None = None) -> Any:
 def decode_row(row: dict[str, Any], schema: pa.Schema | None = None) -> dict[str, Any]:
     """Every cell of a row through `decode_cell` (with its field of `schema`, when given); usable as
     `to_torch(transform=decode_row)`."""
-    fields = {field.name: field for field in schema} if schema is not None else {}
-    return {name: decode_cell(value, fields.get(name)) for name, value in row.items()}
+    return {name: decode_cell(value, schema.field(name) if schema is not None else None)
+            for name, value in row.items()}
 
 
 class ParquetTorchDataset(torch_data.Dataset):

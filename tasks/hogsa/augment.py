@@ -51,7 +51,7 @@ from models.hand import MANO, MANO_HD, load_hands
 from models.hogsa import pose_optimization as pom
 from models.hogsa.hogs import ACTORS, HANDS, HOGS
 from models.hogsa.sdf import MeshDistance
-from models.render.camera import intrinsics, look_at
+from models.render.camera import intrinsics, look_at, project
 from tasks.hogsa.composite import (
     PROCEDURAL,
     BadBackground,
@@ -182,12 +182,6 @@ def _mean_of_known(values: list[float]) -> float | None:
 
 def _params(pose: HandPose) -> dict[str, np.ndarray]:
     return {k: np.asarray(getattr(pose, k), dtype=np.float64) for k in pom.PARAMETERS}
-
-
-def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """(N, 2) pixels of (N, 3) camera-frame points."""
-    pixels = points @ K.T
-    return pixels[:, :2] / pixels[:, 2:]
 
 
 def object_box(object_vertices: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -434,10 +428,10 @@ class CompositeAndAnnotate(MapStage):
                 continue
             out = hand_output(row["hand_models"][side], pose)
             joints, vertices = (x[0].double().numpy() for x in (out.joints, out.vertices))
-            in_camera = joints @ camera.R.T + camera.t
             annotations.update({
                 f"{side}_mano": _f32(np.concatenate([_params(pose)[k] for k in pom.PARAMETERS])),
-                f"{side}_joints_3d": _f32(in_camera), f"{side}_joints_2d": _f32(project(in_camera, K)),
+                f"{side}_joints_3d": _f32(joints @ camera.R.T + camera.t),
+                f"{side}_joints_2d": _f32(project(joints, K, camera.R, camera.t)[:, :2]),
                 f"{side}_vertices": _f32(vertices @ camera.R.T + camera.t),
                 f"{side}_contact": contact_map(vertices, object_distance)})
         return annotations
@@ -447,9 +441,10 @@ class CompositeAndAnnotate(MapStage):
         """The object's 3D box (camera frame), its corners in crop pixels, and the 2D box of the projected mesh."""
         camera, frame = row["camera"], row["novel_frame"]
         corners = object_box(row["object_vertices"], np.asarray(frame.object_rotation),
-                             np.asarray(frame.object_translation)) @ camera.R.T + camera.t
-        pixels = project(row["object_vertices"] @ camera.R.T + camera.t, K)
-        return {"object_box_3d": _f32(corners), "object_box_3d_2d": _f32(project(corners, K)),
+                             np.asarray(frame.object_translation))
+        pixels = project(row["object_vertices"], K, camera.R, camera.t)[:, :2]
+        return {"object_box_3d": _f32(corners @ camera.R.T + camera.t),
+                "object_box_3d_2d": _f32(project(corners, K, camera.R, camera.t)[:, :2]),
                 "object_box_2d": _f32(np.concatenate([pixels.min(0), pixels.max(0)]))}
 
 
